@@ -1,0 +1,39 @@
+"""kd_probe: explain knowledge distillation while it happens, in PyTorch Lightning.
+
+Public API:
+
+- :class:`DistillationModule` — a KD ``LightningModule``: logit KD, feature/hint KD at named layers,
+  the two-phase feature-mimicking protocol of the knowledge-point paper (``stage="mimic"`` then
+  ``stage="head"``, or :func:`run_two_phase`), and the from-scratch baseline (``teacher=None``).
+- :class:`ShapesDataModule` — built-in generated images with exact foreground masks;
+  :class:`ImageMaskFolder` and :class:`CUB200` read real data as the same ``(image, label, mask)`` triples.
+- :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
+  functions (losses, layer lookup, feature capture).
+
+Example::
+
+    import lightning.pytorch as pl
+    from kd_probe import DistillationModule, ShapesDataModule
+    from kd_probe.models import VGG, ResNet
+
+    data = ShapesDataModule(num_classes=6)
+    teacher = DistillationModule(ResNet(num_classes=6))          # train a teacher from scratch
+    pl.Trainer(max_epochs=5).fit(teacher, datamodule=data)
+    student = DistillationModule(VGG(num_classes=6), teacher.student)   # then distil it
+    pl.Trainer(max_epochs=5).fit(student, datamodule=data)
+"""
+
+from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
+from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CUB200",
+    "DistillationModule",
+    "ImageMaskFolder",
+    "ShapesDataModule",
+    "TwoPhaseResult",
+    "__version__",
+    "run_two_phase",
+]

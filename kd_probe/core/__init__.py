@@ -1,0 +1,1 @@
+"""Core math of kd_probe: pure torch, no Lightning import."""

@@ -1,0 +1,138 @@
+"""Finding layers by name, capturing their outputs, and their order of execution (pure torch).
+
+Spec §4: unknown layer names raise an error that lists close matches among ``model.named_modules()``;
+hooks are registered per call and removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["capture_outputs", "eval_forward", "modules_through", "resolve_layer"]
+
+
+def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
+    """Return the submodule of ``model`` called ``name`` (a dotted path, as in ``named_modules()``).
+
+    Args:
+        model: the network to look in.
+        name: dotted module name, e.g. ``"features.conv3"`` or ``"layer2.0.conv1"``.
+        argument: the name of the user-facing argument, used in the error message.
+
+    Raises:
+        ValueError: when no such module exists; the message lists the closest names.
+
+    Example::
+
+        >>> from kd_probe.models import VGG
+        >>> resolve_layer(VGG(num_classes=3), "features.conv2")
+        Conv2d(16, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`{argument}` must be a non-empty dotted module name, got {name!r}.")
+    names = [n for n, _ in model.named_modules() if n]
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        pass
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not close:  # fall back to names sharing the last component, then to a few names
+        tail = name.rsplit(".", 1)[-1]
+        close = [n for n in names if n.rsplit(".", 1)[-1] == tail][:5] or names[:5]
+    hint = ", ".join(repr(n) for n in close)
+    raise ValueError(
+        f"`{argument}`={name!r} is not a module of {type(model).__name__}; close matches: {hint}."
+    )
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "layer") -> Iterator[dict[str, Tensor]]:
+    """Record the output of each named module during the forwards run inside the ``with`` block.
+
+    The dictionary yielded is filled as the forward runs (the last call wins when a module runs twice).
+    Hooks are removed when the block exits, also on error (spec §4).
+
+    Example::
+
+        >>> from kd_probe.models import VGG
+        >>> net = VGG(num_classes=3)
+        >>> with capture_outputs(net, ["features.conv1"]) as outputs:
+        ...     _ = net(torch.zeros(2, 3, 16, 16))
+        >>> tuple(outputs["features.conv1"].shape)
+        (2, 16, 16, 16)
+    """
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            module = resolve_layer(model, name, argument=argument)
+
+            def hook(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
+                outputs[name] = output
+
+            handles.append(module.register_forward_hook(hook))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list[str]:
+    """Names of the modules that finish their forward no later than ``layer`` does.
+
+    This is "every module up to and including ``layer``" in execution order: modules run before it,
+    the layer itself and its children; never its parents (they finish later) nor modules that run
+    after it. Found with one forward of ``example_input`` in eval mode under ``no_grad``; the modes of
+    all modules are restored afterwards.
+
+    Example::
+
+        >>> from kd_probe.models import VGG
+        >>> net = VGG(num_classes=3, widths=(8,), convs_per_stage=1)
+        >>> modules_through(net, "features.bn1", torch.zeros(1, 3, 8, 8))
+        ['features.conv1', 'features.bn1']
+    """
+    target = resolve_layer(model, layer, argument="layer")
+    finished: list[str] = []
+    state = {"done": False}
+    handles = []
+
+    def make_hook(name: str, module: nn.Module):  # noqa: ANN202 - a torch hook
+        def hook(_module: nn.Module, _inputs: object, _output: object) -> None:
+            if state["done"] or name in finished:
+                return
+            finished.append(name)
+            if module is target:
+                state["done"] = True
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name, module)))
+        eval_forward(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not state["done"]:
+        raise ValueError(f"`layer`={layer!r} exists but did not run in the forward of the example input.")
+    return finished
+
+
+def eval_forward(model: nn.Module, inputs: Tensor) -> object:
+    """One forward in eval mode under ``no_grad``; every module's train/eval mode is restored afterwards
+    (so BatchNorm statistics are untouched and training is not disturbed, spec §4)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(inputs)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode

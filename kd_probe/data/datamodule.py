@@ -1,0 +1,142 @@
+"""The built-in data: a LightningDataModule of generated shapes with foreground masks."""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from kd_probe.data.shapes import SHAPES, _check_options, generate_shapes
+from kd_probe.data.triplets import TripletDataset
+
+__all__ = ["ShapesDataModule"]
+
+_SPLITS = ("train", "val", "test", "probe")
+
+
+class ShapesDataModule(pl.LightningDataModule):
+    """Generated images of ``num_classes`` shape classes on cluttered backgrounds, with exact masks.
+
+    Every sample is ``(image, label, foreground_mask)``: a normalised float image ``[3, S, S]``
+    (``(pixel − 0.5) / 0.25``, see :attr:`mean`/:attr:`std`), an int label (class ``c`` is
+    ``kd_probe.data.SHAPES[c]``) and a bool mask ``[S, S]`` that is true exactly on the shape's pixels.
+    Nothing is downloaded; each split is generated in :meth:`setup` from its own random stream, so it
+    is the same for a given ``seed`` whatever the sizes of the other splits. The ``probe`` split is
+    held out for the explanation probes and never used for training or validation.
+
+    Args:
+        num_classes: number of shape classes (2–8).
+        image_size: side of the square images in pixels.
+        train_size, val_size, test_size, probe_size: images per split.
+        background_bias: probability that an image's background texture and palette are tied to its
+            class (a background shortcut, as birds over water); 0 means backgrounds carry no label
+            information.
+        batch_size: batch size of every loader.
+        num_workers: worker processes of every loader.
+        seed: the data seed.
+
+    Example::
+
+        >>> dm = ShapesDataModule(num_classes=4, train_size=64, val_size=32, test_size=32, probe_size=8)
+        >>> dm.setup("fit")
+        >>> image, label, mask = dm.train_set[0]
+        >>> tuple(image.shape), mask.dtype
+        ((3, 32, 32), torch.bool)
+    """
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def __init__(
+        self,
+        num_classes: int = 6,
+        image_size: int = 32,
+        train_size: int = 5000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        probe_size: int = 64,
+        background_bias: float = 0.0,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size).items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        _check_options(count=0, image_size=image_size, num_classes=num_classes, background_bias=background_bias)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
+        self.save_hyperparameters()
+        self.num_classes, self.image_size, self.batch_size, self.num_workers = num_classes, image_size, batch_size, num_workers
+        self.class_names = SHAPES[:num_classes]
+        self._sizes = dict(train=train_size, val=val_size, test=test_size, probe=probe_size)
+        self._sets: dict[str, TripletDataset] = {}
+
+    def _split(self, name: str) -> TripletDataset:
+        if name not in self._sets:
+            start = time.perf_counter()
+            scenes = generate_shapes(
+                self._sizes[name],
+                image_size=self.image_size,
+                num_classes=self.num_classes,
+                background_bias=self.hparams.background_bias,
+                seed=self.hparams.seed,
+                stream=_SPLITS.index(name),
+            )
+            self._sets[name] = TripletDataset(
+                scenes.images, scenes.labels, scenes.masks, mean=self.mean, std=self.std, params=scenes.params
+            )
+            rank_zero_info(f"kd_probe: generated {len(scenes.labels)} {name} images in {time.perf_counter() - start:.1f} s")
+        return self._sets[name]
+
+    @property
+    def train_set(self) -> TripletDataset:
+        return self._split("train")
+
+    @property
+    def val_set(self) -> TripletDataset:
+        return self._split("val")
+
+    @property
+    def test_set(self) -> TripletDataset:
+        return self._split("test")
+
+    @property
+    def probe_set(self) -> TripletDataset:
+        """The held-out probe split (``probe_size`` images), for the explanation callbacks."""
+        return self._split("probe")
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for name in wanted.get(stage or "", _SPLITS):
+            self._split(name)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self._split(name),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def probe_dataloader(self) -> DataLoader:
+        """Loader of the held-out probe split, in a fixed order."""
+        return self._loader("probe", shuffle=False)

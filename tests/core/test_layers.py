@@ -1,0 +1,71 @@
+import pytest
+import torch
+from torch import nn
+
+from kd_probe.functional import capture_outputs, modules_through, resolve_layer
+from kd_probe.core.layers import eval_forward
+from kd_probe.models import VGG, ResNet
+
+
+def test_unknown_layer_lists_close_matches() -> None:
+    with pytest.raises(ValueError) as error:
+        resolve_layer(VGG(num_classes=3), "features.cnv2", argument="feature_pairs")
+    message = str(error.value)
+    assert message.startswith("`feature_pairs`='features.cnv2' is not a module of VGG; close matches: ")
+    assert "'features.conv2'" in message
+
+
+def test_unknown_layer_without_close_names_still_suggests_names() -> None:
+    with pytest.raises(ValueError, match=r"close matches: 'stem', "):
+        resolve_layer(ResNet(num_classes=3), "zzz")
+
+
+def test_capture_outputs_records_the_module_output_and_removes_its_hooks() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with capture_outputs(net, ["features.conv1", "head.fc"]) as outputs:
+        logits = net(x)
+    torch.testing.assert_close(outputs["features.conv1"], net.features.conv1(x))
+    torch.testing.assert_close(outputs["head.fc"], logits)
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_capture_outputs_removes_hooks_on_error() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1)
+    with pytest.raises(RuntimeError):
+        with capture_outputs(net, ["features.conv1"]):
+            net(torch.randn(2, 5, 8, 8))  # wrong channel count
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_modules_through_follows_execution_order_in_a_resnet() -> None:
+    net = ResNet(num_classes=3, widths=(4, 8), blocks_per_stage=1)
+    names = modules_through(net, "layer2.0.conv2", torch.zeros(1, 3, 8, 8))
+    assert names == [
+        "stem.conv", "stem.bn", "stem.relu", "stem",
+        "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu1", "layer1.0.conv2", "layer1.0.bn2",
+        "layer1.0.shortcut", "layer1.0.relu2", "layer1.0", "layer1",
+        "layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu1", "layer2.0.conv2",
+    ]  # not layer2.0.bn2, the shortcut of layer2.0 (run after conv2), nor the parents layer2.0/layer2
+
+
+def test_modules_through_a_container_includes_its_children() -> None:
+    net = VGG(num_classes=3, widths=(4, 8), convs_per_stage=1)
+    names = modules_through(net, "features", torch.zeros(1, 3, 8, 8))
+    assert names[-1] == "features" and "features.pool2" in names and "head.fc" not in names
+
+
+def test_eval_forward_restores_modes_and_leaves_batchnorm_untouched() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1).train()
+    net.head.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    eval_forward(net, torch.randn(4, 3, 8, 8))
+    assert net.training and net.features.bn1.training and not net.head.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_modules_through_refuses_a_layer_that_never_runs() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1)
+    net.unused = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"`layer`='unused' exists but did not run"):
+        modules_through(net, "unused", torch.zeros(1, 3, 8, 8))
