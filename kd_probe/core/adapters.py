@@ -7,7 +7,9 @@ from torch import nn
 __all__ = ["build_adapter"]
 
 
-def build_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *, pair: str = "") -> nn.Module | None:
+def build_adapter(
+    student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], *, pair: str = ""
+) -> nn.Module | None:
     """A trainable adapter from a student feature shape to a teacher feature shape, or ``None``.
 
     Shapes include the batch dimension. No adapter is needed when the shapes match. Feature maps

@@ -45,9 +45,7 @@ def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn
         tail = name.rsplit(".", 1)[-1]
         close = [n for n in names if n.rsplit(".", 1)[-1] == tail][:5] or names[:5]
     hint = ", ".join(repr(n) for n in close)
-    raise ValueError(
-        f"`{argument}`={name!r} is not a module of {type(model).__name__}; close matches: {hint}."
-    )
+    raise ValueError(f"`{argument}`={name!r} is not a module of {type(model).__name__}; close matches: {hint}.")
 
 
 @contextmanager
@@ -102,7 +100,7 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
     state = {"done": False}
     handles = []
 
-    def make_hook(name: str, module: nn.Module):  # noqa: ANN202 - a torch hook
+    def make_hook(name: str, module: nn.Module):
         def hook(_module: nn.Module, _inputs: object, _output: object) -> None:
             if state["done"] or name in finished:
                 return

@@ -11,7 +11,7 @@ from torch import Tensor
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _pil():  # noqa: ANN202 - the PIL.Image module
+def _pil():
     try:
         from PIL import Image
     except ImportError as error:  # pragma: no cover - depends on the environment

@@ -63,7 +63,9 @@ class ShapesDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size).items():
+        for name, value in dict(
+            train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size
+        ).items():
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
         _check_options(count=0, image_size=image_size, num_classes=num_classes, background_bias=background_bias)
@@ -72,7 +74,12 @@ class ShapesDataModule(pl.LightningDataModule):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
-        self.num_classes, self.image_size, self.batch_size, self.num_workers = num_classes, image_size, batch_size, num_workers
+        self.num_classes, self.image_size, self.batch_size, self.num_workers = (
+            num_classes,
+            image_size,
+            batch_size,
+            num_workers,
+        )
         self.class_names = SHAPES[:num_classes]
         self._sizes = dict(train=train_size, val=val_size, test=test_size, probe=probe_size)
         self._sets: dict[str, TripletDataset] = {}
@@ -84,14 +91,16 @@ class ShapesDataModule(pl.LightningDataModule):
                 self._sizes[name],
                 image_size=self.image_size,
                 num_classes=self.num_classes,
-                background_bias=self.hparams.background_bias,
-                seed=self.hparams.seed,
+                background_bias=self.hparams["background_bias"],
+                seed=self.hparams["seed"],
                 stream=_SPLITS.index(name),
             )
             self._sets[name] = TripletDataset(
                 scenes.images, scenes.labels, scenes.masks, mean=self.mean, std=self.std, params=scenes.params
             )
-            rank_zero_info(f"kd_probe: generated {len(scenes.labels)} {name} images in {time.perf_counter() - start:.1f} s")
+            rank_zero_info(
+                f"kd_probe: generated {len(scenes.labels)} {name} images in {time.perf_counter() - start:.1f} s"
+            )
         return self._sets[name]
 
     @property

@@ -78,12 +78,14 @@ class ImageMaskFolder(FileTripletDataset):
                 if key not in masks_by_stem:
                     raise ValueError(
                         f"image {str(path)!r} has no mask in `masks`={str(self.masks_root)!r}; expected "
-                        f"{str(self.masks_root / key)}.<png|jpg|...>."
+                        f"{self.masks_root / key!s}.<png|jpg|...>."
                     )
                 self.samples.append((path, label))
                 self.mask_paths.append(masks_by_stem[key])
         if not self.samples:
-            raise ValueError(f"`images`={str(self.images_root)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+            raise ValueError(
+                f"`images`={str(self.images_root)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})."
+            )
 
     def load_mask(self, index: int, height: int, width: int) -> Tensor:
         return read_mask(self.mask_paths[index], self.mask_threshold)

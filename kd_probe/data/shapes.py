@@ -52,7 +52,9 @@ def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     return v.unsqueeze(-1) - (v * s).unsqueeze(-1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def _sample_chunk(count: int, size: int, num_classes: int, background_bias: float, g: torch.Generator) -> dict[str, Tensor]:
+def _sample_chunk(
+    count: int, size: int, num_classes: int, background_bias: float, g: torch.Generator
+) -> dict[str, Tensor]:
     """Draw every random number a chunk of scenes needs; rendering is then a pure function."""
 
     def rand(*shape: int) -> Tensor:
@@ -66,7 +68,9 @@ def _sample_chunk(count: int, size: int, num_classes: int, background_bias: floa
     class_hue = (labels.float() / num_classes + 0.04 * (rand(count) - 0.5)) % 1.0
     hue = torch.where(tied, class_hue, rand(count))
     ones = torch.ones(count)
-    tied_colours = torch.stack([_hsv_to_rgb(hue, 0.6 * ones, 0.75 * ones), _hsv_to_rgb(hue, 0.5 * ones, 0.35 * ones)], 1)
+    tied_colours = torch.stack(
+        [_hsv_to_rgb(hue, 0.6 * ones, 0.75 * ones), _hsv_to_rgb(hue, 0.5 * ones, 0.35 * ones)], 1
+    )
     random_colours = 0.5 + 0.6 * (rand(count, 2, 3) - 0.5)  # muted: objects stand out, as they tend to
     background_colours = torch.where(tied.view(-1, 1, 1), tied_colours, random_colours)
     return {
@@ -132,14 +136,18 @@ def _render(p: dict[str, Tensor], size: int, foreground: bool = True) -> tuple[T
     ca, sa = col(torch.cos(p["texture_angle"])), col(torch.sin(p["texture_angle"]))
     xr, yr = x * ca + y * sa, -x * sa + y * ca
     freq = col(p["frequency"]) * math.pi
-    noise = torch.sigmoid(2.0 * F.interpolate(p["coarse_noise"], size=(size, size), mode="bilinear", align_corners=False)[:, 0])
+    noise = torch.sigmoid(
+        2.0 * F.interpolate(p["coarse_noise"], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    )
     stripes = (torch.sin(freq * xr + col(p["phase"])) > 0).float()
     d2 = (x.view(1, 1, size, size) - p["blob_centres"][..., 0, None, None]) ** 2 + (
         y.view(1, 1, size, size) - p["blob_centres"][..., 1, None, None]
     ) ** 2
     blobs = torch.exp(-d2 / (2 * p["blob_widths"][..., None, None] ** 2)).sum(1).clamp(max=1.0)
     checker = (torch.sin(freq * xr) * torch.sin(freq * yr) > 0).float()
-    t = torch.stack([noise, stripes, blobs, checker], 1).gather(1, p["texture"].view(-1, 1, 1, 1).expand(-1, 1, size, size))
+    t = torch.stack([noise, stripes, blobs, checker], 1).gather(
+        1, p["texture"].view(-1, 1, 1, 1).expand(-1, 1, size, size)
+    )
     c1, c2 = p["background_colours"][:, 0, :, None, None], p["background_colours"][:, 1, :, None, None]
     images = c1 * (1 - t) + c2 * t
 
@@ -212,6 +220,8 @@ def _check_options(*, count: int, image_size: int, num_classes: int, background_
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"`image_size` must be an int of at least 8 pixels, got {image_size!r}.")
     if not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPES):
-        raise ValueError(f"`num_classes` must be an int from 2 to {len(SHAPES)} (one per shape in SHAPES), got {num_classes!r}.")
+        raise ValueError(
+            f"`num_classes` must be an int from 2 to {len(SHAPES)} (one per shape in SHAPES), got {num_classes!r}."
+        )
     if not 0.0 <= float(background_bias) <= 1.0:
         raise ValueError(f"`background_bias` must be a probability in [0, 1], got {background_bias!r}.")

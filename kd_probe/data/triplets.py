@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["TripletDataset", "normalize", "denormalize", "resize_image", "resize_mask"]
+__all__ = ["TripletDataset", "denormalize", "normalize", "resize_image", "resize_mask"]
 
 
 def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -64,7 +64,14 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         blocks = [blocks_per_stage] * len(widths) if isinstance(blocks_per_stage, int) else list(blocks_per_stage)
-        if num_classes < 1 or in_channels < 1 or not widths or min(widths) < 1 or len(blocks) != len(widths) or min(blocks) < 1:
+        if (
+            num_classes < 1
+            or in_channels < 1
+            or not widths
+            or min(widths) < 1
+            or len(blocks) != len(widths)
+            or min(blocks) < 1
+        ):
             raise ValueError(
                 f"ResNet needs positive sizes and one block count per stage, got num_classes={num_classes}, "
                 f"in_channels={in_channels}, widths={tuple(widths)}, blocks_per_stage={blocks_per_stage}."
@@ -77,7 +84,7 @@ class ResNet(nn.Module):
             )
         )
         channels = widths[0]
-        for stage, (width, count) in enumerate(zip(widths, blocks), start=1):
+        for stage, (width, count) in enumerate(zip(widths, blocks, strict=True), start=1):
             stage_blocks = []
             for b in range(count):
                 stride = 2 if stage > 1 and b == 0 else 1

@@ -14,7 +14,13 @@ SCHEDULES = (None, "cosine", "step")
 
 
 def check_optimizer_options(
-    optimizer: str, lr: float, momentum: float, weight_decay: float, schedule: str | None, milestones: Sequence[float], gamma: float
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    schedule: str | None,
+    milestones: Sequence[float],
+    gamma: float,
 ) -> None:
     """Refuse bad optimiser settings at construction, one sentence per mistake."""
     if optimizer not in OPTIMIZERS:

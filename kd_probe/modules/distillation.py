@@ -19,7 +19,6 @@ from kd_probe.core.layers import capture_outputs, eval_forward, modules_through,
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.modules._optim import build_optimizer, check_optimizer_options
 
-
 __all__ = ["DistillationModule"]
 
 STAGES = ("distill", "mimic", "head")
@@ -136,8 +135,13 @@ class DistillationModule(pl.LightningModule):
             resolve_layer(teacher, teacher_name, argument="feature_pairs")  # type: ignore[arg-type]
         if freeze_through is not None:
             resolve_layer(student, freeze_through, argument="freeze_through")
+        num_classes = num_classes or _last_linear_out_features(student)
+        if num_classes is None:
+            raise ValueError(
+                "`num_classes` is needed: the student has no nn.Linear to read the number of classes from."
+            )
+        feature_pairs = pairs  # hyperparameters record the resolved values (they merge with a datamodule's in loggers)
         self.save_hyperparameters(ignore=["student", "teacher", "example_input"])
-        self.hparams["feature_pairs"] = pairs
 
         self.student = student
         self.teacher = teacher
@@ -152,17 +156,22 @@ class DistillationModule(pl.LightningModule):
         self._warning_filter: tuple | None = None
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
 
-        classes = num_classes or _last_linear_out_features(student)
-        if classes is None:
-            raise ValueError("`num_classes` is needed: the student has no nn.Linear to read the number of classes from.")
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(classes, average="micro") for _ in range(3))
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes, average="micro") for _ in range(3)
+        )
         if example_input is not None:
             self.prepare(example_input)
 
     @staticmethod
     def _check_losses(
-        stage: str, teacher: nn.Module | None, pairs: dict[str, str], freeze_through: str | None,
-        temperature: float, kd_weight: float, ce_weight: float, feature_weight: float,
+        stage: str,
+        teacher: nn.Module | None,
+        pairs: dict[str, str],
+        freeze_through: str | None,
+        temperature: float,
+        kd_weight: float,
+        ce_weight: float,
+        feature_weight: float,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
@@ -179,7 +188,9 @@ class DistillationModule(pl.LightningModule):
         if stage == "head" and freeze_through is None:
             raise ValueError("stage='head' needs `freeze_through`, the student layer up to which modules are frozen.")
         if stage != "head" and freeze_through is not None:
-            raise ValueError(f"`freeze_through`={freeze_through!r} is only used with stage='head', got stage={stage!r}.")
+            raise ValueError(
+                f"`freeze_through`={freeze_through!r} is only used with stage='head', got stage={stage!r}."
+            )
 
     # ------------------------------------------------------------------ dry forward: adapters, freezing
     def prepare(self, example_input: Tensor | Sequence[int]) -> None:
@@ -198,11 +209,13 @@ class DistillationModule(pl.LightningModule):
             student_shapes = _output_shapes(self.student, list(self.feature_pairs), example_input)
             teacher_shapes = _output_shapes(self.teacher, list(self.feature_pairs.values()), example_input)  # type: ignore[arg-type]
             for name, teacher_name in self.feature_pairs.items():
-                adapter = build_adapter(student_shapes[name], teacher_shapes[teacher_name], pair=f"{name!r} -> {teacher_name!r}")
+                adapter = build_adapter(
+                    student_shapes[name], teacher_shapes[teacher_name], pair=f"{name!r} -> {teacher_name!r}"
+                )
                 if adapter is not None:
                     self.adapters[_adapter_key(name)] = adapter.to(example_input.device)
         if self.stage == "head":
-            self.frozen_modules = modules_through(self.student, self.hparams.freeze_through, example_input)
+            self.frozen_modules = modules_through(self.student, self.hparams["freeze_through"], example_input)
             self._frozen = [self.student.get_submodule(name) for name in self.frozen_modules]
             for module in self._frozen:
                 module.requires_grad_(False)
@@ -225,7 +238,7 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.example_input_array is not None:
+        if isinstance(self.example_input_array, Tensor):
             checkpoint["kd_probe_input_shape"] = tuple(self.example_input_array.shape[1:])
 
     @override
@@ -236,8 +249,9 @@ class DistillationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ teacher and frozen modules
     def _enforce_frozen_modes(self) -> None:
-        if getattr(self, "teacher", None) is not None:
-            self.teacher.eval()
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None:
+            teacher.eval()
         for module in getattr(self, "_frozen", ()):
             module.eval()
 
@@ -250,7 +264,7 @@ class DistillationModule(pl.LightningModule):
     @override
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        if self.teacher is not None and not self.hparams.checkpoint_teacher:
+        if self.teacher is not None and not self.hparams["checkpoint_teacher"]:
             for key in [k for k in state if k.startswith(prefix + "teacher.")]:
                 del state[key]
         return state
@@ -276,7 +290,7 @@ class DistillationModule(pl.LightningModule):
     @override
     def on_train_start(self) -> None:
         if self._warning_filter is not None and self._warning_filter in warnings.filters:
-            warnings.filters.remove(self._warning_filter)
+            warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
             self._warning_filter = None
 
     # ------------------------------------------------------------------ steps
@@ -286,7 +300,7 @@ class DistillationModule(pl.LightningModule):
 
     def compute_losses(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Student logits and the loss terms of the current stage (``loss`` is their weighted sum)."""
-        hp = self.hparams
+        hp: Any = self.hparams
         with capture_outputs(self.student, list(self.feature_pairs), argument="feature_pairs") as student_features:
             logits = self.student(inputs)
         terms: dict[str, Tensor] = {}
@@ -320,12 +334,17 @@ class DistillationModule(pl.LightningModule):
         on_step = split == "train"
         self.log_dict(
             {f"{split}/{k}": v.detach() for k, v in terms.items()},
-            on_step=on_step, on_epoch=not on_step, prog_bar=False, batch_size=len(labels),
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=False,
+            batch_size=len(labels),
         )
         if self.stage != "mimic":
             accuracy = getattr(self, f"{split}_acc")
             accuracy(logits.detach(), labels)
-            self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=split != "test", batch_size=len(labels))
+            self.log(
+                f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=split != "test", batch_size=len(labels)
+            )
         return terms["loss"]
 
     @override
@@ -343,11 +362,18 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp: Any = self.hparams
         parameters = [p for p in [*self.student.parameters(), *self.adapters.parameters()] if p.requires_grad]
         return build_optimizer(
-            parameters, self.trainer.estimated_stepping_batches, optimizer=hp.optimizer, lr=hp.lr, momentum=hp.momentum,
-            weight_decay=hp.weight_decay, schedule=hp.schedule, milestones=hp.milestones, gamma=hp.gamma,
+            parameters,
+            self.trainer.estimated_stepping_batches,
+            optimizer=hp.optimizer,
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            schedule=hp.schedule,
+            milestones=hp.milestones,
+            gamma=hp.gamma,
         )
 
 

@@ -11,7 +11,12 @@ def test_no_adapter_when_shapes_match() -> None:
 
 def test_conv_adapter_for_maps_and_linear_for_vectors() -> None:
     conv = build_adapter((4, 16, 8, 8), (4, 64, 8, 8))
-    assert isinstance(conv, nn.Conv2d) and conv.in_channels == 16 and conv.out_channels == 64 and conv.kernel_size == (1, 1)
+    assert (
+        isinstance(conv, nn.Conv2d)
+        and conv.in_channels == 16
+        and conv.out_channels == 64
+        and conv.kernel_size == (1, 1)
+    )
     linear = build_adapter((4, 32), (4, 128))
     assert isinstance(linear, nn.Linear) and (linear.in_features, linear.out_features) == (32, 128)
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from kd_probe.functional import capture_outputs, modules_through, resolve_layer
 from kd_probe.core.layers import eval_forward
+from kd_probe.functional import capture_outputs, modules_through, resolve_layer
 from kd_probe.models import VGG, ResNet
 
 
@@ -32,9 +32,8 @@ def test_capture_outputs_records_the_module_output_and_removes_its_hooks() -> No
 
 def test_capture_outputs_removes_hooks_on_error() -> None:
     net = VGG(num_classes=3, widths=(4,), convs_per_stage=1)
-    with pytest.raises(RuntimeError):
-        with capture_outputs(net, ["features.conv1"]):
-            net(torch.randn(2, 5, 8, 8))  # wrong channel count
+    with pytest.raises(RuntimeError), capture_outputs(net, ["features.conv1"]):
+        net(torch.randn(2, 5, 8, 8))  # wrong channel count
     assert all(not m._forward_hooks for m in net.modules())
 
 
@@ -42,10 +41,23 @@ def test_modules_through_follows_execution_order_in_a_resnet() -> None:
     net = ResNet(num_classes=3, widths=(4, 8), blocks_per_stage=1)
     names = modules_through(net, "layer2.0.conv2", torch.zeros(1, 3, 8, 8))
     assert names == [
-        "stem.conv", "stem.bn", "stem.relu", "stem",
-        "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu1", "layer1.0.conv2", "layer1.0.bn2",
-        "layer1.0.shortcut", "layer1.0.relu2", "layer1.0", "layer1",
-        "layer2.0.conv1", "layer2.0.bn1", "layer2.0.relu1", "layer2.0.conv2",
+        "stem.conv",
+        "stem.bn",
+        "stem.relu",
+        "stem",
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu1",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.shortcut",
+        "layer1.0.relu2",
+        "layer1.0",
+        "layer1",
+        "layer2.0.conv1",
+        "layer2.0.bn1",
+        "layer2.0.relu1",
+        "layer2.0.conv2",
     ]  # not layer2.0.bn2, the shortcut of layer2.0 (run after conv2), nor the parents layer2.0/layer2
 
 

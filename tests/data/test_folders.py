@@ -30,7 +30,7 @@ def test_reads_triples_with_labels_from_folders_and_resized_masks(tmp_path: Path
     expected[5:15, 11:21] = True
     resized = torch.nn.functional.interpolate(torch.from_numpy(expected)[None, None].float(), size=(10, 10))[0, 0] > 0.5
     assert torch.equal(mask, resized)
-    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    assert float(image.min()) >= 0 and float(image.max()) <= 1
 
 
 def test_a_missing_mask_is_named(tmp_path: Path) -> None:

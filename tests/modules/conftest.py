@@ -11,7 +11,9 @@ from kd_probe.models import VGG, ResNet
 
 
 def tiny_data(**kw: Any) -> ShapesDataModule:
-    options: dict[str, Any] = dict(num_classes=3, image_size=16, train_size=48, val_size=16, test_size=16, probe_size=4, batch_size=16)
+    options: dict[str, Any] = dict(
+        num_classes=3, image_size=16, train_size=48, val_size=16, test_size=16, probe_size=4, batch_size=16
+    )
     options.update(kw)
     return ShapesDataModule(**options)
 
@@ -26,8 +28,13 @@ def tiny_teacher() -> ResNet:
 
 def tiny_trainer(root: Path, **kw: Any) -> pl.Trainer:
     options: dict[str, Any] = dict(
-        max_epochs=1, default_root_dir=root, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     options.update(kw)
     return pl.Trainer(**options)

@@ -10,14 +10,18 @@ from torch import nn
 from kd_probe import DistillationModule
 from kd_probe.modules.distillation import unpack_batch
 from tests.core.test_losses import _reference_kd
-from tests.modules.conftest import tiny_data, tiny_student, tiny_teacher, tiny_trainer
+from tests.modules.conftest import tiny_student, tiny_teacher, tiny_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
 
 def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(3, (n,), generator=g), torch.zeros(n, 16, 16, dtype=torch.bool)
+    return (
+        torch.randn(n, 3, 16, 16, generator=g),
+        torch.randint(3, (n,), generator=g),
+        torch.zeros(n, 16, 16, dtype=torch.bool),
+    )
 
 
 # ---------------------------------------------------------------- losses
@@ -35,8 +39,13 @@ def test_training_step_returns_exactly_the_hinton_loss() -> None:
 
 def test_distill_loss_is_the_weighted_sum_of_its_terms() -> None:
     module = DistillationModule(
-        tiny_student(), tiny_teacher(), kd_weight=0.7, ce_weight=0.3, feature_weight=2.0,
-        feature_pairs={"features.conv2": "layer2.0.conv2"}, example_input=(3, 16, 16),
+        tiny_student(),
+        tiny_teacher(),
+        kd_weight=0.7,
+        ce_weight=0.3,
+        feature_weight=2.0,
+        feature_pairs={"features.conv2": "layer2.0.conv2"},
+        example_input=(3, 16, 16),
     )
     x, y, _ = _batch()
     _, terms = module.compute_losses(x, y)
@@ -62,7 +71,9 @@ def test_dict_batches_and_extra_items_are_accepted() -> None:
 
 
 # ---------------------------------------------------------------- teacher hygiene
-def test_teacher_is_unchanged_and_in_eval_mode_in_every_training_step(tmp_path: Path, data: pl.LightningDataModule) -> None:
+def test_teacher_is_unchanged_and_in_eval_mode_in_every_training_step(
+    tmp_path: Path, data: pl.LightningDataModule
+) -> None:
     teacher = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     modes_seen: list[bool] = []
@@ -85,14 +96,19 @@ def test_checkpoint_has_no_teacher_keys_and_reloads_strictly(tmp_path: Path, dat
     assert state and not any(k.startswith("teacher.") for k in state)
     assert "adapters.features__conv2.weight" in state  # adapters are saved with the student
     # a fresh module built without example_input learns the adapter shapes from the checkpoint
-    reloaded = DistillationModule.load_from_checkpoint(path, student=tiny_student(), teacher=tiny_teacher(), strict=True)
+    reloaded = DistillationModule.load_from_checkpoint(
+        path, student=tiny_student(), teacher=tiny_teacher(), strict=True
+    )
     for key, value in module.student.state_dict().items():
         assert torch.equal(value, reloaded.student.state_dict()[key])
     torch.testing.assert_close(reloaded.adapters["features__conv2"].weight, module.adapters["features__conv2"].weight)
-    DistillationModule(tiny_student(), tiny_teacher(), example_input=(3, 16, 16),
-                       feature_pairs={"features.conv2": "layer2.0.conv2"}).load_state_dict(state, strict=True)
+    DistillationModule(
+        tiny_student(), tiny_teacher(), example_input=(3, 16, 16), feature_pairs={"features.conv2": "layer2.0.conv2"}
+    ).load_state_dict(state, strict=True)
     # the from-scratch baseline loads the student of a distilled run strictly too
-    DistillationModule(tiny_student()).load_state_dict({k: v for k, v in state.items() if not k.startswith("adapters.")})
+    DistillationModule(tiny_student()).load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith("adapters.")}
+    )
 
 
 def test_teacher_can_be_kept_in_checkpoints() -> None:
@@ -127,7 +143,9 @@ def test_eval_mode_warning_is_silenced_for_the_teacher_only(tmp_path: Path, data
 # ---------------------------------------------------------------- feature KD and adapters
 def test_adapters_are_built_only_where_shapes_differ() -> None:
     pairs = {"features.conv2": "layer2.0.conv2", "head.fc": "head.fc", "head.flatten": "head.flatten"}
-    module = DistillationModule(tiny_student(), tiny_teacher(), feature_pairs=pairs, example_input=torch.randn(2, 3, 16, 16))
+    module = DistillationModule(
+        tiny_student(), tiny_teacher(), feature_pairs=pairs, example_input=torch.randn(2, 3, 16, 16)
+    )
     conv = module.adapters["features__conv2"]
     assert isinstance(conv, nn.Conv2d) and (conv.in_channels, conv.out_channels, conv.kernel_size) == (8, 16, (1, 1))
     linear = module.adapters["head__flatten"]
@@ -146,35 +164,57 @@ def test_adapters_are_built_at_setup_and_train_with_the_student(tmp_path: Path, 
 
 def test_adapter_mismatch_is_refused_with_both_shapes() -> None:
     with pytest.raises(ValueError, match=r"different spatial sizes: student \(2, 4, 16, 16\), teacher \(2, 16, 8, 8\)"):
-        DistillationModule(tiny_student(), tiny_teacher(), feature_pairs={"features.conv1": "layer2.0.conv2"}, example_input=(3, 16, 16))
+        DistillationModule(
+            tiny_student(),
+            tiny_teacher(),
+            feature_pairs={"features.conv1": "layer2.0.conv2"},
+            example_input=(3, 16, 16),
+        )
 
 
 def test_unknown_layer_names_list_close_matches() -> None:
-    with pytest.raises(ValueError, match=r"`feature_pairs`='features.conv9' is not a module of VGG; close matches: 'features.conv2', 'features.conv1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`feature_pairs`='features.conv9' is not a module of VGG; close matches: 'features.conv2', 'features.conv1'",
+    ):
         DistillationModule(tiny_student(), tiny_teacher(), feature_pairs={"features.conv9": "layer2.0.conv2"})
-    with pytest.raises(ValueError, match=r"`feature_pairs`='layer2.conv2' is not a module of ResNet; close matches: 'layer2.0.conv2'"):
+    with pytest.raises(
+        ValueError, match=r"`feature_pairs`='layer2.conv2' is not a module of ResNet; close matches: 'layer2.0.conv2'"
+    ):
         DistillationModule(tiny_student(), tiny_teacher(), feature_pairs={"features.conv2": "layer2.conv2"})
-    with pytest.raises(ValueError, match=r"`freeze_through`='feature.conv1' is not a module of VGG; close matches: 'features.conv1'"):
+    with pytest.raises(
+        ValueError, match=r"`freeze_through`='feature.conv1' is not a module of VGG; close matches: 'features.conv1'"
+    ):
         DistillationModule(tiny_student(), stage="head", freeze_through="feature.conv1")
 
 
 # ---------------------------------------------------------------- two-phase stages
 def test_mimic_stage_trains_only_the_feature_mse(tmp_path: Path, data: pl.LightningDataModule) -> None:
     student, teacher = tiny_student(), VGG_same()
-    module = DistillationModule(student, teacher, stage="mimic", feature_pairs="features.conv2", example_input=(3, 16, 16))
+    module = DistillationModule(
+        student, teacher, stage="mimic", feature_pairs="features.conv2", example_input=(3, 16, 16)
+    )
     assert len(module.adapters) == 0  # same architecture: no adapter
     x, y, _ = _batch()
     _, terms = module.compute_losses(x, y)
     assert set(terms) == {"loss", "loss_feature"}
-    torch.testing.assert_close(terms["loss"], F.mse_loss(student.features.conv2(student.features.pool1(student.features.relu1(
-        student.features.bn1(student.features.conv1(x))))), teacher.eval().features.conv2(teacher.features.pool1(
-        teacher.features.relu1(teacher.features.bn1(teacher.features.conv1(x)))))))
+    torch.testing.assert_close(
+        terms["loss"],
+        F.mse_loss(
+            student.features.conv2(
+                student.features.pool1(student.features.relu1(student.features.bn1(student.features.conv1(x))))
+            ),
+            teacher.eval().features.conv2(
+                teacher.features.pool1(teacher.features.relu1(teacher.features.bn1(teacher.features.conv1(x))))
+            ),
+        ),
+    )
     head_before = student.head.fc.weight.detach().clone()
     tiny_trainer(tmp_path, max_steps=3).fit(module, datamodule=data)
     assert torch.equal(head_before, student.head.fc.weight)  # labels are never used: the head is untouched
 
 
-def VGG_same() -> nn.Module:  # noqa: N802 - reads as a constructor
+def VGG_same() -> nn.Module:
     teacher = tiny_student()
     teacher.eval()
     return teacher
@@ -183,7 +223,14 @@ def VGG_same() -> nn.Module:  # noqa: N802 - reads as a constructor
 def test_head_stage_freezes_exactly_the_modules_up_to_the_layer(tmp_path: Path, data: pl.LightningDataModule) -> None:
     student = tiny_student()
     module = DistillationModule(student, stage="head", freeze_through="features.bn2", example_input=(3, 16, 16))
-    assert module.frozen_modules == ["features.conv1", "features.bn1", "features.relu1", "features.pool1", "features.conv2", "features.bn2"]
+    assert module.frozen_modules == [
+        "features.conv1",
+        "features.bn1",
+        "features.relu1",
+        "features.pool1",
+        "features.conv2",
+        "features.bn2",
+    ]
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
     assert trainable == {"head.fc.weight", "head.fc.bias"}
     before = {k: v.clone() for k, v in student.state_dict().items()}
@@ -223,7 +270,9 @@ def test_bad_options_are_refused_at_construction(kw: dict, message: str) -> None
 
 
 @pytest.mark.parametrize(("optimizer", "schedule"), [("sgd", "cosine"), ("adamw", "step"), ("sgd", None)])
-def test_optimiser_and_schedule_options(tmp_path: Path, data: pl.LightningDataModule, optimizer: str, schedule: str) -> None:
+def test_optimiser_and_schedule_options(
+    tmp_path: Path, data: pl.LightningDataModule, optimizer: str, schedule: str
+) -> None:
     module = DistillationModule(tiny_student(), optimizer=optimizer, schedule=schedule, lr=0.1)
     trainer = tiny_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, datamodule=data)
@@ -241,4 +290,19 @@ def test_logged_metrics(tmp_path: Path, data: pl.LightningDataModule) -> None:
     trainer.test(module, datamodule=data, verbose=False)
     names |= set(trainer.logged_metrics)
     for split in ("train", "val", "test"):
-        assert {f"{split}/loss", f"{split}/loss_ce", f"{split}/loss_kd", f"{split}/loss_feature", f"{split}/acc"} <= names
+        assert {
+            f"{split}/loss",
+            f"{split}/loss_ce",
+            f"{split}/loss_kd",
+            f"{split}/loss_feature",
+            f"{split}/acc",
+        } <= names
+
+
+def test_tensorboard_logger_with_the_builtin_data_module(tmp_path: Path, data: pl.LightningDataModule) -> None:
+    # Lightning merges module and datamodule hyperparameters for loggers; num_classes must agree.
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="run", version="")
+    trainer = tiny_trainer(tmp_path, logger=logger)
+    trainer.fit(DistillationModule(tiny_student(), tiny_teacher()), datamodule=data)
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "hparams.yaml").read_text().count("num_classes: 3") == 1

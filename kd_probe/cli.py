@@ -1,0 +1,35 @@
+"""The ``kd-probe`` command: ``kd-probe demo`` runs the main job on the built-in data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kd_probe import __version__
+from kd_probe.demo import add_arguments, report, run_demo
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="kd-probe", description="Explain knowledge distillation while it happens.")
+    parser.add_argument("--version", action="version", version=f"kd_probe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_arguments(
+        commands.add_parser(
+            "demo",
+            help="train a teacher, a distilled student and a from-scratch baseline on the built-in data",
+            description="Train a teacher, a distilled student and a from-scratch baseline on the built-in data.",
+        )
+    )
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    report(run_demo(args))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
