@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_outputs", "eval_forward", "modules_through", "resolve_layer"]
+__all__ = ["capture_outputs", "eval_forward", "modules_through", "output_shapes", "resolve_layer"]
 
 
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
@@ -134,3 +134,10 @@ def eval_forward(model: nn.Module, inputs: Tensor) -> object:
     finally:
         for module, mode in modes.items():
             module.training = mode
+
+
+def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shapes of the named modules for one eval-mode forward of ``example_input`` (modes restored)."""
+    with capture_outputs(model, names) as outputs:
+        eval_forward(model, example_input)
+    return {name: tuple(outputs[name].shape) for name in names}

@@ -15,7 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from kd_probe.core.adapters import build_adapter
-from kd_probe.core.layers import capture_outputs, eval_forward, modules_through, resolve_layer
+from kd_probe.core.batches import unpack_batch
+from kd_probe.core.layers import capture_outputs, modules_through, output_shapes, resolve_layer
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.modules._optim import build_optimizer, check_optimizer_options
 
@@ -23,19 +24,6 @@ __all__ = ["DistillationModule"]
 
 STAGES = ("distill", "mimic", "head")
 _EVAL_MODE_WARNING = "Found {} module(s) in eval mode at the start of training."
-
-
-def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """Inputs and labels of a batch: the first two items of a tuple/list, or ``image``/``label`` of a dict."""
-    if isinstance(batch, Mapping):
-        if "image" not in batch or "label" not in batch:
-            raise ValueError(f"a dict batch needs 'image' and 'label' keys, got keys {sorted(batch)}.")
-        return batch["image"], batch["label"]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(
-        f"a batch must be a tuple/list (inputs, labels, ...) or a dict with 'image' and 'label', got {type(batch).__name__}."
-    )
 
 
 class DistillationModule(pl.LightningModule):
@@ -206,8 +194,8 @@ class DistillationModule(pl.LightningModule):
             example_input = torch.zeros(2, *example_input)
         example_input = example_input[:2]
         if self.feature_pairs:
-            student_shapes = _output_shapes(self.student, list(self.feature_pairs), example_input)
-            teacher_shapes = _output_shapes(self.teacher, list(self.feature_pairs.values()), example_input)  # type: ignore[arg-type]
+            student_shapes = output_shapes(self.student, list(self.feature_pairs), example_input)
+            teacher_shapes = output_shapes(self.teacher, list(self.feature_pairs.values()), example_input)  # type: ignore[arg-type]
             for name, teacher_name in self.feature_pairs.items():
                 adapter = build_adapter(
                     student_shapes[name], teacher_shapes[teacher_name], pair=f"{name!r} -> {teacher_name!r}"
@@ -233,7 +221,8 @@ class DistillationModule(pl.LightningModule):
                 "DistillationModule needs `example_input` (a batch of inputs or an input shape) to build feature "
                 "adapters or find the modules to freeze, when the Trainer is not given a datamodule."
             )
-        inputs, _ = unpack_batch(next(iter(datamodule.train_dataloader())))
+        loader = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
+        inputs, _ = unpack_batch(next(iter(getattr(datamodule, loader.get(stage, "train_dataloader"))())))
         self.prepare(inputs)
 
     @override
@@ -289,9 +278,16 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        self._remove_warning_filter()  # Lightning warns just before this hook
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self._remove_warning_filter()  # also when fit failed before training started
+
+    def _remove_warning_filter(self) -> None:
         if self._warning_filter is not None and self._warning_filter in warnings.filters:
             warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
-            self._warning_filter = None
+        self._warning_filter = None
 
     # ------------------------------------------------------------------ steps
     @override
@@ -384,10 +380,3 @@ def _adapter_key(layer: str) -> str:
 def _last_linear_out_features(model: nn.Module) -> int | None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
-
-
-def _output_shapes(model: nn.Module, names: list[str], example_input: Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shapes of the named modules for one eval-mode forward."""
-    with capture_outputs(model, names) as outputs:
-        eval_forward(model, example_input)
-    return {name: tuple(outputs[name].shape) for name in names}

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_probe import DistillationModule
-from kd_probe.modules.distillation import unpack_batch
 from tests.core.test_losses import _reference_kd
 from tests.modules.conftest import tiny_student, tiny_teacher, tiny_trainer
 
@@ -60,14 +59,6 @@ def test_baseline_is_plain_cross_entropy() -> None:
     _, terms = module.compute_losses(x, y)
     assert set(terms) == {"loss", "loss_ce"}
     torch.testing.assert_close(terms["loss"], F.cross_entropy(student(x), y))
-
-
-def test_dict_batches_and_extra_items_are_accepted() -> None:
-    x, y, m = _batch()
-    assert unpack_batch({"image": x, "label": y, "mask": m})[0] is x
-    assert unpack_batch([x, y, m, "extra"])[1] is y
-    with pytest.raises(ValueError, match=r"a dict batch needs 'image' and 'label' keys, got keys \['img', 'label'\]"):
-        unpack_batch({"img": x, "label": y})
 
 
 # ---------------------------------------------------------------- teacher hygiene
