@@ -7,7 +7,9 @@ Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). Every run logs to Tensor
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _fit(
     module: DistillationModule, data: ShapesDataModule, log_dir: Path, run: str, epochs: int, quick: bool
 ) -> float:
-    logger = TensorBoardLogger(save_dir=str(log_dir), name=run, version="")
+    logger = TensorBoardLogger(save_dir=str(log_dir), name=run, version="", default_hp_metric=False)
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=logger,
@@ -80,9 +82,17 @@ def _fit(
     return float(result["test/acc"])
 
 
+def _quiet_lightning() -> None:
+    """Keep the console to progress bars and results: no Lightning tips or hardware banners."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
+
+
 def run_demo(args: argparse.Namespace) -> DemoResult:
     """Train teacher, distilled student and baseline; return their test accuracies."""
     start = time.perf_counter()
+    _quiet_lightning()
     train_size, val_size, test_size = (256, 64, 64) if args.quick else (args.train_size, 1000, 1000)
     data = ShapesDataModule(
         num_classes=args.num_classes,

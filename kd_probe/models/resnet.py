@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from kd_probe.models._parts import init_convolutions, pooled_head
+
 __all__ = ["BasicBlock", "ResNet"]
 
 
@@ -92,12 +94,8 @@ class ResNet(nn.Module):
                 channels = width
             self.add_module(f"layer{stage}", nn.Sequential(*stage_blocks))
         self.num_stages = len(widths)
-        self.head = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.head = pooled_head(channels, num_classes)
+        init_convolutions(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)

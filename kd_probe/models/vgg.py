@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from kd_probe.models._parts import init_convolutions, pooled_head
+
 __all__ = ["VGG"]
 
 
@@ -59,12 +61,8 @@ class VGG(nn.Module):
                 channels = width
             layers[f"pool{stage}"] = nn.MaxPool2d(2, ceil_mode=True)
         self.features = nn.Sequential(layers)
-        self.head = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.head = pooled_head(channels, num_classes)
+        init_convolutions(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

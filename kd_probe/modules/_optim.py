@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,65 +14,62 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = (None, "cosine", "step")
 
 
-def check_optimizer_options(
-    optimizer: str,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    schedule: str | None,
-    milestones: Sequence[float],
-    gamma: float,
-) -> None:
-    """Refuse bad optimiser settings at construction, one sentence per mistake."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}.")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
-    if not lr > 0:
-        raise ValueError(f"`lr` must be > 0, got {lr!r}.")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay!r}.")
-    if not all(0 < m < 1 for m in milestones) or list(milestones) != sorted(milestones):
-        raise ValueError(f"`milestones` must be increasing fractions of training in (0, 1), got {tuple(milestones)!r}.")
-    if not 0 < gamma <= 1:
-        raise ValueError(f"`gamma` must be in (0, 1], got {gamma!r}.")
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """Optimiser settings, checked when created (one sentence per mistake)."""
 
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str | None = "cosine"
+    milestones: Sequence[float] = (0.5, 0.75)
+    gamma: float = 0.1
 
-def build_optimizer(
-    parameters: Iterable[nn.Parameter],
-    total_steps: float,
-    *,
-    optimizer: str,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    schedule: str | None,
-    milestones: Sequence[float],
-    gamma: float,
-) -> Any:
-    """The optimiser, with a per-step cosine or step schedule over ``total_steps`` when asked for.
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum!r}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}.")
+        if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(
+                f"`milestones` must be increasing fractions of training in (0, 1), got {tuple(self.milestones)!r}."
+            )
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"`gamma` must be in (0, 1], got {self.gamma!r}.")
 
-    Returns what ``LightningModule.configure_optimizers`` returns.
-    """
-    params = list(parameters)
-    if not params:
-        raise ValueError("there is nothing to train: every parameter of the student (and adapters) is frozen.")
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if schedule is None:
-        return opt
-    if not math.isfinite(total_steps):
-        raise ValueError(
-            f"`schedule`={schedule!r} needs a finite training length: set the Trainer's max_epochs or max_steps."
-        )
-    total = max(1, int(total_steps))
-    if schedule == "cosine":
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        steps = [max(1, int(f * total)) for f in milestones]
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=gamma)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def build(self, parameters: Iterable[nn.Parameter], total_steps: float) -> Any:
+        """The optimiser, with a per-step cosine or step schedule over ``total_steps`` when asked for.
+
+        Returns what ``LightningModule.configure_optimizers`` returns.
+        """
+        params = list(parameters)
+        if not params:
+            raise ValueError("there is nothing to train: every parameter of the student (and adapters) is frozen.")
+        if self.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule is None:
+            return opt
+        if not math.isfinite(total_steps):
+            raise ValueError(
+                f"`schedule`={self.schedule!r} needs a finite training length: set the Trainer's max_epochs or max_steps."
+            )
+        total = max(1, int(total_steps))
+        if self.schedule == "cosine":
+            scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=total
+            )
+        else:
+            steps = [max(1, int(f * total)) for f in self.milestones]
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=self.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

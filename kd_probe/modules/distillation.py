@@ -18,7 +18,7 @@ from kd_probe.core.adapters import build_adapter
 from kd_probe.core.batches import unpack_batch
 from kd_probe.core.layers import capture_outputs, modules_through, output_shapes, resolve_layer
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
-from kd_probe.modules._optim import build_optimizer, check_optimizer_options
+from kd_probe.modules._optim import OptimizerOptions
 
 __all__ = ["DistillationModule"]
 
@@ -117,7 +117,9 @@ class DistillationModule(pl.LightningModule):
             feature_pairs = {feature_pairs: feature_pairs}
         pairs = dict(feature_pairs or {})
         self._check_losses(stage, teacher, pairs, freeze_through, temperature, kd_weight, ce_weight, feature_weight)
-        check_optimizer_options(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma)
+        self._optimizer_options = OptimizerOptions(
+            optimizer, lr, momentum, weight_decay, schedule, tuple(milestones), gamma
+        )
         for name, teacher_name in pairs.items():
             resolve_layer(student, name, argument="feature_pairs")
             resolve_layer(teacher, teacher_name, argument="feature_pairs")  # type: ignore[arg-type]
@@ -328,13 +330,15 @@ class DistillationModule(pl.LightningModule):
         inputs, labels = unpack_batch(batch)
         logits, terms = self.compute_losses(inputs, labels)
         on_step = split == "train"
-        self.log_dict(
-            {f"{split}/{k}": v.detach() for k, v in terms.items()},
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=False,
-            batch_size=len(labels),
-        )
+        for name, value in terms.items():
+            self.log(
+                f"{split}/{name}",
+                value.detach(),
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=name == "loss" and split == "train",
+                batch_size=len(labels),
+            )
         if self.stage != "mimic":
             accuracy = getattr(self, f"{split}_acc")
             accuracy(logits.detach(), labels)
@@ -358,19 +362,8 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        hp: Any = self.hparams
         parameters = [p for p in [*self.student.parameters(), *self.adapters.parameters()] if p.requires_grad]
-        return build_optimizer(
-            parameters,
-            self.trainer.estimated_stepping_batches,
-            optimizer=hp.optimizer,
-            lr=hp.lr,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-            schedule=hp.schedule,
-            milestones=hp.milestones,
-            gamma=hp.gamma,
-        )
+        return self._optimizer_options.build(parameters, self.trainer.estimated_stepping_batches)
 
 
 def _adapter_key(layer: str) -> str:

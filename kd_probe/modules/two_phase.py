@@ -43,7 +43,8 @@ def run_two_phase(
     """Distil ``teacher`` into ``student`` with the [KP] protocol: mimic one layer, then train the head.
 
     Phase 1 (``stage="mimic"``) trains the student only on ``MSE(f_student(x), f_teacher(x))`` at
-    ``layer`` (use the module whose output is pre-ReLU, e.g. a conv), no labels; the knowledge-point
+    ``layer``, no labels. [KP] matches the pre-ReLU output: in the built-in ``VGG`` with BatchNorm that is
+    ``features.bn{i}`` (``features.conv{i}`` without BatchNorm); the knowledge-point
     metrics of [KP] are measured on this phase's checkpoints, so put the probes in ``mimic_callbacks``.
     Phase 2 (``stage="head"``) freezes every student module up to and including ``layer`` and trains
     the rest with cross-entropy. The same ``student`` object is trained in place by both phases.
@@ -66,7 +67,7 @@ def run_two_phase(
         from kd_probe.models import VGG
         data = ShapesDataModule(num_classes=6)
         result = run_two_phase(VGG(num_classes=6), trained_teacher, data,
-                               layer="features.conv4", mimic_epochs=20, head_epochs=10)
+                               layer="features.bn4", mimic_epochs=20, head_epochs=10)
         result.head_trainer.test(result.head_module, datamodule=data)
     """
     trainer_options = dict(trainer_options or {})
