@@ -299,11 +299,11 @@ class DistillationModule(pl.LightningModule):
     def compute_losses(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Student logits and the loss terms of the current stage (``loss`` is their weighted sum)."""
         hp: Any = self.hparams
+        self._enforce_frozen_modes()  # Lightning may have toggled modes: the teacher and frozen modules stay in eval
         with capture_outputs(self.student, list(self.feature_pairs), argument="feature_pairs") as student_features:
             logits = self.student(inputs)
         terms: dict[str, Tensor] = {}
         if self.teacher is not None and self.stage != "head":
-            self._enforce_frozen_modes()
             with torch.no_grad(), capture_outputs(self.teacher, list(self.feature_pairs.values())) as teacher_features:
                 teacher_logits = self.teacher(inputs)
             if self.stage == "distill":
@@ -349,7 +349,6 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        self._enforce_frozen_modes()
         return self._shared_step(batch, "train")
 
     @override
