@@ -34,6 +34,8 @@ def run_two_phase(
     mimic_epochs: int = 10,
     head_epochs: int = 10,
     trainer_options: dict[str, Any] | None = None,
+    mimic_trainer_options: dict[str, Any] | None = None,
+    head_trainer_options: dict[str, Any] | None = None,
     mimic_callbacks: Sequence[pl.Callback] = (),
     head_callbacks: Sequence[pl.Callback] = (),
     mimic_options: dict[str, Any] | None = None,
@@ -56,7 +58,9 @@ def run_two_phase(
         layer: the student layer ``L``.
         teacher_layer: the teacher layer matched with ``L`` (default: the same name).
         mimic_epochs, head_epochs: epochs of each phase.
-        trainer_options: keyword arguments of both ``pl.Trainer`` s (e.g. ``logger``, ``accelerator``).
+        trainer_options: keyword arguments of both ``pl.Trainer`` s (e.g. ``accelerator``).
+        mimic_trainer_options, head_trainer_options: ``pl.Trainer`` arguments for one phase only (e.g. a
+            ``logger`` per phase, so that the two phases' curves do not overwrite each other's steps).
         mimic_callbacks, head_callbacks: callbacks of each phase.
         mimic_options, head_options: ``DistillationModule`` options for one phase only.
         **module_options: ``DistillationModule`` options for both phases (optimiser, schedule, …).
@@ -70,7 +74,6 @@ def run_two_phase(
                                layer="features.bn4", mimic_epochs=20, head_epochs=10)
         result.head_trainer.test(result.head_module, datamodule=data)
     """
-    trainer_options = dict(trainer_options or {})
     mimic = DistillationModule(
         student,
         teacher,
@@ -78,9 +81,17 @@ def run_two_phase(
         feature_pairs={layer: teacher_layer or layer},
         **{**module_options, **(mimic_options or {})},
     )
-    mimic_trainer = pl.Trainer(max_epochs=mimic_epochs, callbacks=list(mimic_callbacks), **trainer_options)
+    mimic_trainer = pl.Trainer(
+        max_epochs=mimic_epochs,
+        callbacks=list(mimic_callbacks),
+        **{**(trainer_options or {}), **(mimic_trainer_options or {})},
+    )
     mimic_trainer.fit(mimic, datamodule=datamodule)
     head = DistillationModule(student, stage="head", freeze_through=layer, **{**module_options, **(head_options or {})})
-    head_trainer = pl.Trainer(max_epochs=head_epochs, callbacks=list(head_callbacks), **trainer_options)
+    head_trainer = pl.Trainer(
+        max_epochs=head_epochs,
+        callbacks=list(head_callbacks),
+        **{**(trainer_options or {}), **(head_trainer_options or {})},
+    )
     head_trainer.fit(head, datamodule=datamodule)
     return TwoPhaseResult(mimic, mimic_trainer, head, head_trainer)
