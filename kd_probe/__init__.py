@@ -7,8 +7,12 @@ Public API:
   ``stage="head"``, or :func:`run_two_phase`), and the from-scratch baseline (``teacher=None``).
 - :class:`ShapesDataModule` — built-in generated images with exact foreground masks;
   :class:`ImageMaskFolder` and :class:`CUB200` read real data as the same ``(image, label, mask)`` triples.
+- :func:`estimate_sigma_maps` — the σ-map engine of the knowledge-point paper (which input units a layer
+  keeps information about), returning :class:`SigmaMaps`; :func:`count_knowledge_points` turns entropy maps
+  into knowledge points (:class:`KnowledgePoints`: ``N_fg``, ``N_bg``, ``fg_ratio``);
+  :class:`KnowledgePointCount` accumulates them across batches and processes (a torchmetrics ``Metric``).
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
-  functions (losses, layer lookup, feature capture).
+  functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
 Example::
 
@@ -23,7 +27,10 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
+from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
+from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
+from kd_probe.metrics import KnowledgePointCount
 from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
 
 __version__ = "0.1.0"
@@ -32,8 +39,13 @@ __all__ = [
     "CUB200",
     "DistillationModule",
     "ImageMaskFolder",
+    "KnowledgePointCount",
+    "KnowledgePoints",
     "ShapesDataModule",
+    "SigmaMaps",
     "TwoPhaseResult",
     "__version__",
+    "count_knowledge_points",
+    "estimate_sigma_maps",
     "run_two_phase",
 ]

@@ -5,17 +5,45 @@ Every function here is pure torch and usable without Lightning.
 
 from kd_probe.core.adapters import build_adapter
 from kd_probe.core.batches import unpack_batch
-from kd_probe.core.layers import capture_outputs, eval_forward, modules_through, output_shapes, resolve_layer
+from kd_probe.core.knowledge_points import (
+    KnowledgePoints,
+    background_baseline,
+    count_knowledge_points,
+    downsample_mask,
+    effective_images,
+    foreground_ratio,
+)
+from kd_probe.core.layers import (
+    capture_outputs,
+    eval_forward,
+    forward_until,
+    modules_through,
+    output_shapes,
+    resolve_layer,
+)
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
+from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps, gaussian_entropy, image_generator, upsample_units
 
 __all__ = [
+    "KnowledgePoints",
+    "SigmaMaps",
+    "background_baseline",
     "build_adapter",
     "capture_outputs",
+    "count_knowledge_points",
+    "downsample_mask",
+    "effective_images",
+    "estimate_sigma_maps",
     "eval_forward",
     "feature_distillation_loss",
+    "foreground_ratio",
+    "forward_until",
+    "gaussian_entropy",
+    "image_generator",
     "logit_distillation_loss",
     "modules_through",
     "output_shapes",
     "resolve_layer",
     "unpack_batch",
+    "upsample_units",
 ]

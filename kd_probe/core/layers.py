@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_outputs", "eval_forward", "modules_through", "output_shapes", "resolve_layer"]
+__all__ = ["capture_outputs", "eval_forward", "forward_until", "modules_through", "output_shapes", "resolve_layer"]
 
 
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
@@ -78,6 +78,58 @@ def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by the hook of :func:`forward_until` to leave the forward as soon as the layer has run."""
+
+    def __init__(self, output: object) -> None:
+        super().__init__()
+        self.output = output
+
+
+def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, argument: str = "layer") -> Tensor:
+    """Run ``model(inputs)`` only as far as ``layer`` and return that module's output (early exit).
+
+    A forward hook on the layer raises as soon as it has produced its output, so the modules that would
+    run after it cost nothing; the result equals the output captured during a full forward. The hook is
+    removed in ``finally`` (spec §4). Works for any ``nn.Module`` whose forward calls the layer (the first
+    call wins when the layer runs more than once).
+
+    Args:
+        model: the network.
+        layer: dotted module name (or the module itself).
+        inputs: what ``model`` is called with.
+        argument: the user-facing argument name used in error messages.
+
+    Raises:
+        ValueError: unknown layer (close matches listed), or the layer did not run in the forward.
+        TypeError: the layer's output is not a tensor.
+
+    Example::
+
+        >>> from kd_probe.models import VGG
+        >>> net = VGG(num_classes=3).eval()
+        >>> tuple(forward_until(net, "features.relu1", torch.zeros(2, 3, 16, 16)).shape)
+        (2, 16, 16, 16)
+    """
+    module = resolve_layer(model, layer, argument=argument) if isinstance(layer, str) else layer
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        raise _StopForward(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(inputs)
+    except _StopForward as stop:
+        output = stop.output
+    else:
+        raise ValueError(f"`{argument}`={layer!r} exists but did not run in the forward of {type(model).__name__}.")
+    finally:
+        handle.remove()
+    if not isinstance(output, Tensor):
+        raise TypeError(f"`{argument}`={layer!r} returns {type(output).__name__}; a tensor output is needed.")
+    return output
 
 
 def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list[str]:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from kd_probe.core.layers import eval_forward
-from kd_probe.functional import capture_outputs, modules_through, resolve_layer
+from kd_probe.functional import capture_outputs, forward_until, modules_through, resolve_layer
 from kd_probe.models import VGG, ResNet
 
 
@@ -81,3 +81,26 @@ def test_modules_through_refuses_a_layer_that_never_runs() -> None:
     net.unused = nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"`layer`='unused' exists but did not run"):
         modules_through(net, "unused", torch.zeros(1, 3, 8, 8))
+
+
+def test_forward_until_equals_the_full_forward_and_skips_later_layers() -> None:
+    net = VGG(num_classes=3, widths=(4, 8), convs_per_stage=1).eval()
+    x = torch.randn(2, 3, 8, 8)
+    calls = []
+    handle = net.features.conv2.register_forward_hook(lambda *_: calls.append(1))
+    early = forward_until(net, "features.relu1", x)
+    assert calls == []  # nothing after the layer ran
+    handle.remove()
+    with capture_outputs(net, ["features.relu1"]) as outputs:
+        net(x)
+    assert torch.equal(early, outputs["features.relu1"])
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_forward_until_a_layer_that_never_runs_is_an_error() -> None:
+    net = nn.Sequential(nn.Linear(2, 2))
+    net.add_module("unused", nn.ReLU())
+    net.forward = lambda x: net[0](x)  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match=r"`layer`='unused' exists but did not run"):
+        forward_until(net, "unused", torch.zeros(1, 2))
+    assert all(not m._forward_hooks for m in net.modules())

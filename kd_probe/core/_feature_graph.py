@@ -1,0 +1,75 @@
+"""A traced copy of a network's forward up to one layer, with eval-mode BatchNorm folded into convolutions.
+
+Used by the σ engine (spec §1.2) to run thousands of perturbed forwards cheaply. The graph shares the
+model's modules (no weight copies, except the folded convolutions), stops at the probed layer, and is
+rebuilt for every call, so it always reflects the current weights. When the model cannot be traced with
+``torch.fx`` the caller falls back to the plain forward with an early-exit hook.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = ["truncated_graph"]
+
+
+class _KeepLayerTracer(fx.Tracer):
+    """Traces into containers as usual but keeps the probed layer as one call, whatever its type."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name == self.layer or super().is_leaf_module(m, module_qualified_name)
+
+
+def truncated_graph(model: nn.Module, layer: str, *, fold_batchnorm: bool = True) -> fx.GraphModule | None:
+    """``x ↦ output of layer`` as an ``fx.GraphModule`` (eval mode expected), or ``None`` when the model
+    cannot be traced or the layer is not called exactly once in its forward."""
+    try:
+        tracer = _KeepLayerTracer(layer)
+        graph = tracer.trace(model)
+    except Exception:  # any untraceable forward (data-dependent control flow, unsupported ops, ...)
+        return None
+    calls = [node for node in graph.nodes if node.op == "call_module" and node.target == layer]
+    if len(calls) != 1:
+        return None
+    for node in list(graph.nodes):
+        if node.op == "output":
+            graph.erase_node(node)
+    graph.output(calls[0])
+    module = fx.GraphModule(tracer.root, graph)
+    module.graph.eliminate_dead_code()
+    if fold_batchnorm:
+        _fold_batchnorm(module)
+    module.recompile()
+    return module
+
+
+def _fold_batchnorm(module: fx.GraphModule) -> None:
+    """Replace every ``Conv2d → BatchNorm2d`` pair (conv output used only by the BN, both in eval mode) by
+    one convolution with folded weights; the original modules are not touched."""
+    modules = dict(module.named_modules())
+    folded = 0
+    for node in list(module.graph.nodes):
+        norm = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(norm, nn.BatchNorm2d) or norm.training or norm.running_mean is None:
+            continue
+        source = node.args[0] if len(node.args) == 1 else None
+        if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        conv = modules.get(str(source.target))
+        if not isinstance(conv, nn.Conv2d) or conv.training:
+            continue
+        with torch.no_grad():
+            fused = fuse_conv_bn_eval(conv, norm).requires_grad_(False)
+        name = f"_kd_probe_folded_{folded}"
+        folded += 1
+        module.add_submodule(name, fused)
+        source.target = name
+        node.replace_all_uses_with(source)
+        module.graph.erase_node(node)
+    module.graph.lint()

@@ -1,0 +1,212 @@
+"""Knowledge points and their quality (spec ``methods.md`` §1.3), pure torch.
+
+A unit of an image is a knowledge point when its entropy is clearly below the background's:
+``H̄ − H_i > b``. Counting them on the foreground and the background of each image gives ``N_fg``,
+``N_bg`` and the foreground ratio ``λ_fg``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "KnowledgePoints",
+    "background_baseline",
+    "count_knowledge_points",
+    "downsample_mask",
+    "effective_images",
+    "foreground_ratio",
+]
+
+
+@dataclass(frozen=True)
+class KnowledgePoints:
+    """Result of :func:`count_knowledge_points` for ``N`` images at one checkpoint.
+
+    Attributes:
+        points: ``[N, grid, grid]`` bool, the knowledge points.
+        foreground: ``[N, grid, grid]`` bool, the foreground units (mask nearest-downsampled).
+        n_fg: ``[N]`` long, knowledge points on the foreground.
+        n_bg: ``[N]`` long, knowledge points on the background.
+        fg_ratio: ``λ_fg``, mean over images of ``N_fg / (N_fg + N_bg)``, 0 for an image without points.
+        fg_ratio_with_points: the same mean over the images that have points (NaN when none has).
+        baseline: ``[N]`` the background entropy ``H̄`` each image was compared with (one value repeated
+            for ``baseline="dataset"`` or a float; NaN where an image had no baseline).
+        effective: ``[N]`` bool, the images that took part (the others have no points and are left out of
+            the baseline and the ratios).
+    """
+
+    points: Tensor
+    foreground: Tensor
+    n_fg: Tensor
+    n_bg: Tensor
+    fg_ratio: float
+    fg_ratio_with_points: float
+    baseline: Tensor
+    effective: Tensor
+
+
+def downsample_mask(mask: Tensor, grid: int, *, argument: str = "fg_mask") -> Tensor:
+    """Foreground units ``[N, grid, grid]`` (bool) of masks ``[N, H, W]`` or ``[N, 1, H, W]``: a unit is
+    foreground iff the mask nearest-downsampled to the unit grid is > 0 (spec §1.3). Masks already at unit
+    resolution are only compared with 0.
+
+    Example::
+
+        >>> mask = torch.zeros(1, 8, 8); mask[:, :4, :4] = 1
+        >>> downsample_mask(mask, 2).int().tolist()
+        [[[1, 0], [0, 0]]]
+    """
+    if not isinstance(mask, Tensor) or mask.dim() not in (3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"`{argument}` must be masks [N, H, W] or [N, 1, H, W], got {shape}.")
+    if mask.dim() == 4:
+        mask = mask[:, 0]
+    height, width = mask.shape[-2:]
+    if height < grid or width < grid:
+        raise ValueError(
+            f"`{argument}` of size {height}×{width} is smaller than the {grid}×{grid} unit grid; pass masks at "
+            "image or unit resolution."
+        )
+    if (height, width) != (grid, grid):
+        mask = F.interpolate(mask[:, None].float(), size=(grid, grid), mode="nearest")[:, 0]
+    return mask > 0
+
+
+def background_baseline(
+    entropy: Tensor, foreground: Tensor, *, baseline: str | float = "dataset", effective: Tensor | None = None
+) -> Tensor:
+    """``H̄`` per image ``[N]`` (spec §1.3).
+
+    ``"dataset"``: the mean over (effective) images of each image's mean background entropy — one value for
+    the network and checkpoint, repeated; ``"image"``: each image's own mean background entropy; a float:
+    that value for every image (to compare networks on one baseline). An image without background units
+    has no baseline of its own (NaN) and is left out of the dataset mean.
+    """
+    count = entropy.shape[0]
+    background = (~foreground).to(entropy.dtype)
+    per_image = (entropy * background).sum(dim=(1, 2)) / background.sum(dim=(1, 2))  # NaN without background
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not math.isfinite(baseline):
+            raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
+        return entropy.new_full((count,), float(baseline))
+    if baseline == "image":
+        return per_image
+    if baseline == "dataset":
+        usable = ~per_image.isnan() if effective is None else (~per_image.isnan() & effective)
+        value = per_image[usable].mean() if usable.any() else entropy.new_tensor(math.nan)
+        return value.expand(count).clone()
+    raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
+
+
+def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float, float]:
+    """``λ_fg`` (spec §1.3): mean over images of ``N_fg / (N_fg + N_bg)`` with 0 for an image without
+    points (the reference behaviour), and the same mean over the images that have points (NaN if none).
+
+    Example::
+
+        >>> foreground_ratio(torch.tensor([3, 0, 1]), torch.tensor([1, 0, 1]))
+        (0.4166666666666667, 0.625)
+    """
+    total = n_fg + n_bg
+    if total.numel() == 0:
+        return math.nan, math.nan
+    ratio = torch.where(total > 0, n_fg.double() / total.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
+    with_points = ratio[total > 0]
+    return float(ratio.mean()), float(with_points.mean()) if with_points.numel() else math.nan
+
+
+def count_knowledge_points(
+    entropy: Tensor,
+    fg_mask: Tensor,
+    *,
+    threshold: float = 0.2,
+    baseline: str | float = "dataset",
+    effective: Tensor | None = None,
+) -> KnowledgePoints:
+    """Knowledge points of ``N`` images at one checkpoint of one network (spec §1.3).
+
+    Unit ``i`` is a knowledge point iff ``H̄ − H_i > threshold`` (nats); ``N_fg``/``N_bg`` count them on the
+    foreground / background units.
+
+    Args:
+        entropy: ``[N, grid, grid]`` entropy maps (``SigmaMaps.entropy``).
+        fg_mask: foreground masks ``[N, H, W]`` (or ``[N, 1, H, W]``) at image resolution, nearest-downsampled
+            to the grid, or already at unit resolution; foreground is ``> 0``.
+        threshold: ``b`` in nats.
+        baseline: ``"dataset"``, ``"image"`` or a float (see :func:`background_baseline`).
+        effective: ``[N]`` bool, images to use (e.g. ``SigmaMaps.effective``); the others get no points and
+            are left out of the baseline and the ratios. Default: all.
+
+    Example::
+
+        >>> entropy = torch.full((1, 2, 2), -3.0); entropy[0, 0, 0] = -3.5
+        >>> mask = torch.tensor([[[1, 0], [0, 0]]])
+        >>> kp = count_knowledge_points(entropy, mask)
+        >>> kp.n_fg.tolist(), kp.n_bg.tolist(), kp.fg_ratio
+        ([1], [0], 1.0)
+    """
+    if not isinstance(entropy, Tensor) or entropy.dim() != 3 or not entropy.is_floating_point():
+        shape = tuple(entropy.shape) if isinstance(entropy, Tensor) else type(entropy).__name__
+        raise ValueError(f"`entropy` must be float maps [N, grid, grid], got {shape}.")
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise ValueError(f"`threshold` must be a finite number of nats, got {threshold!r}.")
+    count, grid = entropy.shape[0], entropy.shape[-1]
+    if entropy.shape[-2] != grid:
+        raise ValueError(f"`entropy` maps must be square [N, grid, grid], got {tuple(entropy.shape)}.")
+    if not isinstance(fg_mask, Tensor) or fg_mask.shape[0] != count:
+        shape = tuple(fg_mask.shape) if isinstance(fg_mask, Tensor) else type(fg_mask).__name__
+        raise ValueError(
+            f"`fg_mask` of shape {shape} does not match `entropy` of shape {tuple(entropy.shape)}: "
+            "one mask per map is expected."
+        )
+    foreground = downsample_mask(fg_mask.to(entropy.device), grid)
+    if effective is None:
+        effective = torch.ones(count, dtype=torch.bool, device=entropy.device)
+    elif effective.shape != (count,):
+        raise ValueError(f"`effective` must be a bool tensor of shape ({count},), got {tuple(effective.shape)}.")
+    effective = effective.to(device=entropy.device, dtype=torch.bool)
+    reference = background_baseline(entropy, foreground, baseline=baseline, effective=effective)
+    points = (reference[:, None, None] - entropy > threshold) & effective[:, None, None]
+    n_fg = (points & foreground).sum(dim=(1, 2))
+    n_bg = (points & ~foreground).sum(dim=(1, 2))
+    ratio, ratio_with_points = foreground_ratio(n_fg[effective], n_bg[effective])
+    return KnowledgePoints(points, foreground, n_fg, n_bg, ratio, ratio_with_points, reference, effective)
+
+
+def effective_images(sigma_f: Tensor, entropy: Tensor, fg_mask: Tensor, *, late: Sequence[bool] | Tensor) -> Tensor:
+    """The effective-image filter of the reference code (spec §1.3), ``[N]`` bool (True = keep).
+
+    An image is dropped when its ``σ_f`` is 0 at any checkpoint, or when at any late checkpoint (the paper:
+    epochs ≥ 40 of 150) its mean foreground entropy exceeds its mean background entropy (or either mean is
+    undefined). To compare two networks, use the intersection (``keep_a & keep_b``).
+
+    Args:
+        sigma_f: ``[checkpoints, N]`` normalisers (``SigmaMaps.sigma_f`` of every checkpoint).
+        entropy: ``[checkpoints, N, grid, grid]`` entropy maps.
+        fg_mask: ``[N, H, W]`` masks at image or unit resolution.
+        late: ``[checkpoints]`` bool, which checkpoints count as late.
+    """
+    if sigma_f.dim() != 2 or entropy.dim() != 4 or entropy.shape[:2] != sigma_f.shape:
+        raise ValueError(
+            f"`sigma_f` [checkpoints, N] and `entropy` [checkpoints, N, grid, grid] must agree, got "
+            f"{tuple(sigma_f.shape)} and {tuple(entropy.shape)}."
+        )
+    late_mask = torch.as_tensor(late, dtype=torch.bool, device=entropy.device)
+    if late_mask.shape != (entropy.shape[0],):
+        raise ValueError(
+            f"`late` must hold one flag per checkpoint ({entropy.shape[0]}), got {tuple(late_mask.shape)}."
+        )
+    foreground = downsample_mask(fg_mask.to(entropy.device), entropy.shape[-1]).to(entropy.dtype)
+    background = 1.0 - foreground
+    fg_mean = (entropy * foreground).sum(dim=(2, 3)) / foreground.sum(dim=(1, 2))
+    bg_mean = (entropy * background).sum(dim=(2, 3)) / background.sum(dim=(1, 2))
+    alive = (sigma_f > 0).all(dim=0)
+    consistent = ~(bg_mean - fg_mean < 0) & ~(bg_mean - fg_mean).isnan()  # [checkpoints, N]
+    return alive & (consistent | ~late_mask[:, None]).all(dim=0)
