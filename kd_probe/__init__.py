@@ -11,6 +11,8 @@ Public API:
   keeps information about), returning :class:`SigmaMaps`; :func:`count_knowledge_points` turns entropy maps
   into knowledge points (:class:`KnowledgePoints`: ``N_fg``, ``N_bg``, ``fg_ratio``);
   :class:`KnowledgePointCount` accumulates them across batches and processes (a torchmetrics ``Metric``).
+- :class:`KnowledgePointProbe` — a Lightning callback that finds knowledge points on held-out images at
+  scheduled epochs and logs their curves, image grids and per-image history (any LightningModule, DDP).
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
@@ -27,6 +29,7 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
+from kd_probe.callbacks import KnowledgePointProbe
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
@@ -40,6 +43,7 @@ __all__ = [
     "DistillationModule",
     "ImageMaskFolder",
     "KnowledgePointCount",
+    "KnowledgePointProbe",
     "KnowledgePoints",
     "ShapesDataModule",
     "SigmaMaps",

@@ -214,7 +214,7 @@ class _FeatureFunction:
         fold_batchnorm: bool,
         probe: Tensor,
     ) -> None:
-        self.model, self.module, self.relu = model, module, relu
+        self.model, self.module, self.layer, self.relu = model, module, layer, relu
         self.graph: nn.Module | None = None
         self.channels_last = False
         with torch.no_grad():
@@ -251,7 +251,7 @@ class _FeatureFunction:
 
 def _close(fast: Tensor, reference: Tensor) -> bool:
     """Whether a rewritten forward reproduces the plain one (up to float rounding of folded weights)."""
-    if fast.shape != reference.shape:
+    if fast.shape != reference.shape or not torch.isfinite(reference).all():
         return False
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return bool(torch.allclose(fast, reference, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)))
@@ -282,6 +282,12 @@ class _SigmaOptimiser:
         with torch.no_grad():
             # one image per forward: a batch of one gives the same clean feature however the images are batched
             self.clean = torch.cat([features(images[i : i + 1]) for i in range(count)])
+            broken = ~torch.isfinite(self.clean.flatten(1)).all(dim=1)
+            if broken.any():
+                raise FloatingPointError(
+                    f"the feature at `layer`={features.layer!r} is NaN or infinite for {int(broken.sum())} of {count} "
+                    "images (a diverged model?); no σ map can be estimated."
+                )
             self.sigma_f = self._normaliser()
         self.effective = self.sigma_f > 0
         # weight of each image's summed squared error: 1 / (M · numel(g) · σ_f), 0 for non-effective images

@@ -1,0 +1,107 @@
+"""Cost of a KnowledgePointProbe relative to training, in the demo's configuration.
+
+One run trains the demo's distilled student (VGG(16,32,64)×2 with a VGG(32,64,128)×2 teacher, 32 px
+built-in images, 4000 training images, batch 64, AdamW) for a few epochs without the probe, then the same
+run with a ``KnowledgePointProbe`` probing every epoch (and epoch 0). It prints the training time, the
+time spent in the probe (measured around each probe), the fraction probe / training, and the same
+fraction extrapolated to the paper's schedule (15 checkpoints).
+
+Cost model: one probe costs about ``N × samples × (steps_run + 1)`` forward + input-gradient passes of one
+image to the probed layer, with ``steps_run = steps − 20`` for images that reach the target entropy by step
+``steps − 21`` (the usual case) and ``steps`` otherwise.
+
+Run: ``python benchmarks/bench_probe_overhead.py [--epochs 3] [--probe-images 16] [--samples 32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from kd_probe import DistillationModule, KnowledgePointProbe, ShapesDataModule
+from kd_probe.models import VGG
+
+
+class _TimedProbe(KnowledgePointProbe):
+    """The probe with a stopwatch around each probe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds: list[float] = []
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        entry = super().probe(trainer, pl_module, epoch)
+        self.seconds.append(time.perf_counter() - start)
+        return entry
+
+
+def _fit(data: ShapesDataModule, epochs: int, callbacks: list[pl.Callback]) -> float:
+    pl.seed_everything(0, verbose=False)
+    teacher = VGG(6, widths=(32, 64, 128), convs_per_stage=2)
+    student = VGG(6, widths=(16, 32, 64), convs_per_stage=2)
+    module = DistillationModule(student, teacher, optimizer="adamw", lr=3e-3, weight_decay=1e-4)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--probe-images", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--layer", default="features.bn6")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    data = ShapesDataModule(
+        num_classes=6,
+        image_size=32,
+        train_size=4000,
+        val_size=1000,
+        test_size=1000,
+        probe_size=args.probe_images,
+        background_bias=0.2,
+        batch_size=64,
+    )
+    data.setup("fit")
+    plain = _fit(data, args.epochs, [])
+    probe = _TimedProbe(data, layer=args.layer, every_n_epochs=1, samples=args.samples, steps=args.steps)
+    probed = _fit(data, args.epochs, [probe])
+    probe_seconds = sum(probe.seconds)
+    print(
+        f"threads={torch.get_num_threads()}; demo student, {args.epochs} epochs of 4000 images; probe: "
+        f"{args.probe_images} images, layer {args.layer}, samples {args.samples}, steps {args.steps}"
+    )
+    print(f"training without probe      {plain:8.1f} s")
+    print(f"training with probe         {probed:8.1f} s  (of which probing {probe_seconds:.1f} s)")
+    print(f"probes                      {len(probe.seconds):8d}    {probe_seconds / len(probe.seconds):.1f} s each")
+    per_epoch = plain / args.epochs
+    print(
+        f"probe / training time       {probe_seconds / plain:8.2f}   (probe every epoch; training = the run without probe)"
+    )
+    print(
+        f"one probe / one epoch       {probe_seconds / len(probe.seconds) / per_epoch:8.2f}   "
+        f"(the paper's 15 checkpoints over a 150-epoch run: {15 * probe_seconds / len(probe.seconds) / (150 * per_epoch):.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What the probe callbacks share: reading a probe set, schedules, finding the network, gathering shards."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = ["PAPER_EPOCHS", "ProbeSchedule", "find_network", "gather_shards", "read_probe_set", "shard_indices"]
+
+PAPER_EPOCHS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)  # [KP]'s probed checkpoints
+
+
+def read_probe_set(images: Any, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Images ``[N, C, H, W]`` and masks ``[N, H, W]`` from tensors, a dataset of ``(image, label, mask)``
+    triples, or a data module with a ``probe_set`` (the built-in ``ShapesDataModule``); checked now, so a
+    mistake is reported at construction, not hours into training."""
+    if hasattr(images, "probe_set") and not isinstance(images, Tensor):
+        images = images.probe_set
+    if isinstance(images, Dataset):
+        if masks is not None:
+            raise ValueError("`masks` must be None when `images` is a dataset: the masks are read from its items.")
+        items = [images[i] for i in range(len(images))]  # type: ignore[arg-type]
+        if items and (not isinstance(items[0], (tuple, list)) or len(items[0]) < 3):
+            raise ValueError("`images` dataset items must be (image, label, mask) triples; got items without a mask.")
+        if not items:
+            raise ValueError("`images` is an empty dataset; the probe needs at least one image.")
+        images = torch.stack([torch.as_tensor(item[0]) for item in items])
+        masks = torch.stack([torch.as_tensor(item[2]) for item in items])
+    if not isinstance(images, Tensor):
+        raise ValueError(
+            f"`images` must be a tensor [N, C, H, W], a dataset of (image, label, mask) or a data "
+            f"module with a probe_set, got {type(images).__name__}."
+        )
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {images.dim()}-D {images.dtype}.")
+    if images.shape[0] == 0:
+        raise ValueError("`images` is empty; the probe needs at least one image.")
+    if not torch.isfinite(images).all():
+        raise ValueError("`images` contains NaN or infinite values.")
+    if masks is None:
+        raise ValueError("`masks` are required: foreground masks [N, H, W] tell foreground from background units.")
+    masks = torch.as_tensor(masks)
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[1:] != images.shape[2:]:
+        raise ValueError(
+            f"`masks` of shape {tuple(masks.shape)} do not match `images` of shape "
+            f"{tuple(images.shape)}: one [H, W] mask per image is expected."
+        )
+    return images.detach().clone(), (masks > 0).clone()
+
+
+class ProbeSchedule:
+    """The epochs after which to probe: 0 is before the first optimizer step; ``e`` is after ``e`` epochs.
+
+    ``epochs``: a list of epochs, or ``"paper"`` ([KP]'s 0, 2, 5, …, 150 scaled to ``max_epochs``);
+    ``every_n_epochs``: every n epochs (and 0). Neither: every epoch.
+    """
+
+    def __init__(self, epochs: Sequence[int] | str | None, every_n_epochs: int | None) -> None:
+        if epochs is not None and every_n_epochs is not None:
+            raise ValueError("Give `epochs` or `every_n_epochs`, not both.")
+        if isinstance(epochs, str) and epochs != "paper":
+            raise ValueError(f"`epochs` must be a list of epochs or 'paper', got {epochs!r}.")
+        if epochs is not None and not isinstance(epochs, str):
+            epochs = list(epochs)
+            if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
+                raise ValueError(f"`epochs` must hold non-negative integers, got {epochs!r}.")
+        if every_n_epochs is not None and not (isinstance(every_n_epochs, int) and every_n_epochs >= 1):
+            raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
+        self.epochs, self.every_n_epochs = epochs, every_n_epochs
+
+    def resolve(self, max_epochs: int | None) -> list[int]:
+        """The sorted epochs to probe for a run of ``max_epochs`` (needed for ``"paper"``)."""
+        if self.epochs == "paper":
+            if max_epochs is None or max_epochs < 1:
+                raise ValueError(
+                    f"`epochs='paper'` scales the paper's checkpoints to the run's length and needs "
+                    f"Trainer(max_epochs=...) ≥ 1, got max_epochs={max_epochs!r}."
+                )
+            return sorted({min(max_epochs, round(e * max_epochs / 150)) for e in PAPER_EPOCHS})
+        if isinstance(self.epochs, list):
+            return sorted(set(self.epochs))
+        step = self.every_n_epochs or 1
+        last = max_epochs if max_epochs is not None and max_epochs >= 0 else 10**9
+        return [0, *range(step, last + 1, step)] if last < 10**9 else [0]
+
+    def includes(self, epoch: int, max_epochs: int | None) -> bool:
+        if self.epochs is None and (max_epochs is None or max_epochs < 0):
+            return epoch % (self.every_n_epochs or 1) == 0
+        return epoch in self.resolve(max_epochs)
+
+
+def find_network(pl_module: pl.LightningModule, path: str | None) -> nn.Module:
+    """The network to probe: ``pl_module.<path>`` (dotted attributes), default ``student`` when the module
+    has one (``DistillationModule``), else the LightningModule itself."""
+    if path is None:
+        student = getattr(pl_module, "student", None)
+        return student if isinstance(student, nn.Module) else pl_module
+    target: Any = pl_module
+    for part in path.split("."):
+        if not hasattr(target, part):
+            children = sorted(name for name, _ in pl_module.named_children())
+            raise ValueError(
+                f"`module`={path!r} is not an attribute path of {type(pl_module).__name__}; "
+                f"its child modules are {children}."
+            )
+        target = getattr(target, part)
+    if not isinstance(target, nn.Module):
+        raise ValueError(f"`module`={path!r} is a {type(target).__name__}, not an nn.Module.")
+    return target
+
+
+def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
+    """The probe images a rank works on: ``rank, rank + world_size, …``."""
+    return list(range(rank, count, world_size))
+
+
+def gather_shards(trainer: pl.Trainer, local: Tensor, count: int) -> Tensor:
+    """Reassemble per-rank results (rank ``r`` holds images ``r::world_size``) into ``[count, ...]`` on every
+    rank. Every rank must call this (it is a collective)."""
+    world = trainer.world_size
+    if world == 1:
+        return local
+    width = math.ceil(count / world)
+    padded = local.new_zeros((width, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    gathered = trainer.strategy.all_gather(padded)  # [world, width, ...]
+    result = local.new_empty((count, *local.shape[1:]))
+    for rank in range(world):
+        shard = shard_indices(count, rank, world)
+        result[shard] = gathered[rank, : len(shard)].to(result.dtype)
+    return result

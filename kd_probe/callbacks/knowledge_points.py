@@ -1,0 +1,330 @@
+"""``KnowledgePointProbe``: live knowledge-point curves of a network during training (spec §1, §4)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from kd_probe.callbacks._common import ProbeSchedule, find_network, gather_shards, read_probe_set, shard_indices
+from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
+from kd_probe.core.layers import resolve_layer
+from kd_probe.core.render import knowledge_point_panels
+from kd_probe.core.sigma import estimate_sigma_maps
+
+__all__ = ["KnowledgePointProbe"]
+
+_SIGMA_OPTIONS = (
+    "grid",
+    "samples",
+    "steps",
+    "lr",
+    "lam",
+    "target_entropy",
+    "boost",
+    "feature_relu",
+    "seed",
+    "max_batch",
+    "channels_last",
+    "fold_batchnorm",
+)
+_GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
+
+
+class KnowledgePointProbe(pl.Callback):
+    """Find the knowledge points of a network on held-out images during training and log their curves.
+
+    At each scheduled checkpoint (before the first optimizer step — "epoch 0" — and after scheduled
+    epochs), optimises one σ map per probe image at ``layer`` (:func:`~kd_probe.estimate_sigma_maps`), counts
+    knowledge points on the foreground and the background (:func:`~kd_probe.count_knowledge_points`),
+    logs the results and keeps the per-image history (entropy maps, knowledge points, flags, with epoch
+    and global step) in the callback's state (for resume) and in ``kd_probe_history[_<name>].pt`` in the
+    logger's directory (for offline reports). Works with any LightningModule; under DDP the probe images
+    are sharded across ranks and gathered, so the history is identical to a single-process run.
+
+    Args:
+        images: probe images ``[N, C, H, W]`` (normalised as the model expects), a dataset of
+            ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (``ShapesDataModule``).
+        masks: foreground masks ``[N, H, W]`` when ``images`` is a tensor.
+        layer: dotted module name inside the probed network whose output is the feature.
+        epochs: epochs after which to probe (0 = before training), or ``"paper"`` ([KP]'s checkpoints
+            0, 2, 5, 10, …, 150 scaled to ``max_epochs``).
+        every_n_epochs: probe every n epochs instead (and at 0). Neither given: every epoch.
+        module: attribute path of the network in the LightningModule (default ``student`` when present,
+            else the LightningModule itself).
+        name: sub-prefix of the tags (``kd_probe/<name>/...``) and of the history file, so that several
+            probes (student and teacher, two layers) can run in one Trainer.
+        log_images: how many probe images appear in the ``maps`` image grid (0: none).
+        threshold: ``b`` of spec §1.3, in nats.
+        baseline: ``"dataset"``, ``"image"`` or a float (spec §1.3).
+        sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``grid``, ``samples``, ``steps``,
+            ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``, ``seed``, ``max_batch``,
+            ``channels_last``, ``fold_batchnorm``).
+
+    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
+        - ``<p>/knowledge_points/n_fg``, ``<p>/knowledge_points/n_bg``: mean knowledge points per image on
+          the foreground / background.
+        - ``<p>/knowledge_points/fg_ratio``: λ_fg, mean of ``N_fg / (N_fg + N_bg)`` (0 without points).
+        - ``<p>/knowledge_points/baseline_entropy``: H̄, the background entropy the units are compared with.
+        - ``<p>/sigma/reached_target_fraction``, ``<p>/sigma/effective_fraction``: images whose σ optimisation
+          reached the target entropy / whose features respond to noise (``σ_f > 0``).
+        - ``<p>/maps`` (image, TensorBoard): per image the input, its entropy map and its knowledge points
+          (red) with the foreground outline (green).
+        - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
+
+    Example::
+
+        probe = KnowledgePointProbe(data, layer="features.bn6", epochs="paper", samples=32, steps=60)
+        pl.Trainer(max_epochs=20, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        masks: Tensor | None = None,
+        *,
+        layer: str,
+        epochs: list[int] | str | None = None,
+        every_n_epochs: int | None = None,
+        module: str | None = None,
+        name: str | None = None,
+        log_images: int = 4,
+        threshold: float = 0.2,
+        baseline: str | float = "dataset",
+        **sigma_options: Any,
+    ) -> None:
+        unknown = sorted(set(sigma_options) - set(_SIGMA_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown σ options {unknown}; expected some of {list(_SIGMA_OPTIONS)}.")
+        if not isinstance(layer, str) or not layer:
+            raise ValueError(f"`layer` must be a dotted module name, got {layer!r}.")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"`name` must be a non-empty string without '/', got {name!r}.")
+        if not isinstance(log_images, int) or log_images < 0:
+            raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
+        self.images, self.masks = read_probe_set(images, masks)
+        self.schedule = ProbeSchedule(epochs, every_n_epochs)
+        self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
+        self.threshold, self.baseline = threshold, baseline
+        self.sigma_options = dict(sigma_options)
+        self.grid = int(self.sigma_options.get("grid", 16))
+        if not 1 <= self.grid <= min(self.images.shape[-2:]):
+            raise ValueError(
+                f"`grid`={self.grid} must be between 1 and the probe images' size "
+                f"{self.images.shape[-2]}×{self.images.shape[-1]}."
+            )
+        count_knowledge_points(
+            torch.zeros(1, self.grid, self.grid), self.masks[:1], threshold=threshold, baseline=baseline
+        )  # checks threshold, baseline and the mask size now
+        self.history: list[dict[str, Any]] = []
+        self._warned_no_tensorboard = False
+
+    @property
+    def prefix(self) -> str:
+        return f"kd_probe/{self.name}" if self.name else "kd_probe"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(layer=self.layer, name=self.name, module=self.module_path)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or getattr(trainer, "fast_dev_run", False):
+            return
+        network = find_network(pl_module, self.module_path)
+        resolve_layer(network, self.layer)
+        self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
+        dry_run = {**self.sigma_options, "samples": 1, "steps": 1}
+        device = next((p.device for p in network.parameters()), torch.device("cpu"))
+        estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            self._warn_once("no TensorBoardLogger: the `maps` images and histograms are not logged, scalars are.")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a fresh run: epoch 0, before any optimizer step. A resumed run whose checkpoint was written before
+        # this callback's end-of-epoch probe (e.g. saved on validation end): that probe, with the same weights.
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        if (
+            trainer.sanity_checking
+            or getattr(trainer, "fast_dev_run", False)
+            or any(e["epoch"] == epoch for e in self.history)
+        ):
+            return
+        if self.schedule.includes(epoch, trainer.max_epochs):
+            self.probe(trainer, pl_module, epoch)
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+        """Probe now (every rank must call it under DDP), append to the history, log, save the history file."""
+        network = find_network(pl_module, self.module_path)
+        device = next((p.device for p in network.parameters()), pl_module.device)
+        count, rank, world = self.images.shape[0], trainer.global_rank, trainer.world_size
+        local = shard_indices(count, rank, world)
+        entry: dict[str, Any] = {"epoch": epoch, "global_step": trainer.global_step, "failed": None}
+        fields: dict[str, Tensor] = {}
+        try:
+            with _progress(trainer, f"{self.prefix} epoch {epoch}", self.sigma_options.get("steps", 80)) as tick:
+                maps = estimate_sigma_maps(
+                    network,
+                    self.images[local].to(device),
+                    layer=self.layer,
+                    indices=local,
+                    progress=tick,
+                    **self.sigma_options,
+                )
+            fields = {key: getattr(maps, key).float() for key in _GATHERED}
+            if not torch.isfinite(fields["entropy"]).all():
+                raise FloatingPointError(f"non-finite σ maps at layer {self.layer!r}")
+        except Exception as error:  # a probe problem must never stop training
+            entry["failed"] = f"{type(error).__name__}: {error}"
+        if self._any_rank_failed(trainer, entry["failed"] is not None, device):
+            entry["failed"] = entry["failed"] or "failed on another rank"
+            warnings.warn(
+                f"kd_probe: knowledge-point probe at epoch {epoch} failed ({entry['failed']}); "
+                "training goes on and the checkpoint is marked as failed in the history.",
+                stacklevel=2,
+            )
+        else:
+            full = {key: gather_shards(trainer, value.to(device), count).cpu() for key, value in fields.items()}
+            entry.update(self._knowledge_points(full))
+        self.history.append(entry)
+        self._log(trainer, entry)
+        self._save_history(trainer)
+        return entry
+
+    def _knowledge_points(self, maps: dict[str, Tensor]) -> dict[str, Any]:
+        effective = maps["effective"] > 0.5
+        points = count_knowledge_points(
+            maps["entropy"], self.masks, threshold=self.threshold, baseline=self.baseline, effective=effective
+        )
+        used = effective if effective.any() else torch.ones_like(effective)
+        return {
+            "entropy": maps["entropy"],
+            "sigma_f": maps["sigma_f"],
+            "effective": effective,
+            "reached_target": maps["reached_target"] > 0.5,
+            "boosted": maps["boosted"] > 0.5,
+            "step": maps["step"].long(),
+            "points": points.points,
+            "n_fg": points.n_fg,
+            "n_bg": points.n_bg,
+            "fg_ratio": points.fg_ratio,
+            "fg_ratio_with_points": points.fg_ratio_with_points,
+            "baseline": float(points.baseline[used].nanmean()),
+        }
+
+    def _any_rank_failed(self, trainer: pl.Trainer, failed: bool, device: torch.device) -> bool:
+        if trainer.world_size == 1:
+            return failed
+        flags = trainer.strategy.all_gather(torch.tensor([float(failed)], device=device))
+        return bool(flags.sum() > 0)
+
+    @rank_zero_only
+    def _log(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
+        if entry["failed"] is not None:
+            return
+        effective = entry["effective"]
+        used = effective if effective.any() else torch.ones_like(effective)
+        scalars = {
+            "knowledge_points/n_fg": float(entry["n_fg"][used].float().mean()),
+            "knowledge_points/n_bg": float(entry["n_bg"][used].float().mean()),
+            "knowledge_points/fg_ratio": entry["fg_ratio"],
+            "knowledge_points/baseline_entropy": entry["baseline"],
+            "sigma/reached_target_fraction": float(entry["reached_target"].float().mean()),
+            "sigma/effective_fraction": float(effective.float().mean()),
+        }
+        metrics = {f"{self.prefix}/{key}": value for key, value in scalars.items() if math.isfinite(value)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                self._log_media(logger, entry, trainer.global_step)
+
+    def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
+        writer = logger.experiment
+        gap = (entry["baseline"] - entry["entropy"][entry["effective"]]).flatten()
+        if gap.numel() and torch.isfinite(gap).all():
+            writer.add_histogram(f"{self.prefix}/knowledge_points/entropy_gap", gap, global_step=step)
+        shown = min(self.log_images, self.images.shape[0])
+        if shown:
+            picture = knowledge_point_panels(
+                self.images[:shown], entry["entropy"][:shown], entry["points"][:shown], self.masks[:shown]
+            )
+            writer.add_image(f"{self.prefix}/maps", picture, global_step=step)
+        writer.flush()
+
+    def history_path(self, trainer: pl.Trainer) -> Path:
+        """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
+        folder = next((lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)), None)
+        suffix = f"_{self.name}" if self.name else ""
+        return Path(folder or trainer.default_root_dir) / f"kd_probe_history{suffix}.pt"
+
+    @rank_zero_only
+    def _save_history(self, trainer: pl.Trainer) -> None:
+        path = self.history_path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "version": 1,
+            "layer": self.layer,
+            "module": self.module_path,
+            "name": self.name,
+            "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
+            "foreground": downsample_mask(self.masks, self.grid),
+            "masks": self.masks,
+            "images": self.images[: max(self.log_images, 8)],
+            "entries": self.history,
+        }
+        temporary = path.with_suffix(".pt.tmp")
+        torch.save(record, temporary)
+        os.replace(temporary, path)  # atomic: a crash never leaves a half-written history
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned_no_tensorboard:
+            rank_zero_warn(f"kd_probe: {message}")
+            self._warned_no_tensorboard = True
+
+
+class _progress:
+    """A tqdm bar for a long probe on rank zero when the Trainer shows progress; a no-op otherwise."""
+
+    def __init__(self, trainer: pl.Trainer, description: str, total: int) -> None:
+        self.bar: Any = None
+        if trainer.is_global_zero and trainer.progress_bar_callback is not None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, unit="step")
+
+    def __enter__(self) -> Any:
+        def tick(done: int, _total: int) -> None:
+            if self.bar is not None:
+                self.bar.update(done - self.bar.n)
+
+        return tick
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,70 @@
+"""Pictures of knowledge points in pure torch (no matplotlib): for TensorBoard image grids and reports."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kd_probe.core.sigma import upsample_units
+
+__all__ = ["colorize", "knowledge_point_panels"]
+
+# a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
+_RAMP = torch.tensor(
+    [[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551], [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]]
+)
+
+
+def colorize(values: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    """Map ``[..., H, W]`` values to RGB ``[..., 3, H, W]`` in [0, 1] with a viridis-like ramp
+    (``low``/``high`` default to the min/max of ``values``)."""
+    low = float(values.min()) if low is None else low
+    high = float(values.max()) if high is None else high
+    scaled = ((values - low) / max(high - low, 1e-12)).clamp(0, 1) * (len(_RAMP) - 1)
+    index = scaled.floor().long().clamp(max=len(_RAMP) - 2)
+    weight = (scaled - index).unsqueeze(-1)
+    ramp = _RAMP.to(values.device)
+    rgb = ramp[index] * (1 - weight) + ramp[index + 1] * weight
+    return rgb.movedim(-1, -3)
+
+
+def _to_display(images: Tensor) -> Tensor:
+    """Per-image min–max scaling to [0, 1] (works whatever normalisation the model expects)."""
+    flat = images.flatten(1)
+    low, high = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
+    shown = (images - low) / (high - low).clamp(min=1e-12)
+    return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
+
+
+def _outline(mask: Tensor) -> Tensor:
+    """Pixels of ``mask`` ``[N, H, W]`` (bool) that touch a pixel outside it."""
+    padded = F.pad(mask[:, None].float(), (1, 1, 1, 1), value=0.0)
+    eroded = -F.max_pool2d(-padded, 3, stride=1)[:, 0]
+    return mask & (eroded < 0.5)
+
+
+def knowledge_point_panels(images: Tensor, entropy: Tensor, points: Tensor, mask: Tensor, *, scale: int = 4) -> Tensor:
+    """One RGB picture ``[3, N·H·scale, 3·W·scale]``: per image (a row) the input, its entropy map (low
+    entropy = dark), and the knowledge points (red units) over the grey input with the foreground outline
+    (green).
+
+    Args:
+        images: ``[N, C, H, W]`` inputs as given to the model.
+        entropy: ``[N, grid, grid]`` entropy maps.
+        points: ``[N, grid, grid]`` bool knowledge points.
+        mask: ``[N, H, W]`` foreground masks at image resolution (> 0 = foreground).
+        scale: nearest upscaling of every panel, so that small images stay readable.
+    """
+    size = (images.shape[-2], images.shape[-1])
+    shown = _to_display(images.detach().float().cpu())
+    heat = colorize(upsample_units(entropy.detach().float().cpu(), size)[:, 0])
+    grey = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1) * 0.7
+    marked = upsample_units(points.detach().float().cpu(), size)[:, 0] > 0.5
+    red = torch.tensor([1.0, 0.1, 0.1])[None, :, None, None]
+    overlay = torch.where(marked[:, None], 0.45 * grey + 0.55 * red, grey)
+    edge = _outline(mask.detach().cpu() > 0)
+    overlay = torch.where(edge[:, None], torch.tensor([0.1, 1.0, 0.2])[None, :, None, None], overlay)
+    rows = torch.cat([shown, heat, overlay], dim=-1)  # [N, 3, H, 3W]
+    picture = torch.cat(list(rows), dim=-2)  # [3, N·H, 3W]
+    return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)

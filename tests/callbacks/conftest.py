@@ -1,0 +1,49 @@
+"""Tiny data, networks and Trainers for the callback tests (each fit takes about a second)."""
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from kd_probe import ShapesDataModule
+from kd_probe.models import VGG
+
+PROBE = dict(grid=4, samples=4, steps=25)  # the boost/stop check happens at step 3
+
+
+def tiny_data() -> ShapesDataModule:
+    return ShapesDataModule(
+        num_classes=3, image_size=16, train_size=64, val_size=16, test_size=16, probe_size=6, batch_size=16
+    )
+
+
+def tiny_net(batch_norm: bool = True) -> VGG:
+    torch.manual_seed(0)
+    return VGG(num_classes=3, widths=(4, 8), convs_per_stage=1, batch_norm=batch_norm)
+
+
+def loaders(data: ShapesDataModule) -> dict[str, DataLoader]:
+    """Unshuffled loaders, so that a resumed run sees the same batches as an uninterrupted one."""
+    return {
+        "train_dataloaders": DataLoader(data.train_set, batch_size=16, shuffle=False),
+        "val_dataloaders": DataLoader(data.val_set, batch_size=16, shuffle=False),
+    }
+
+
+def trainer(root: Path, **kw: Any) -> pl.Trainer:
+    options: dict[str, Any] = dict(
+        max_epochs=2,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+    )
+    options.update(kw)
+    return pl.Trainer(**options)
