@@ -13,6 +13,8 @@ Public API:
   :class:`KnowledgePointCount` accumulates them across batches and processes (a torchmetrics ``Metric``).
 - :class:`KnowledgePointProbe` — a Lightning callback that finds knowledge points on held-out images at
   scheduled epochs and logs their curves, image grids and per-image history (any LightningModule, DDP).
+- :class:`WeightTrajectoryMonitor` — per-module weight step lengths, update cosines, direction consistency
+  and path efficiency (spec §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
@@ -29,7 +31,7 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
-from kd_probe.callbacks import KnowledgePointProbe
+from kd_probe.callbacks import KnowledgePointProbe, WeightTrajectoryMonitor
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
@@ -48,6 +50,7 @@ __all__ = [
     "ShapesDataModule",
     "SigmaMaps",
     "TwoPhaseResult",
+    "WeightTrajectoryMonitor",
     "__version__",
     "count_knowledge_points",
     "estimate_sigma_maps",

@@ -5,6 +5,7 @@ Every function here is pure torch and usable without Lightning.
 
 from kd_probe.core.adapters import build_adapter
 from kd_probe.core.batches import unpack_batch
+from kd_probe.core.dynamics import cosine, learning_speed, normalised_step, path_efficiency, stability
 from kd_probe.core.knowledge_points import (
     KnowledgePoints,
     background_baseline,
@@ -30,6 +31,7 @@ __all__ = [
     "background_baseline",
     "build_adapter",
     "capture_outputs",
+    "cosine",
     "count_knowledge_points",
     "downsample_mask",
     "effective_images",
@@ -40,10 +42,14 @@ __all__ = [
     "forward_until",
     "gaussian_entropy",
     "image_generator",
+    "learning_speed",
     "logit_distillation_loss",
     "modules_through",
+    "normalised_step",
     "output_shapes",
+    "path_efficiency",
     "resolve_layer",
+    "stability",
     "unpack_batch",
     "upsample_units",
 ]

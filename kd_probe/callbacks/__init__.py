@@ -1,5 +1,6 @@
 """Lightning callbacks that probe what a network learns while it trains."""
 
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
+from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
-__all__ = ["KnowledgePointProbe"]
+__all__ = ["KnowledgePointProbe", "WeightTrajectoryMonitor"]

@@ -11,11 +11,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from kd_probe.callbacks._common import ProbeSchedule, find_network, gather_shards, read_probe_set, shard_indices
+from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
 from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
 from kd_probe.core.layers import resolve_layer
 from kd_probe.core.render import knowledge_point_panels
@@ -126,6 +127,8 @@ class KnowledgePointProbe(pl.Callback):
             torch.zeros(1, self.grid, self.grid), self.masks[:1], threshold=threshold, baseline=baseline
         )  # checks threshold, baseline and the mask size now
         self.history: list[dict[str, Any]] = []
+        self.path = PathLength()
+        self._network: torch.nn.Module | None = None
         self._warned_no_tensorboard = False
 
     @property
@@ -147,6 +150,9 @@ class KnowledgePointProbe(pl.Callback):
         dry_run = {**self.sigma_options, "samples": 1, "steps": 1}
         device = next((p.device for p in network.parameters()), torch.device("cpu"))
         estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
+        tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
+        if tracked != self.layer:
+            rank_zero_info(f"kd_probe: `{self.layer}` has no weight of its own; the path length D tracks `{tracked}`.")
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             self._warn_once("no TensorBoardLogger: the `maps` images and histograms are not logged, scalars are.")
 
@@ -154,7 +160,25 @@ class KnowledgePointProbe(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a fresh run: epoch 0, before any optimizer step. A resumed run whose checkpoint was written before
         # this callback's end-of-epoch probe (e.g. saved on validation end): that probe, with the same weights.
+        if getattr(trainer, "fast_dev_run", False):
+            return
+        self._network = find_network(pl_module, self.module_path)
+        self.path.start(self._network, trainer.global_step)
         self._maybe_probe(trainer, pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._network is not None:
+            self.path.update(self._network, trainer.global_step)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(trainer, "fast_dev_run", False) or not self.history:
+            return
+        self._log_dynamics(trainer)
+        self._write_summary(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,11 +186,12 @@ class KnowledgePointProbe(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "path": self.path.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.path.load_state_dict(state_dict.get("path", {}))
 
     def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         if (
@@ -184,7 +209,12 @@ class KnowledgePointProbe(pl.Callback):
         device = next((p.device for p in network.parameters()), pl_module.device)
         count, rank, world = self.images.shape[0], trainer.global_rank, trainer.world_size
         local = shard_indices(count, rank, world)
-        entry: dict[str, Any] = {"epoch": epoch, "global_step": trainer.global_step, "failed": None}
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "global_step": trainer.global_step,
+            "distance": self.path.distance,
+            "failed": None,
+        }
         fields: dict[str, Tensor] = {}
         try:
             with _progress(trainer, f"{self.prefix} epoch {epoch}", self.sigma_options.get("steps", 80)) as tick:
@@ -260,6 +290,7 @@ class KnowledgePointProbe(pl.Callback):
         metrics = {f"{self.prefix}/{key}": value for key, value in scalars.items() if math.isfinite(value)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self._log_dynamics(trainer)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 self._log_media(logger, entry, trainer.global_step)
@@ -276,6 +307,39 @@ class KnowledgePointProbe(pl.Callback):
             )
             writer.add_image(f"{self.prefix}/maps", picture, global_step=step)
         writer.flush()
+
+    @rank_zero_only
+    def _log_dynamics(self, trainer: pl.Trainer) -> None:
+        """Live D_mean, D_std, ρ, ρ_all and the path length over the checkpoints so far (spec §1.4–1.5)."""
+        values = history_metrics(self.history, downsample_mask(self.masks, self.grid))
+        names = {
+            "d_mean": "learning/d_mean",
+            "d_std": "learning/d_std",
+            "rho": "stability/rho",
+            "rho_all": "stability/rho_all",
+            "weight_distance": "learning/weight_distance",
+        }
+        metrics = {
+            f"{self.prefix}/{tag}": values[key]
+            for key, tag in names.items()
+            if key in values and math.isfinite(values[key])
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    @rank_zero_only
+    def _write_summary(self, trainer: pl.Trainer) -> None:
+        extra = {
+            "layer": self.layer,
+            "weight_layer": self.path.module_name,
+            "module": self.module_path,
+            "name": self.name,
+            "images": int(self.images.shape[0]),
+            "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
+            "history_file": self.history_path(trainer).name,
+        }
+        path = self.history_path(trainer).with_name(f"kd_probe_summary{'_' + self.name if self.name else ''}.json")
+        write_summary(path, self.history, downsample_mask(self.masks, self.grid), extra)
 
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""

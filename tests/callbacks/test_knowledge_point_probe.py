@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from kd_probe import DistillationModule, KnowledgePointProbe
 from kd_probe.callbacks._common import ProbeSchedule
+from kd_probe.functional import downsample_mask, learning_speed, stability
 from tests.callbacks.conftest import PROBE, loaders, tiny_data, tiny_net, trainer
 
 TAGS = [
@@ -260,3 +262,53 @@ def test_ddp_on_two_processes_gives_the_single_process_history(tmp_path: Path) -
     for a, b in zip(ddp["entries"], single["entries"], strict=True):  # global steps differ: half the batches
         for key in ("entropy", "points", "n_fg", "n_bg", "sigma_f", "step", "effective"):
             assert torch.equal(a[key], b[key]), (a["epoch"], key)
+
+
+class _ConvDrift(pl.LightningModule):
+    """Plain SGD on the linear loss ⟨W, D⟩ moves the conv weight by exactly −lr·D per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU())
+        self.register_buffer("drift", torch.randn(2, 3, 3, 3, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple, _: int) -> torch.Tensor:
+        return (self.net[0].weight * self.drift).sum() + 0.0 * batch[0].sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_path_length_tracks_the_nearest_weight_and_feeds_the_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tiny_data()
+    module = _ConvDrift()
+    start = module.net[0].weight.detach().clone()
+    probe = KnowledgePointProbe(data, layer="net.1", **PROBE)  # a ReLU: tracks net.0
+    logger = TensorBoardLogger(tmp_path, name="run")
+    with caplog.at_level("INFO"):
+        trainer(tmp_path, max_epochs=2, callbacks=[probe], logger=logger).fit(
+            module, train_dataloaders=loaders(data)["train_dataloaders"]
+        )
+    assert "`net.1` has no weight of its own; the path length D tracks `net.0`" in caplog.text
+    step = 0.01 * float(module.drift.norm()) / float(start.norm())
+    assert [e["distance"] for e in probe.history] == pytest.approx([0.0, 4 * step, 8 * step], rel=1e-5)
+    summary = json.loads((Path(logger.log_dir) / "kd_probe_summary.json").read_text())
+    assert summary["weight_layer"] == "net.0" and summary["layer"] == "net.1"
+    assert [c["epoch"] for c in summary["checkpoints"]] == [0, 1, 2]
+    n_fg = torch.stack([e["n_fg"] for e in probe.history])
+    d_mean, d_std, d_var = learning_speed(n_fg, torch.tensor([e["distance"] for e in probe.history]))
+    assert (summary["d_mean"], summary["d_std"], summary["d_var"]) == pytest.approx((d_mean, d_std, d_var))
+    foreground = downsample_mask(probe.masks, 4)
+    points = torch.stack([e["points"] for e in probe.history])
+    assert summary["rho"] == pytest.approx(stability(points, foreground))
+    assert summary["rho_all"] == pytest.approx(stability(points))
+    assert summary["n_fg"] == pytest.approx(probe.history[-1]["n_fg"].float().mean().item())
+    tags = _events(logger.log_dir).Tags()["scalars"]
+    for tag in ("learning/d_mean", "learning/d_std", "stability/rho", "stability/rho_all", "learning/weight_distance"):
+        assert f"kd_probe/{tag}" in tags

@@ -1,0 +1,141 @@
+"""The probed layer's weight path length and the history-level metrics of a KnowledgePointProbe (§1.4–1.5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_probe.core.dynamics import learning_speed, normalised_step, stability
+from kd_probe.core.layers import modules_through
+
+__all__ = ["PathLength", "history_metrics", "write_summary"]
+
+
+class PathLength:
+    """``D``: the sum over optimizer steps of ``‖W_{t+1} − W_t‖ / ‖W_0‖`` for one layer's weight (spec §1.4).
+
+    The weight is the probed layer's own (a parameter ``weight`` with at least 2 dimensions: convolutions,
+    linear layers); for a layer without one (an activation, a normalisation, a pooling) the nearest module
+    before it in execution order that has one.
+    """
+
+    def __init__(self) -> None:
+        self.module_name: str | None = None
+        self.distance = 0.0
+        self.initial_norm: float | None = None
+        self._previous: Tensor | None = None
+        self._last_step = -1
+
+    def choose(self, network: nn.Module, layer: str, example: Tensor) -> str:
+        names = modules_through(network, layer, example)
+        candidates = [name for name in names if _weight(network.get_submodule(name)) is not None]
+        if not candidates:
+            raise ValueError(f"`layer`={layer!r}: neither it nor any module before it has a weight to track.")
+        self.module_name = layer if layer in candidates else candidates[-1]
+        return self.module_name
+
+    def _current(self, network: nn.Module) -> Tensor:
+        assert self.module_name is not None
+        weight = _weight(network.get_submodule(self.module_name))
+        assert weight is not None
+        return weight.detach().clone()
+
+    def start(self, network: nn.Module, global_step: int) -> None:
+        """At the start of fit (fresh or resumed): the current weights are the previous step's."""
+        self._previous = self._current(network)
+        self._last_step = global_step
+        if self.initial_norm is None:
+            self.initial_norm = float(torch.linalg.vector_norm(self._previous.double()))
+
+    def update(self, network: nn.Module, global_step: int) -> None:
+        """After a training batch: add the step's length when an optimizer step happened."""
+        if self._previous is None or global_step == self._last_step:
+            return
+        current = self._current(network)
+        self.distance += normalised_step(self._previous, current, self.initial_norm or 0.0)
+        self._previous, self._last_step = current, global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module_name, "distance": self.distance, "initial_norm": self.initial_norm}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.distance = float(state.get("distance", 0.0))
+        self.initial_norm = state.get("initial_norm")
+
+
+def _weight(module: nn.Module) -> Tensor | None:
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, Tensor) and weight.dim() >= 2 else None
+
+
+def history_metrics(history: list[dict[str, Any]], foreground: Tensor) -> dict[str, float]:
+    """``d_mean``, ``d_std``, ``d_var``, ``rho``, ``rho_all`` over the successful checkpoints so far (the last
+    one plays "final"), and the last checkpoint's path length ``weight_distance``."""
+    done = [entry for entry in history if entry.get("failed") is None and "n_fg" in entry]
+    if not done:
+        return {}
+    n_fg = torch.stack([entry["n_fg"] for entry in done])
+    distances = torch.tensor([entry.get("distance", math.nan) for entry in done], dtype=torch.float64)
+    d_mean, d_std, d_var = learning_speed(n_fg, distances)
+    points = torch.stack([entry["points"] for entry in done])
+    return {
+        "d_mean": d_mean,
+        "d_std": d_std,
+        "d_var": d_var,
+        "rho": stability(points, foreground),
+        "rho_all": stability(points),
+        "weight_distance": float(distances[-1]),
+    }
+
+
+def write_summary(path: Path, history: list[dict[str, Any]], foreground: Tensor, extra: dict[str, Any]) -> None:
+    """``kd_probe_summary.json``: every final metric, the checkpoints and the settings (atomically)."""
+    done = [entry for entry in history if entry.get("failed") is None and "n_fg" in entry]
+    last = done[-1] if done else None
+    used = last["effective"] if last is not None and last["effective"].any() else None
+
+    def mean(key: str) -> float:
+        if last is None:
+            return math.nan
+        values = last[key][used] if used is not None else last[key]
+        return float(values.float().mean())
+
+    summary = {
+        **extra,
+        "n_fg": mean("n_fg"),
+        "n_bg": mean("n_bg"),
+        "fg_ratio": last["fg_ratio"] if last else math.nan,
+        "fg_ratio_with_points": last["fg_ratio_with_points"] if last else math.nan,
+        **{"d_mean": math.nan, "d_std": math.nan, "d_var": math.nan, "rho": math.nan, "rho_all": math.nan},
+        **history_metrics(history, foreground),
+        "checkpoints": [
+            {
+                "epoch": entry["epoch"],
+                "global_step": entry["global_step"],
+                "distance": entry.get("distance"),
+                "failed": entry.get("failed"),
+                "n_fg": float(entry["n_fg"].float().mean()) if "n_fg" in entry else None,
+                "n_bg": float(entry["n_bg"].float().mean()) if "n_bg" in entry else None,
+                "fg_ratio": entry.get("fg_ratio"),
+            }
+            for entry in history
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(summary, indent=2, default=_jsonable, allow_nan=True))
+    os.replace(temporary, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
