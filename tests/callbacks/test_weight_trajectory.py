@@ -147,8 +147,9 @@ def test_unknown_modules_and_bad_arguments_are_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_runs_under_ddp_with_rank_zero_computing(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path)
-    trainer(tmp_path, max_epochs=2, callbacks=[WeightTrajectoryMonitor()], logger=logger, strategy="ddp_spawn",
-            devices=2).fit(_Drift(), train_dataloaders=_loader(batches=4))
+    trainer(
+        tmp_path, max_epochs=2, callbacks=[WeightTrajectoryMonitor()], logger=logger, strategy="ddp_spawn", devices=2
+    ).fit(_Drift(), train_dataloaders=_loader(batches=4))
     text = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     header = text.splitlines()[0].split(",")
     assert "kd_probe/weights/lin/update_cosine" in header and "kd_probe/weights/lin/path_efficiency" in header
