@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from kd_probe import ShapesDataModule
 from kd_probe.models import VGG
+from tests.modules.conftest import tiny_trainer
 
 PROBE = dict(grid=4, samples=4, steps=25)  # the boost/stop check happens at step 3
 
@@ -33,17 +34,6 @@ def loaders(data: ShapesDataModule) -> dict[str, DataLoader]:
 
 
 def trainer(root: Path, **kw: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        max_epochs=2,
-        default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        accelerator="cpu",
-        devices=1,
-    )
+    options: dict[str, Any] = dict(max_epochs=2, log_every_n_steps=1, accelerator="cpu", devices=1)
     options.update(kw)
-    return pl.Trainer(**options)
+    return tiny_trainer(root, **options)
