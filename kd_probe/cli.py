@@ -1,4 +1,4 @@
-"""The ``kd-probe`` command: ``kd-probe demo`` runs the main job on the built-in data."""
+"""The ``kd-probe`` command: ``kd-probe demo`` runs the main job; ``kd-probe report RUN_DIR...`` explains runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from kd_probe import __version__
+from kd_probe import report as report_app
 from kd_probe.demo import add_arguments, report, run_demo
 
 __all__ = ["main"]
@@ -23,10 +24,19 @@ def main(argv: list[str] | None = None) -> int:
             description="Train a teacher, a distilled student and a from-scratch baseline on the built-in data.",
         )
     )
+    report_app.add_arguments(
+        commands.add_parser(
+            "report",
+            help="write report.md for probed runs: metrics, the paper's hypotheses, figures",
+            description="Write report.md for probed runs: metrics, the paper's hypotheses, figures.",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "report":
+        return report_app.run(args)
     report(run_demo(args))
     return 0
 

@@ -1,38 +1,58 @@
-"""The main job: train a teacher, a distilled student and a from-scratch baseline on the built-in data.
+"""The main job: KD vs learning from scratch on the built-in data, explained with knowledge points.
 
-Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). Every run logs to TensorBoard under
-``runs/<experiment>/<run>``, so ``tensorboard --logdir runs/<experiment>`` overlays the curves.
+Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). It trains a teacher, then a distilled student and a
+from-scratch baseline with the same architecture, data, seed and schedule; every student run carries a
+``KnowledgePointProbe`` and a ``WeightTrajectoryMonitor``. Logs go to ``runs/<experiment>/<run>``, so
+``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md`` in that folder says whether the
+knowledge-point paper's three hypotheses hold for this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from kd_probe.callbacks import KnowledgePointProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
 from kd_probe.models import VGG
-from kd_probe.modules import DistillationModule
+from kd_probe.modules import DistillationModule, run_two_phase
 
-__all__ = ["DemoResult", "add_arguments", "main", "run_demo"]
+__all__ = ["DemoResult", "RunResult", "add_arguments", "main", "run_demo"]
+
+RUN_FILE = "kd_probe_run.json"  # role, seed, protocol and test accuracy of one run, read by the report
+
+
+@dataclass
+class RunResult:
+    name: str
+    role: str  # "teacher", "distilled" or "baseline"
+    seed: int
+    accuracy: float
+    log_dir: Path
 
 
 @dataclass
 class DemoResult:
-    """Test accuracies of the three runs, where their logs are, and how long it took."""
+    """Every run, where the logs and the report are, and how long it took."""
 
-    teacher_accuracy: float
-    distilled_accuracy: float
-    baseline_accuracy: float
+    runs: list[RunResult]
     log_dir: Path
     seconds: float
+    report_path: Path | None = None
+    report_text: str = field(default="", repr=False)
+
+    def accuracy(self, role: str) -> float:
+        values = [run.accuracy for run in self.runs if run.role == role]
+        return sum(values) / len(values)
 
 
 def _positive(text: str) -> int:
@@ -44,42 +64,110 @@ def _positive(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)"
+    add = parser.add_argument
+    add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
+    add("--experiment", default="demo", help="experiment name: logs go to OUT/EXPERIMENT/<run>")
+    add(
+        "--protocol",
+        choices=("hinton", "paper"),
+        default="hinton",
+        help="hinton: logit KD into a smaller student; paper: [KP]'s two-phase feature mimicking, one architecture",
     )
-    parser.add_argument("--experiment", default="demo", help="experiment name: logs go to OUT/EXPERIMENT/<run>")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    parser.add_argument("--epochs", type=_positive, default=10, help="epochs of the distilled and baseline students")
-    parser.add_argument("--teacher-epochs", type=_positive, default=10, help="epochs of the teacher")
-    parser.add_argument("--num-classes", type=int, default=6, help="shape classes (2-8)")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--train-size", type=_positive, default=4000, help="training images")
-    parser.add_argument(
+    add("--seed", type=int, default=0, help="seed of the data and of the first run")
+    add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
+    add("--epochs", type=_positive, default=None, help="epochs of the students (default 10; 30 with --full)")
+    add("--teacher-epochs", type=_positive, default=None, help="epochs of the teacher (default 10; 20 with --full)")
+    add("--num-classes", type=int, default=6, help="shape classes (2-8)")
+    add("--image-size", type=int, default=32, help="image side in pixels")
+    add("--train-size", type=_positive, default=None, help="training images (default 4000; 5000 with --full)")
+    add(
         "--background-bias",
         type=float,
         default=0.2,
         help="probability that the background is tied to the class (a shortcut)",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
+    add("--probe-images", type=_positive, default=None, help="held-out probe images (default 10; 32 with --full)")
+    add("--samples", type=_positive, default=None, help="noise samples per σ step (default 16; 96 with --full)")
+    add("--full", action="store_true", help="a longer, more faithful run (paper settings for the probe)")
+    add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
     return parser
 
 
-def _fit(
-    module: DistillationModule, data: ShapesDataModule, log_dir: Path, run: str, epochs: int, quick: bool
-) -> float:
-    logger = TensorBoardLogger(save_dir=str(log_dir), name=run, version="", default_hp_metric=False)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=logger,
+@dataclass
+class _Plan:
+    epochs: int
+    teacher_epochs: int
+    train_size: int
+    probe_images: int
+    samples: int
+    steps: int
+    grid: int
+    teacher_widths: tuple[int, ...]
+    student_widths: tuple[int, ...]
+    schedule: list[int] | str
+
+    @property
+    def layer(self) -> str:
+        return f"features.bn{2 * len(self.student_widths)}"  # the last convolution's pre-ReLU output
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    if args.quick:
+        return _Plan(1, 1, 256, 4, 4, 25, 8, (8, 16), (4, 8), [0, 1])
+    epochs = args.epochs or (30 if args.full else 10)
+    small = (16, 32, 64)
+    return _Plan(
+        epochs=epochs,
+        teacher_epochs=args.teacher_epochs or (20 if args.full else 10),
+        train_size=args.train_size or (5000 if args.full else 4000),
+        probe_images=args.probe_images or (32 if args.full else 10),
+        samples=args.samples or (96 if args.full else 16),
+        steps=80,
+        grid=16,
+        teacher_widths=small if args.protocol == "paper" else (32, 64, 128),
+        student_widths=small,
+        schedule="paper" if args.full else sorted({0, 1, 2, 3, epochs // 2, 3 * epochs // 4, epochs}),
+    )
+
+
+def _logger(log_dir: Path, run: str) -> TensorBoardLogger:
+    return TensorBoardLogger(save_dir=str(log_dir), name=run, version="", default_hp_metric=False)
+
+
+def _trainer(logger: TensorBoardLogger, epochs: int, callbacks: list[pl.Callback], quick: bool) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, **_trainer_options(quick))
+
+
+def _trainer_options(quick: bool) -> dict[str, Any]:
+    return dict(
         enable_checkpointing=not quick,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
         log_every_n_steps=1 if quick else 10,
     )
-    trainer.fit(module, datamodule=data)
-    (result,) = trainer.test(module, datamodule=data, verbose=False)
-    return float(result["test/acc"])
+
+
+def _probes(plan: _Plan, data: ShapesDataModule, seed: int) -> list[pl.Callback]:
+    probe = KnowledgePointProbe(
+        data, layer=plan.layer, epochs=plan.schedule, grid=plan.grid, samples=plan.samples, steps=plan.steps, seed=seed
+    )
+    return [probe, WeightTrajectoryMonitor()]
+
+
+def _record(run: RunResult, protocol: str, plan: _Plan) -> RunResult:
+    run.log_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "run": run.name,
+        "role": run.role,
+        "seed": run.seed,
+        "protocol": protocol,
+        "test_accuracy": run.accuracy,
+        "epochs": plan.epochs,
+        "layer": plan.layer,
+    }
+    (run.log_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
+    return run
 
 
 def _quiet_lightning() -> None:
@@ -87,45 +175,114 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 def run_demo(args: argparse.Namespace) -> DemoResult:
-    """Train teacher, distilled student and baseline; return their test accuracies."""
+    """Train the teacher, then distilled and baseline students over the seeds; write the report."""
     start = time.perf_counter()
     _quiet_lightning()
-    train_size, val_size, test_size = (256, 64, 64) if args.quick else (args.train_size, 1000, 1000)
+    plan = _plan(args)
+    sizes = (plan.train_size, 64, 64) if args.quick else (plan.train_size, 1000, 1000)
     data = ShapesDataModule(
         num_classes=args.num_classes,
         image_size=args.image_size,
-        train_size=train_size,
-        val_size=val_size,
-        test_size=test_size,
+        train_size=sizes[0],
+        val_size=sizes[1],
+        test_size=sizes[2],
+        probe_size=plan.probe_images,
         background_bias=args.background_bias,
         batch_size=64,
         seed=args.seed,
     )
     log_dir = args.out / args.experiment
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
-    teacher_widths, student_widths = ((8, 16), (4, 8)) if args.quick else ((32, 64, 128), (16, 32, 64))
-    teacher_epochs, epochs = (1, 1) if args.quick else (args.teacher_epochs, args.epochs)
+    total = 1 + 2 * args.seeds
 
-    print(f"[1/3] teacher: VGG{teacher_widths}×2 convs, {teacher_epochs} epochs")
+    print(f"[1/{total}] teacher: VGG{plan.teacher_widths}×2 convs, {plan.teacher_epochs} epochs")
     pl.seed_everything(args.seed, verbose=False)
-    teacher = DistillationModule(VGG(args.num_classes, widths=teacher_widths, convs_per_stage=2), **options)
-    teacher_accuracy = _fit(teacher, data, log_dir, "teacher", teacher_epochs, args.quick)
+    teacher = DistillationModule(VGG(args.num_classes, widths=plan.teacher_widths, convs_per_stage=2), **options)
+    trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, [], args.quick)
+    trainer.fit(teacher, datamodule=data)
+    runs = [
+        _record(
+            RunResult("teacher", "teacher", args.seed, _test(trainer, teacher, data), log_dir / "teacher"),
+            args.protocol,
+            plan,
+        )
+    ]
 
-    print(f"[2/3] distilled student: VGG{student_widths}×2 convs, logit KD (T=4), {epochs} epochs")
-    pl.seed_everything(args.seed, verbose=False)
-    distilled = DistillationModule(
-        VGG(args.num_classes, widths=student_widths, convs_per_stage=2), teacher.student, **options
+    for index, seed in enumerate(range(args.seed, args.seed + args.seeds)):
+        suffix = f"-s{seed}" if args.seeds > 1 else ""
+        how = "two-phase feature mimicking at " + plan.layer if args.protocol == "paper" else "logit KD (T=4)"
+        print(
+            f"[{2 + 2 * index}/{total}] distilled student{suffix}: VGG{plan.student_widths}×2 convs, {how}, "
+            f"{plan.epochs} epochs, knowledge points at {plan.layer}"
+        )
+        pl.seed_everything(seed, verbose=False)
+        student = VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2)
+        name = f"distilled{suffix}"
+        if args.protocol == "paper":
+            accuracy = _two_phase(student, teacher.student, data, log_dir, name, plan, seed, options, args.quick)
+        else:
+            module = DistillationModule(student, teacher.student, **options)
+            trainer = _trainer(_logger(log_dir, name), plan.epochs, _probes(plan, data, seed), args.quick)
+            trainer.fit(module, datamodule=data)
+            accuracy = _test(trainer, module, data)
+        runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan))
+
+        print(
+            f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs"
+        )
+        pl.seed_everything(seed, verbose=False)
+        module = DistillationModule(VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2), **options)
+        name = f"baseline{suffix}"
+        trainer = _trainer(_logger(log_dir, name), plan.epochs, _probes(plan, data, seed), args.quick)
+        trainer.fit(module, datamodule=data)
+        runs.append(
+            _record(
+                RunResult(name, "baseline", seed, _test(trainer, module, data), log_dir / name), args.protocol, plan
+            )
+        )
+
+    from kd_probe.report import write_report
+
+    report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir)
+    return DemoResult(runs, log_dir, time.perf_counter() - start, report_path, text)
+
+
+def _test(trainer: pl.Trainer, module: pl.LightningModule, data: ShapesDataModule) -> float:
+    (result,) = trainer.test(module, datamodule=data, verbose=False)
+    return float(result["test/acc"])
+
+
+def _two_phase(
+    student: VGG,
+    teacher: Any,
+    data: ShapesDataModule,
+    log_dir: Path,
+    name: str,
+    plan: _Plan,
+    seed: int,
+    options: dict[str, Any],
+    quick: bool,
+) -> float:
+    """[KP]: phase 1 mimics the teacher's layer (probed), phase 2 trains the head with labels."""
+    head_epochs = max(1, plan.epochs // 3)
+    result = run_two_phase(
+        student,
+        teacher,
+        data,
+        layer=plan.layer,
+        mimic_epochs=plan.epochs,
+        head_epochs=head_epochs,
+        trainer_options=_trainer_options(quick),
+        mimic_callbacks=_probes(plan, data, seed),
+        mimic_trainer_options={"logger": _logger(log_dir, name)},
+        head_trainer_options={"logger": _logger(log_dir / name, "head")},
+        **options,
     )
-    distilled_accuracy = _fit(distilled, data, log_dir, "distilled", epochs, args.quick)
-
-    print(f"[3/3] baseline student: the same student from scratch, {epochs} epochs")
-    pl.seed_everything(args.seed, verbose=False)
-    baseline = DistillationModule(VGG(args.num_classes, widths=student_widths, convs_per_stage=2), **options)
-    baseline_accuracy = _fit(baseline, data, log_dir, "baseline", epochs, args.quick)
-    return DemoResult(teacher_accuracy, distilled_accuracy, baseline_accuracy, log_dir, time.perf_counter() - start)
+    return _test(result.head_trainer, result.head_module, data)
 
 
 def main(argv: list[str] | None = None) -> DemoResult:
@@ -135,11 +292,13 @@ def main(argv: list[str] | None = None) -> DemoResult:
 
 
 def report(result: DemoResult) -> DemoResult:
-    """Print the accuracies and the TensorBoard command."""
+    """Print the accuracies, the report and the TensorBoard command."""
     print("\nTest accuracy on the built-in shapes data")
-    print(f"  teacher            {result.teacher_accuracy:6.1%}")
-    print(f"  distilled student  {result.distilled_accuracy:6.1%}")
-    print(f"  baseline student   {result.baseline_accuracy:6.1%}   (same student, same recipe, no teacher)")
+    for run in result.runs:
+        print(f"  {run.name:<22}{run.accuracy:6.1%}")
+    if result.report_text:
+        print(f"\n{result.report_text}")
+        print(f"Report written to {result.report_path}")
     print(f"\nDone in {result.seconds:.0f} s. Watch the curves with:\n  tensorboard --logdir {result.log_dir}")
     return result
 

@@ -1,19 +1,145 @@
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from kd_probe import __version__
 from kd_probe.cli import main
+from kd_probe.report import METRICS, _format
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("runs")
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        assert main(["demo", "--quick", "--out", str(out), "--experiment", "e"]) == 0
+    return out / "e", buffer.getvalue()
 
 
 @pytest.mark.slow
-def test_demo_trains_three_runs_and_prints_their_accuracies(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e"]) == 0
-    out = capsys.readouterr().out
-    for line in ("teacher", "distilled student", "baseline student", f"tensorboard --logdir {tmp_path / 'e'}"):
+def test_demo_trains_probes_and_reports(quick_demo: tuple[Path, str]) -> None:
+    folder, out = quick_demo
+    for line in ("teacher", "distilled", "baseline", f"tensorboard --logdir {folder}", "## The paper's hypotheses"):
         assert line in out
     for run in ("teacher", "distilled", "baseline"):
-        assert list((tmp_path / "e" / run).glob("events.out.tfevents.*")), run
+        assert list((folder / run).glob("events.out.tfevents.*")), run
+        assert json.loads((folder / run / "kd_probe_run.json").read_text())["role"] == run
+    for run in ("distilled", "baseline"):
+        assert (folder / run / "kd_probe_summary.json").exists() and (folder / run / "kd_probe_history.pt").exists()
+    assert not (folder / "teacher" / "kd_probe_summary.json").exists()
+
+
+@pytest.mark.slow
+def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, str]) -> None:
+    folder, _ = quick_demo
+    report = (folder / "report.md").read_text()
+    runs_table = report.split("## Runs")[1].split("## ")[0]  # the per-run table (the group table follows)
+    rows = {line.split(" | ")[0].strip("| "): line for line in runs_table.splitlines() if line.startswith("| ")}
+    for run in ("distilled", "baseline"):
+        summary = json.loads((folder / run / "kd_probe_summary.json").read_text())
+        accuracy = json.loads((folder / run / "kd_probe_run.json").read_text())["test_accuracy"]
+        cells = [cell.strip() for cell in rows[run].strip("|").split("|")]
+        values = dict(zip([label for _, label in METRICS], cells[3:], strict=True))
+        assert values["accuracy"] == _format("accuracy", accuracy)
+        for key, label in METRICS[1:-1]:
+            assert values[label] == _format(key, summary[key]), (run, key)
+    verdicts = [line for line in report.splitlines() if line.startswith("- **H")]
+    assert [line[:8] for line in verdicts] == ["- **H1**", "- **H2**", "- **H3**"]
+    assert all(any(word in line for word in ("holds", "does not hold", "mixed", "undetermined")) for line in verdicts)
+    assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
+    assert (folder / "curves.png").exists() and (folder / "maps.png").exists()
+
+
+@pytest.mark.slow
+def test_report_command_on_an_experiment_folder(
+    quick_demo: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder, _ = quick_demo
+    assert main(["report", str(folder), "--out", str(tmp_path), "--no-figures"]) == 0
+    assert "## The paper's hypotheses" in capsys.readouterr().out
+    assert (tmp_path / "report.md").exists() and not (tmp_path / "curves.png").exists()
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no run with a kd_probe_summary.json" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) -> None:
+    folder, _ = quick_demo
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        scalars: dict = {}
+        images: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                scalars = _get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+                images = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
+            except OSError:
+                pass
+            if all("kd_probe/maps" in images.get(run, {}) for run in ("distilled", "baseline")):
+                break
+            time.sleep(1)
+        for run in ("distilled", "baseline"):
+            assert "kd_probe/knowledge_points/n_fg" in scalars[run] and "kd_probe/stability/rho" in scalars[run]
+            assert "kd_probe/maps" in images[run]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_paper_protocol_and_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(["demo", "--quick", "--protocol", "paper", "--seeds", "2", "--out", str(tmp_path), "--experiment", "p"])
+        == 0
+    )
+    folder = tmp_path / "p"
+    for run in ("distilled-s0", "distilled-s1", "baseline-s0", "baseline-s1"):
+        assert (folder / run / "kd_probe_summary.json").exists(), run
+    assert list((folder / "distilled-s0" / "head").glob("events.out.tfevents.*"))  # phase 2 logs apart
+    report = (folder / "report.md").read_text()
+    assert "2/2 seed pairs" in report or "1/2 seed pairs" in report or "0/2 seed pairs" in report
+    assert "±" in report
 
 
 def test_cli_without_a_command_prints_help(capsys: pytest.CaptureFixture) -> None:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_probe.core._feature_graph import truncated_graph
-from kd_probe.core.layers import forward_until, resolve_layer
+from kd_probe.core._feature_graph import FeatureFunction
+from kd_probe.core.layers import resolve_layer
 
 __all__ = ["SigmaMaps", "estimate_sigma_maps", "gaussian_entropy", "image_generator", "upsample_units"]
 
@@ -191,70 +191,9 @@ def estimate_sigma_maps(
     with _probing(model):
         if images.is_inference():  # an inference tensor cannot be saved for backward: take a normal copy
             images = images.clone()
-        features = _FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
+        features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
         optimiser = _SigmaOptimiser(features, images, index_list, grid, samples, lr, lam, seed, max_batch)
         return optimiser.run(steps, target_entropy, boost, progress)
-
-
-class _FeatureFunction:
-    """``x ↦ g(x)``: the forward stopped at the layer, optional ReLU, optional channels-last inputs.
-
-    The fast path is a traced copy of the forward up to the layer with eval-mode BatchNorm folded into the
-    preceding convolutions (:func:`truncated_graph`); it is used only when it reproduces the plain forward's
-    feature on the first image, otherwise the plain forward with an early-exit hook is used.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        module: nn.Module,
-        layer: str,
-        relu: bool,
-        channels_last: bool | None,
-        fold_batchnorm: bool,
-        probe: Tensor,
-    ) -> None:
-        self.model, self.module, self.layer, self.relu = model, module, layer, relu
-        self.graph: nn.Module | None = None
-        self.channels_last = False
-        with torch.no_grad():
-            reference = self(probe[:1])
-            if fold_batchnorm:
-                self.graph = truncated_graph(model, layer)
-                if self.graph is not None and not _close(self(probe[:1]), reference):
-                    self.graph = None
-            if channels_last is None:  # use it when the model has convolutions and accepts such inputs
-                channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
-                if channels_last:
-                    self.channels_last = True
-                    try:
-                        channels_last = _close(self(probe[:1]), reference)
-                    except RuntimeError:
-                        channels_last = False
-        self.channels_last = channels_last
-
-    def __call__(self, inputs: Tensor) -> Tensor:
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        try:
-            feature = self.graph(inputs) if self.graph is not None else forward_until(self.model, self.module, inputs)
-        except RuntimeError as error:
-            if "Inference tensors cannot be saved for backward" in str(error):
-                raise RuntimeError(
-                    "estimate_sigma_maps needs autograd through the model, but its parameters are inference "
-                    "tensors (the model was created or loaded under torch.inference_mode()); re-create it outside "
-                    "inference mode or clone its parameters."
-                ) from error
-            raise
-        return F.relu(feature) if self.relu else feature
-
-
-def _close(fast: Tensor, reference: Tensor) -> bool:
-    """Whether a rewritten forward reproduces the plain one (up to float rounding of folded weights)."""
-    if fast.shape != reference.shape or not torch.isfinite(reference).all():
-        return False
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    return bool(torch.allclose(fast, reference, rtol=1e-3, atol=1e-4 * max(scale, 1e-12)))
 
 
 class _SigmaOptimiser:
@@ -262,7 +201,7 @@ class _SigmaOptimiser:
 
     def __init__(
         self,
-        features: _FeatureFunction,
+        features: FeatureFunction,
         images: Tensor,
         indices: list[int],
         grid: int,

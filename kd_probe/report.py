@@ -1,0 +1,300 @@
+"""``kd-probe report RUN_DIR...``: does distillation change what the student learns? (the [KP] hypotheses)
+
+Reads each run's ``kd_probe_summary.json``, ``kd_probe_history.pt`` and ``kd_probe_run.json`` (written by the
+demo; otherwise the test accuracy is read from the TensorBoard event files with TensorBoard's own reader)
+and writes ``report.md``: per run and as mean ± std over seeds, the accuracy and every knowledge-point
+metric; one verdict line per hypothesis, stating the observed direction, its size and whether the seeds
+agree; a threshold sweep recomputed from the saved entropy maps; and, with matplotlib, PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kd_probe.core.knowledge_points import count_knowledge_points
+
+__all__ = ["HYPOTHESES", "RunSummary", "find_runs", "load_run", "main", "threshold_sweep", "verdicts", "write_report"]
+
+RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
+METRICS = (
+    ("accuracy", "accuracy"),
+    ("n_fg", "N_fg"),
+    ("n_bg", "N_bg"),
+    ("fg_ratio", "fg_ratio"),
+    ("d_mean", "D_mean"),
+    ("d_std", "D_std"),
+    ("rho", "ρ"),
+    ("rho_all", "ρ_all"),
+    ("path_efficiency", "path efficiency"),
+)
+HYPOTHESES = (
+    ("H1", "more foreground knowledge points and a higher foreground ratio", (("n_fg", 1), ("fg_ratio", 1))),
+    (
+        "H2",
+        "lower D_mean and D_std: foreground knowledge learned with less weight travel and more at once",
+        (("d_mean", -1), ("d_std", -1)),
+    ),
+    ("H3", "higher stability ρ: fewer knowledge points found and then dropped", (("rho", 1),)),
+)
+SWEEP = (0.1, 0.2, 0.3, 0.5)
+
+
+@dataclass
+class RunSummary:
+    """One probed run: its role (distilled / baseline), seed, test accuracy and final metrics."""
+
+    path: Path
+    name: str
+    role: str
+    seed: int
+    metrics: dict[str, float]
+    summary: dict[str, Any] = field(repr=False)
+    _history: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def history(self) -> dict[str, Any]:
+        if self._history is None:
+            self._history = torch.load(self.path / self.summary.get("history_file", HISTORY_FILE), weights_only=False)
+        return self._history
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / SUMMARY_FILE).exists():
+            runs.append(path)
+        else:
+            runs.extend(sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}")))
+    if not runs:
+        raise FileNotFoundError(
+            f"no run with a {SUMMARY_FILE} in {[str(p) for p in paths]}; run a "
+            "KnowledgePointProbe (or `kd-probe demo`) first."
+        )
+    return runs
+
+
+def load_run(path: Path) -> RunSummary:
+    """A run's summary, its role and seed (from ``kd_probe_run.json``, else from the folder name) and accuracy."""
+    path = Path(path)
+    summary = json.loads((path / SUMMARY_FILE).read_text())
+    info = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).exists() else {}
+    role = info.get("role") or ("distilled" if "distil" in path.name else "baseline")
+    accuracy = info.get("test_accuracy")
+    if accuracy is None:
+        accuracy = _last_scalar([path, path / "head"], "test/acc")
+    metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
+    metrics["accuracy"] = _number(accuracy)
+    metrics["path_efficiency"] = _path_efficiency(path)
+    return RunSummary(path, info.get("run", path.name), role, int(info.get("seed", 0)), metrics, summary)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def _scalars(path: Path) -> dict[str, list[float]]:
+    """Every scalar series of a run folder, read with TensorBoard's own event reader."""
+    if not path.is_dir() or not list(path.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _last_scalar(paths: Sequence[Path], tag: str) -> float:
+    for path in paths:
+        values = _scalars(path).get(tag)
+        if values:
+            return values[-1]
+    return math.nan
+
+
+def _path_efficiency(path: Path) -> float:
+    """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
+    values = [series[-1] for tag, series in _scalars(path).items() if tag.endswith("/path_efficiency") and series]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _sign(value: float) -> int:
+    return 0 if not math.isfinite(value) or value == 0 else (1 if value > 0 else -1)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.pstdev(finite) if len(finite) > 1 else 0.0
+
+
+def _format(key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:.1%}" if key == "accuracy" else f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def verdicts(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
+    """One line per hypothesis: the observed direction, the size of the difference, whether seeds agree."""
+    by_seed = {run.seed: run for run in baseline}
+    pairs = [(run, by_seed[run.seed]) for run in distilled if run.seed in by_seed]
+    lines = []
+    for label, claim, predictions in HYPOTHESES:
+        parts, agree, signs = [], [], []
+        for key, expected in predictions:
+            d, _ = _mean_std([run.metrics[key] for run in distilled])
+            b, _ = _mean_std([run.metrics[key] for run in baseline])
+            difference = d - b
+            relative = f", {difference / abs(b):+.0%}" if math.isfinite(b) and b != 0 else ""
+            parts.append(f"{dict(METRICS)[key]} {_format(key, d)} vs {_format(key, b)} ({difference:+.3g}{relative})")
+            signs.append(math.copysign(1, difference) * expected if math.isfinite(difference) and difference else 0)
+            agree.append(sum(1 for a, c in pairs if (a.metrics[key] - c.metrics[key]) * expected > 0))
+        if any(s == 0 for s in signs):
+            status = "undetermined (no difference or missing values)"
+        elif all(s > 0 for s in signs):
+            status = "holds"
+        elif all(s < 0 for s in signs):
+            status = "does not hold (the opposite direction)"
+        else:
+            status = "mixed"
+        seeds = f"{min(agree)}/{len(pairs)} seed pairs in the predicted direction" if pairs else "no paired seeds"
+        lines.append(f"- **{label}** (distilled vs baseline: {claim}): **{status}** — {'; '.join(parts)}; {seeds}.")
+    return lines
+
+
+def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP) -> list[dict[str, float]]:
+    """N_fg and fg_ratio at each run's last checkpoint, recounted from the saved entropy maps for each ``b``."""
+    rows = []
+    for b in thresholds:
+        row: dict[str, float] = {"threshold": b}
+        for role in ("distilled", "baseline"):
+            n_fg, ratio = [], []
+            for run in (r for r in runs if r.role == role):
+                entries = [e for e in run.history["entries"] if e.get("failed") is None and "entropy" in e]
+                if not entries:
+                    continue
+                baseline = run.history["settings"].get("baseline", "dataset")
+                points = count_knowledge_points(
+                    entries[-1]["entropy"],
+                    run.history["masks"],
+                    threshold=b,
+                    baseline=baseline,
+                    effective=entries[-1]["effective"],
+                )
+                n_fg.append(float(points.n_fg[points.effective].float().mean()))
+                ratio.append(points.fg_ratio)
+            row[f"{role}_n_fg"], row[f"{role}_fg_ratio"] = _mean_std(n_fg)[0], _mean_std(ratio)[0]
+        rows.append(row)
+    return rows
+
+
+def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) -> tuple[Path, str]:
+    """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text."""
+    runs = [load_run(path) for path in find_runs(paths)]
+    distilled = [run for run in runs if run.role == "distilled"]
+    baseline = [run for run in runs if run.role == "baseline"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# kd_probe report",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(r.name for r in runs)}.",
+        "",
+    ]
+    header = "| run | role | seed | " + " | ".join(label for _, label in METRICS) + " |"
+    lines += ["## Runs", "", header, "|" + "---|" * (len(METRICS) + 3)]
+    for run in runs:
+        row_text = " | ".join(_format(key, run.metrics[key]) for key, _ in METRICS)
+        lines.append(f"| {run.name} | {run.role} | {run.seed} | {row_text} |")
+    lines += [
+        "",
+        "## Distilled vs baseline (mean ± std over seeds)",
+        "",
+        "| group | runs | " + " | ".join(label for _, label in METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 2),
+    ]
+    for role, group in (("distilled", distilled), ("baseline", baseline)):
+        cells = []
+        for key, _ in METRICS:
+            mean, std = _mean_std([run.metrics[key] for run in group])
+            cells.append(f"{_format(key, mean)} ± {_format(key, std)}" if len(group) > 1 else _format(key, mean))
+        lines.append(f"| {role} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += ["", "## The paper's hypotheses", ""]
+    lines += verdicts(distilled, baseline) if distilled and baseline else ["- needs both distilled and baseline runs."]
+    lines += [
+        "",
+        "## Does H1 depend on the threshold b?",
+        "",
+        "| b (nats) | N_fg distilled | N_fg baseline | fg_ratio distilled | fg_ratio baseline | H1 direction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in threshold_sweep(runs):
+        signs = {
+            _sign(row["distilled_n_fg"] - row["baseline_n_fg"]),
+            _sign(row["distilled_fg_ratio"] - row["baseline_fg_ratio"]),
+        }
+        names = {frozenset({1}): "as predicted", frozenset({-1}): "opposite", frozenset({0}): "no difference"}
+        direction = names.get(frozenset(signs), "mixed")
+        lines.append(
+            f"| {row['threshold']} | {row['distilled_n_fg']:.3g} | {row['baseline_n_fg']:.3g} | "
+            f"{row['distilled_fg_ratio']:.3g} | {row['baseline_fg_ratio']:.3g} | {direction} |"
+        )
+    lines += [
+        "",
+        "Metrics: N_fg / N_bg knowledge points per image on the foreground / background at the last "
+        "checkpoint; fg_ratio = mean N_fg/(N_fg+N_bg); D_mean, D_std = weight travel until an image's "
+        "foreground knowledge peaks; ρ = share of knowledge points ever found that survive to the end; "
+        "path efficiency = straight-line distance / path length of the weights (WeightTrajectoryMonitor).",
+    ]
+    if figures:
+        lines += _figures(runs, out_dir)
+    text = "\n".join(lines) + "\n"
+    path = out_dir / "report.md"
+    path.write_text(text)
+    return path, text
+
+
+def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
+    try:
+        from kd_probe._figures import curves_figure, maps_figure
+    except ImportError:  # matplotlib is the optional `report` extra
+        return ["", "(Install the `report` extra, matplotlib, for the figures.)"]
+    names = [curves_figure(runs, out_dir / "curves.png"), maps_figure(runs, out_dir / "maps.png")]
+    return ["", "## Figures", ""] + [f"![{name.stem}]({name.name})" for name in names if name is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kd-probe report RUN_DIR... [--out DIR]``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="kd-probe report", description=__doc__))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or experiment folders holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md goes (default: the first folder)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path, text = write_report(args.runs, args.out or args.runs[0], figures=not args.no_figures)
+    except FileNotFoundError as error:
+        print(f"kd-probe report: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"Report written to {path}")
+    return 0
