@@ -54,6 +54,16 @@ def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, s
             assert values[label] == _format(key, summary[key]), (run, key)
     verdicts = [line for line in report.splitlines() if line.startswith("- **H")]
     assert [line[:8] for line in verdicts] == ["- **H1**", "- **H2**", "- **H3**"]
+    summaries = {
+        run: json.loads((folder / run / "kd_probe_summary.json").read_text()) for run in ("distilled", "baseline")
+    }
+    for line, keys in zip(verdicts, (("n_fg", "fg_ratio"), ("d_mean", "d_std"), ("rho",)), strict=True):
+        for key in keys:  # each verdict quotes the summaries' values, distilled first
+            label = dict(METRICS)[key]
+            assert (
+                f"{label} {_format(key, summaries['distilled'][key])} vs {_format(key, summaries['baseline'][key])}"
+                in line
+            )
     assert all(any(word in line for word in ("holds", "does not hold", "mixed", "undetermined")) for line in verdicts)
     assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
     assert (folder / "curves.png").exists() and (folder / "maps.png").exists()
