@@ -13,7 +13,15 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_outputs", "eval_forward", "forward_until", "modules_through", "output_shapes", "resolve_layer"]
+__all__ = [
+    "capture_outputs",
+    "eval_forward",
+    "forward_until",
+    "modules_through",
+    "output_shapes",
+    "probing",
+    "resolve_layer",
+]
 
 
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
@@ -193,3 +201,17 @@ def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor)
     with capture_outputs(model, names) as outputs:
         eval_forward(model, example_input)
     return {name: tuple(outputs[name].shape) for name in names}
+
+
+@contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm statistics frozen, no dropout) with grad enabled, even inside ``no_grad`` or
+    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (spec §4)."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode

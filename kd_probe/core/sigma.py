@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_probe.core._feature_graph import FeatureFunction
-from kd_probe.core.layers import resolve_layer
+from kd_probe.core.layers import probing, resolve_layer
 
 __all__ = ["SigmaMaps", "estimate_sigma_maps", "gaussian_entropy", "image_generator", "upsample_units"]
 
@@ -188,7 +187,7 @@ def estimate_sigma_maps(
     if images.shape[0] == 0:
         return _empty_maps(images, grid)
 
-    with _probing(model):
+    with probing(model):
         if images.is_inference():  # an inference tensor cannot be saved for backward: take a normal copy
             images = images.clone()
         features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
@@ -313,20 +312,6 @@ class _SigmaOptimiser:
             effective=self.effective,
             step=selected,
         )
-
-
-@contextmanager
-def _probing(model: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm statistics frozen, no dropout) with grad enabled, even inside ``no_grad`` or
-    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (spec §4)."""
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def _empty_maps(images: Tensor, grid: int) -> SigmaMaps:
