@@ -15,6 +15,8 @@ Public API:
   scheduled epochs and logs their curves, image grids and per-image history (any LightningModule, DDP).
 - :class:`WeightTrajectoryMonitor` — per-module weight step lengths, update cosines, direction consistency
   and path efficiency (spec §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
+- :class:`AgreementProbe` — teacher–student agreement during training ([WK]): Grad-CAM localisation,
+  adversarial transfer and invariance agreement, teacher side cached.
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
@@ -31,7 +33,7 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
-from kd_probe.callbacks import KnowledgePointProbe, WeightTrajectoryMonitor
+from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, WeightTrajectoryMonitor
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CUB200",
+    "AgreementProbe",
     "DistillationModule",
     "ImageMaskFolder",
     "KnowledgePointCount",

@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kd_probe.callbacks import KnowledgePointProbe, WeightTrajectoryMonitor
+from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
 from kd_probe.models import VGG
 from kd_probe.modules import DistillationModule, run_two_phase
@@ -155,6 +155,17 @@ def _probes(plan: _Plan, data: ShapesDataModule, seed: int) -> list[pl.Callback]
     return [probe, WeightTrajectoryMonitor()]
 
 
+def _agreement(plan: _Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
+    """[WK]'s agreement with the teacher, for distilled and baseline students alike (teacher given directly)."""
+    return AgreementProbe(
+        data,
+        teacher_layer=f"features.relu{2 * len(plan.teacher_widths)}",
+        student_layer=f"features.relu{2 * len(plan.student_widths)}",
+        teacher=teacher,
+        seed=seed,
+    )
+
+
 def _record(run: RunResult, protocol: str, plan: _Plan) -> RunResult:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     info = {
@@ -226,7 +237,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
             accuracy = _two_phase(student, teacher.student, data, log_dir, name, plan, seed, options, args.quick)
         else:
             module = DistillationModule(student, teacher.student, **options)
-            trainer = _trainer(_logger(log_dir, name), plan.epochs, _probes(plan, data, seed), args.quick)
+            callbacks = [*_probes(plan, data, seed), _agreement(plan, data, teacher.student, seed)]
+            trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
             trainer.fit(module, datamodule=data)
             accuracy = _test(trainer, module, data)
         runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan))
@@ -237,7 +249,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         pl.seed_everything(seed, verbose=False)
         module = DistillationModule(VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2), **options)
         name = f"baseline{suffix}"
-        trainer = _trainer(_logger(log_dir, name), plan.epochs, _probes(plan, data, seed), args.quick)
+        callbacks = [*_probes(plan, data, seed), _agreement(plan, data, teacher.student, seed)]
+        trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
         trainer.fit(module, datamodule=data)
         runs.append(
             _record(
@@ -278,6 +291,7 @@ def _two_phase(
         head_epochs=head_epochs,
         trainer_options=_trainer_options(quick),
         mimic_callbacks=_probes(plan, data, seed),
+        head_callbacks=[_agreement(plan, data, teacher, seed)],
         mimic_trainer_options={"logger": _logger(log_dir, name)},
         head_trainer_options={"logger": _logger(log_dir / name, "head")},
         **options,

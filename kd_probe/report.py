@@ -48,6 +48,14 @@ HYPOTHESES = (
     ("H3", "higher stability ρ: fewer knowledge points found and then dropped", (("rho", 1),)),
 )
 SWEEP = (0.1, 0.2, 0.3, 0.5)
+AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
+    ("cam_cosine", "CAM cosine"),
+    ("cam_energy_in_mask/student", "CAM energy on object"),
+    ("adv_transfer", "adversarial transfer"),
+    ("invariance/color/student", "colour invariance"),
+    ("invariance/crop/student", "crop invariance"),
+    ("invariance/shift/student", "shift invariance"),
+)
 
 
 @dataclass
@@ -97,6 +105,10 @@ def load_run(path: Path) -> RunSummary:
     metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
     metrics["accuracy"] = _number(accuracy)
     metrics["path_efficiency"] = _path_efficiency(path)
+    scalars = {**_scalars(path / "head"), **_scalars(path)}
+    for suffix, _ in AGREEMENT:
+        series = scalars.get(f"kd_probe/agreement/{suffix}")
+        metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
     return RunSummary(path, info.get("run", path.name), role, int(info.get("seed", 0)), metrics, summary)
 
 
@@ -231,6 +243,17 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
             mean, std = _mean_std([run.metrics[key] for run in group])
             cells.append(f"{_format(key, mean)} ± {_format(key, std)}" if len(group) > 1 else _format(key, mean))
         lines.append(f"| {role} | {len(group)} | " + " | ".join(cells) + " |")
+    if any(math.isfinite(run.metrics.get(f"agreement/{suffix}", math.nan)) for run in runs for suffix, _ in AGREEMENT):
+        lines += [
+            "",
+            "## Agreement with the teacher (what gets distilled, last probe)",
+            "",
+            "| run | " + " | ".join(label for _, label in AGREEMENT) + " |",
+            "|" + "---|" * (len(AGREEMENT) + 1),
+        ]
+        for run in runs:
+            values = " | ".join(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)
+            lines.append(f"| {run.name} | {values} |")
     lines += ["", "## The paper's hypotheses", ""]
     lines += verdicts(distilled, baseline) if distilled and baseline else ["- needs both distilled and baseline runs."]
     lines += [

@@ -66,6 +66,7 @@ def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, s
             )
     assert all(any(word in line for word in ("holds", "does not hold", "mixed", "undetermined")) for line in verdicts)
     assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
+    assert "## Agreement with the teacher" in report and "| CAM cosine |" in report
     assert (folder / "curves.png").exists() and (folder / "maps.png").exists()
 
 

@@ -1,6 +1,7 @@
 """Lightning callbacks that probe what a network learns while it trains."""
 
+from kd_probe.callbacks.agreement import AgreementProbe
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
 from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
-__all__ = ["KnowledgePointProbe", "WeightTrajectoryMonitor"]
+__all__ = ["AgreementProbe", "KnowledgePointProbe", "WeightTrajectoryMonitor"]

@@ -7,7 +7,7 @@ normalisation of the inputs: colour jitter works in pixel space and maps back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,4 +74,4 @@ def shift(images: Tensor, generator: torch.Generator, *, max_shift: float = 0.12
     return _affine(images, torch.ones(count, 2, dtype=images.dtype, device=device), offsets[0], offsets[1])
 
 
-TRANSFORMS = {"color": color_jitter, "crop": random_resized_crop, "shift": shift}
+TRANSFORMS: dict[str, Callable[..., Tensor]] = {"color": color_jitter, "crop": random_resized_crop, "shift": shift}
