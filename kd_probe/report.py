@@ -225,36 +225,32 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
         f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(r.name for r in runs)}.",
         "",
     ]
-    header = "| run | role | seed | " + " | ".join(label for _, label in METRICS) + " |"
-    lines += ["## Runs", "", header, "|" + "---|" * (len(METRICS) + 3)]
-    for run in runs:
-        row_text = " | ".join(_format(key, run.metrics[key]) for key, _ in METRICS)
-        lines.append(f"| {run.name} | {run.role} | {run.seed} | {row_text} |")
-    lines += [
-        "",
-        "## Distilled vs baseline (mean ± std over seeds)",
-        "",
-        "| group | runs | " + " | ".join(label for _, label in METRICS) + " |",
-        "|" + "---|" * (len(METRICS) + 2),
-    ]
+    lines += _section(
+        "Runs",
+        ["run", "role", "seed", *(label for _, label in METRICS)],
+        [[run.name, run.role, str(run.seed), *(_format(key, run.metrics[key]) for key, _ in METRICS)] for run in runs],
+    )
+    group_rows = []
     for role, group in (("distilled", distilled), ("baseline", baseline)):
         cells = []
         for key, _ in METRICS:
             mean, std = _mean_std([run.metrics[key] for run in group])
             cells.append(f"{_format(key, mean)} ± {_format(key, std)}" if len(group) > 1 else _format(key, mean))
-        lines.append(f"| {role} | {len(group)} | " + " | ".join(cells) + " |")
+        group_rows.append([role, str(len(group)), *cells])
+    lines += _section(
+        "Distilled vs baseline (mean ± std over seeds)", ["group", "runs", *(label for _, label in METRICS)], group_rows
+    )
     if any(math.isfinite(run.metrics.get(f"agreement/{suffix}", math.nan)) for run in runs for suffix, _ in AGREEMENT):
-        lines += [
-            "",
-            "## Agreement with the teacher (what gets distilled, last probe)",
-            "",
-            "| run | " + " | ".join(label for _, label in AGREEMENT) + " |",
-            "|" + "---|" * (len(AGREEMENT) + 1),
+        rows = [
+            [run.name, *(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)]
+            for run in runs
         ]
-        for run in runs:
-            values = " | ".join(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)
-            lines.append(f"| {run.name} | {values} |")
-    lines += ["", "## The paper's hypotheses", ""]
+        lines += _section(
+            "Agreement with the teacher (what gets distilled, last probe)",
+            ["run", *(label for _, label in AGREEMENT)],
+            rows,
+        )
+    lines += ["## The paper's hypotheses", ""]
     lines += verdicts(distilled, baseline) if distilled and baseline else ["- needs both distilled and baseline runs."]
     lines += [
         "",
@@ -287,6 +283,12 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     path = out_dir / "report.md"
     path.write_text(text)
     return path, text
+
+
+def _section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section with one table."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
 def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
