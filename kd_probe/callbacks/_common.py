@@ -16,22 +16,30 @@ __all__ = ["PAPER_EPOCHS", "ProbeSchedule", "find_network", "gather_shards", "re
 PAPER_EPOCHS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)  # [KP]'s probed checkpoints
 
 
-def read_probe_set(images: Any, masks: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Images ``[N, C, H, W]`` and masks ``[N, H, W]`` from tensors, a dataset of ``(image, label, mask)``
-    triples, or a data module with a ``probe_set`` (the built-in ``ShapesDataModule``); checked now, so a
-    mistake is reported at construction, not hours into training."""
+def read_probe_set(
+    images: Any,
+    masks: Tensor | None = None,
+    labels: Tensor | None = None,
+    *,
+    need_masks: bool = True,
+    need_labels: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Images ``[N, C, H, W]``, masks ``[N, H, W]`` (bool) and labels ``[N]`` from tensors, a dataset of
+    ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (the built-in ``ShapesDataModule``);
+    checked now, so a mistake is reported at construction, not hours into training."""
     if hasattr(images, "probe_set") and not isinstance(images, Tensor):
         images = images.probe_set
     if isinstance(images, Dataset):
         if masks is not None:
             raise ValueError("`masks` must be None when `images` is a dataset: the masks are read from its items.")
         items = [images[i] for i in range(len(images))]  # type: ignore[arg-type]
-        if items and (not isinstance(items[0], (tuple, list)) or len(items[0]) < 3):
+        if items and (not isinstance(items[0], (tuple, list)) or len(items[0]) < (3 if need_masks else 2)):
             raise ValueError("`images` dataset items must be (image, label, mask) triples; got items without a mask.")
         if not items:
             raise ValueError("`images` is an empty dataset; the probe needs at least one image.")
+        labels = torch.as_tensor([int(item[1]) for item in items])
+        masks = torch.stack([torch.as_tensor(item[2]) for item in items]) if len(items[0]) > 2 else None
         images = torch.stack([torch.as_tensor(item[0]) for item in items])
-        masks = torch.stack([torch.as_tensor(item[2]) for item in items])
     if not isinstance(images, Tensor):
         raise ValueError(
             f"`images` must be a tensor [N, C, H, W], a dataset of (image, label, mask) or a data "
@@ -43,17 +51,24 @@ def read_probe_set(images: Any, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         raise ValueError("`images` is empty; the probe needs at least one image.")
     if not torch.isfinite(images).all():
         raise ValueError("`images` contains NaN or infinite values.")
-    if masks is None:
+    if masks is None and need_masks:
         raise ValueError("`masks` are required: foreground masks [N, H, W] tell foreground from background units.")
-    masks = torch.as_tensor(masks)
-    if masks.dim() == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[1:] != images.shape[2:]:
-        raise ValueError(
-            f"`masks` of shape {tuple(masks.shape)} do not match `images` of shape "
-            f"{tuple(images.shape)}: one [H, W] mask per image is expected."
-        )
-    return images.detach().clone(), (masks > 0).clone()
+    if masks is not None:
+        masks = torch.as_tensor(masks)
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[1:] != images.shape[2:]:
+            raise ValueError(
+                f"`masks` of shape {tuple(masks.shape)} do not match `images` of shape "
+                f"{tuple(images.shape)}: one [H, W] mask per image is expected."
+            )
+        masks = (masks > 0).clone()
+    if labels is not None or need_labels:
+        shape = None if labels is None else tuple(torch.as_tensor(labels).shape)
+        if shape != (images.shape[0],):
+            raise ValueError(f"`labels` must hold one class per image, shape ({images.shape[0]},), got {shape}.")
+        labels = torch.as_tensor(labels).long().clone()
+    return images.detach().clone(), masks, labels
 
 
 class ProbeSchedule:

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from typing_extensions import override
 
+from kd_probe.callbacks._common import read_probe_set
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -95,7 +95,11 @@ class AgreementProbe(pl.Callback):
             and not isinstance(images, Tensor)
         ):
             normalization = (images.mean, images.std)
-        self.images, self.labels, self.masks = _read(images, labels, masks)
+        self.images, self.masks, probe_labels = read_probe_set(
+            images, masks, labels, need_masks=False, need_labels=True
+        )
+        assert probe_labels is not None  # read_probe_set requires labels here
+        self.labels = probe_labels
         unknown = sorted(set(transforms) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"`transforms` has unknown names {unknown}; expected some of {sorted(TRANSFORMS)}.")
@@ -257,26 +261,3 @@ def _unit(cams: Tensor) -> Tensor:
     flat = cams.flatten(1)
     low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     return (cams - low) / (high - low).clamp(min=1e-12)
-
-
-def _read(images: Any, labels: Tensor | None, masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    if hasattr(images, "probe_set") and not isinstance(images, Tensor):
-        images = images.probe_set
-    if isinstance(images, Dataset):
-        items = [images[i] for i in range(len(images))]  # type: ignore[arg-type]
-        if not items:
-            raise ValueError("`images` is an empty dataset; the probe needs at least one image.")
-        labels = torch.as_tensor([int(item[1]) for item in items])
-        masks = torch.stack([torch.as_tensor(item[2]) for item in items]) if len(items[0]) > 2 else None
-        images = torch.stack([torch.as_tensor(item[0]) for item in items])
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point() or not len(images):
-        raise ValueError(
-            "`images` must be a non-empty 4-D float tensor [N, C, H, W], a dataset of (image, label, "
-            "mask) or a data module with a probe_set."
-        )
-    if labels is None or torch.as_tensor(labels).shape != (images.shape[0],):
-        shape = None if labels is None else tuple(torch.as_tensor(labels).shape)
-        raise ValueError(f"`labels` must hold one class per image, shape ({images.shape[0]},), got {shape}.")
-    if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
-        raise ValueError(f"`masks` of shape {tuple(masks.shape)} do not match `images` of shape {tuple(images.shape)}.")
-    return images.detach().clone(), torch.as_tensor(labels).long().clone(), None if masks is None else masks.clone()

@@ -112,7 +112,9 @@ class KnowledgePointProbe(pl.Callback):
             raise ValueError(f"`name` must be a non-empty string without '/', got {name!r}.")
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
-        self.images, self.masks = read_probe_set(images, masks)
+        self.images, probe_masks, _ = read_probe_set(images, masks)
+        assert probe_masks is not None  # read_probe_set requires masks here
+        self.masks = probe_masks
         self.schedule = ProbeSchedule(epochs, every_n_epochs)
         self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
         self.threshold, self.baseline = threshold, baseline
