@@ -99,13 +99,14 @@ def load_run(path: Path) -> RunSummary:
     summary = json.loads((path / SUMMARY_FILE).read_text())
     info = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).exists() else {}
     role = info.get("role") or ("distilled" if "distil" in path.name else "baseline")
+    own, head = _scalars(path), _scalars(path / "head")  # each event folder read once
     accuracy = info.get("test_accuracy")
     if accuracy is None:
-        accuracy = _last_scalar([path, path / "head"], "test/acc")
+        accuracy = next((series[-1] for series in (own.get("test/acc"), head.get("test/acc")) if series), None)
     metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
     metrics["accuracy"] = _number(accuracy)
-    metrics["path_efficiency"] = _path_efficiency(path)
-    scalars = {**_scalars(path / "head"), **_scalars(path)}
+    metrics["path_efficiency"] = _path_efficiency(own)
+    scalars = {**head, **own}
     for suffix, _ in AGREEMENT:
         series = scalars.get(f"kd_probe/agreement/{suffix}")
         metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
@@ -127,17 +128,9 @@ def _scalars(path: Path) -> dict[str, list[float]]:
     return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def _last_scalar(paths: Sequence[Path], tag: str) -> float:
-    for path in paths:
-        values = _scalars(path).get(tag)
-        if values:
-            return values[-1]
-    return math.nan
-
-
-def _path_efficiency(path: Path) -> float:
+def _path_efficiency(scalars: dict[str, list[float]]) -> float:
     """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
-    values = [series[-1] for tag, series in _scalars(path).items() if tag.endswith("/path_efficiency") and series]
+    values = [series[-1] for tag, series in scalars.items() if tag.endswith("/path_efficiency") and series]
     return statistics.fmean(values) if values else math.nan
 
 

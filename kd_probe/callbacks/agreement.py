@@ -210,11 +210,9 @@ class AgreementProbe(pl.Callback):
         cache = self._teacher_side(teacher, device)
         cams = grad_cam(student, cache["images"], cache["labels"], layer=self.student_layer)
         cosine = cam_cosine(cams, cache["cams"])
+        student_clean = predictions(student, cache["images"])
         transfer, fooling = adversarial_transfer(
-            cache["clean"],
-            cache["adversarial_predictions"],
-            predictions(student, cache["images"]),
-            predictions(student, cache["adversarial"]),
+            cache["clean"], cache["adversarial_predictions"], student_clean, predictions(student, cache["adversarial"])
         )
         values = {"cam_cosine": float(cosine.mean()), "adv_transfer": transfer, "teacher_fooling_rate": fooling}
         if "reference_cosine" in cache:
@@ -223,7 +221,6 @@ class AgreementProbe(pl.Callback):
             masks = self.masks.to(device)
             values["cam_energy_in_mask/student"] = float(cam_energy_in_mask(cams, masks).nanmean())
             values["cam_energy_in_mask/teacher"] = float(cam_energy_in_mask(cache["cams"], masks).nanmean())
-        student_clean = predictions(student, cache["images"])
         for name, batch in cache["transformed"].items():
             values[f"invariance/{name}/student"] = prediction_agreement(student_clean, predictions(student, batch))
             values[f"invariance/{name}/teacher"] = prediction_agreement(

@@ -128,6 +128,7 @@ class KnowledgePointProbe(pl.Callback):
         count_knowledge_points(
             torch.zeros(1, self.grid, self.grid), self.masks[:1], threshold=threshold, baseline=baseline
         )  # checks threshold, baseline and the mask size now
+        self.foreground = downsample_mask(self.masks, self.grid)  # the probe images' foreground units
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
         self._network: torch.nn.Module | None = None
@@ -313,7 +314,7 @@ class KnowledgePointProbe(pl.Callback):
     @rank_zero_only
     def _log_dynamics(self, trainer: pl.Trainer) -> None:
         """Live D_mean, D_std, ρ, ρ_all and the path length over the checkpoints so far (spec §1.4–1.5)."""
-        values = history_metrics(self.history, downsample_mask(self.masks, self.grid))
+        values = history_metrics(self.history, self.foreground)
         names = {
             "d_mean": "learning/d_mean",
             "d_std": "learning/d_std",
@@ -341,7 +342,7 @@ class KnowledgePointProbe(pl.Callback):
             "history_file": self.history_path(trainer).name,
         }
         path = self.history_path(trainer).with_name(f"kd_probe_summary{'_' + self.name if self.name else ''}.json")
-        write_summary(path, self.history, downsample_mask(self.masks, self.grid), extra)
+        write_summary(path, self.history, self.foreground, extra)
 
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
@@ -359,7 +360,7 @@ class KnowledgePointProbe(pl.Callback):
             "module": self.module_path,
             "name": self.name,
             "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
-            "foreground": downsample_mask(self.masks, self.grid),
+            "foreground": self.foreground,
             "masks": self.masks,
             "images": self.images[: max(self.log_images, 8)],
             "entries": self.history,

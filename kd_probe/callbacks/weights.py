@@ -27,6 +27,7 @@ class _Track:
         self.updates: list[Tensor] = []  # Δ_e, one per finished epoch
         self.update_steps: list[int] = []  # the global step at the end of each epoch
         self.path = 0.0  # Σ_t ‖W_{t+1} − W_t‖ (raw, for the path efficiency)
+        self.start_norm = _norm(vector)  # ‖W_0‖, the unit of the normalised lengths
 
     def state(self) -> dict[str, Any]:
         return {
@@ -158,7 +159,7 @@ class WeightTrajectoryMonitor(pl.Callback):
             length = float(torch.linalg.vector_norm((current - track.step).double()))
             track.path += length
             track.step = current
-            metrics[f"kd_probe/weights/{name}/step_length"] = length / _norm(track.start)
+            metrics[f"kd_probe/weights/{name}/step_length"] = length / track.start_norm
         _log(trainer, metrics)
 
     @override
@@ -169,7 +170,7 @@ class WeightTrajectoryMonitor(pl.Callback):
             update = current - track.epoch
             displacement = current - track.start
             tag = f"kd_probe/weights/{name}"
-            metrics[f"{tag}/distance"] = track.path / _norm(track.start)
+            metrics[f"{tag}/distance"] = track.path / track.start_norm
             if track.updates:
                 metrics[f"{tag}/update_cosine"] = cosine(update, track.updates[-1])
             metrics[f"{tag}/direction_consistency"] = cosine(update, displacement)
@@ -195,7 +196,7 @@ class WeightTrajectoryMonitor(pl.Callback):
             final = track.epoch - track.start
             result[name] = {
                 "path_efficiency": path_efficiency(float(torch.linalg.vector_norm(final.double())), track.path),
-                "distance": track.path / _norm(track.start),
+                "distance": track.path / track.start_norm,
                 "final_alignment": [cosine(update, final) for update in track.updates],
                 "update_cosine": [cosine(b, a) for a, b in zip(track.updates, track.updates[1:], strict=False)],
             }
