@@ -25,7 +25,7 @@ from kd_probe.core.agreement import (
     predictions,
 )
 from kd_probe.core.layers import resolve_layer
-from kd_probe.core.render import colorize
+from kd_probe.core.render import colorize, per_image_unit
 from kd_probe.core.transforms import TRANSFORMS
 
 __all__ = ["AgreementProbe"]
@@ -240,8 +240,8 @@ class AgreementProbe(pl.Callback):
     def _grid(self, cache: dict[str, Any], cams: Tensor) -> Tensor:
         shown = min(self.log_images, cams.shape[0])
         images = (cache["images"][:shown].cpu() * self.std + self.mean).clamp(0, 1)
-        teacher = colorize(_unit(cache["cams"][:shown].cpu()), 0.0, 1.0)
-        student = colorize(_unit(cams[:shown].cpu()), 0.0, 1.0)
+        teacher = colorize(per_image_unit(cache["cams"][:shown].cpu()), 0.0, 1.0)
+        student = colorize(per_image_unit(cams[:shown].cpu()), 0.0, 1.0)
         rows = torch.cat([images[:, :3], teacher, student], dim=-1)
         return torch.cat(list(rows), dim=-2).repeat_interleave(4, -1).repeat_interleave(4, -2)
 
@@ -252,9 +252,3 @@ class AgreementProbe(pl.Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
-
-
-def _unit(cams: Tensor) -> Tensor:
-    flat = cams.flatten(1)
-    low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-    return (cams - low) / (high - low).clamp(min=1e-12)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from kd_probe.core.sigma import upsample_units
 
-__all__ = ["colorize", "knowledge_point_panels"]
+__all__ = ["colorize", "knowledge_point_panels", "per_image_unit"]
 
 # a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
 _RAMP = torch.tensor(
@@ -29,11 +29,17 @@ def colorize(values: Tensor, low: float | None = None, high: float | None = None
     return rgb.movedim(-1, -3)
 
 
+def per_image_unit(values: Tensor) -> Tensor:
+    """Min–max scaling of each item (first dimension) to [0, 1]."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    flat = values.flatten(1)
+    low, high = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    return (values - low) / (high - low).clamp(min=1e-12)
+
+
 def _to_display(images: Tensor) -> Tensor:
-    """Per-image min–max scaling to [0, 1] (works whatever normalisation the model expects)."""
-    flat = images.flatten(1)
-    low, high = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
-    shown = (images - low) / (high - low).clamp(min=1e-12)
+    """Per-image min–max scaling to [0, 1] (works whatever normalisation the model expects), 3 channels."""
+    shown = per_image_unit(images)
     return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
 
 
