@@ -23,9 +23,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _demo_setup import demo_distillation_module, quiet_trainer
 
-from kd_probe import DistillationModule, KnowledgePointProbe, ShapesDataModule
-from kd_probe.models import VGG
+from kd_probe import KnowledgePointProbe, ShapesDataModule
 
 
 class _TimedProbe(KnowledgePointProbe):
@@ -43,19 +43,8 @@ class _TimedProbe(KnowledgePointProbe):
 
 
 def _fit(data: ShapesDataModule, epochs: int, callbacks: list[pl.Callback]) -> float:
-    pl.seed_everything(0, verbose=False)
-    teacher = VGG(6, widths=(32, 64, 128), convs_per_stage=2)
-    student = VGG(6, widths=(16, 32, 64), convs_per_stage=2)
-    module = DistillationModule(student, teacher, optimizer="adamw", lr=3e-3, weight_decay=1e-4)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    module = demo_distillation_module()
+    trainer = quiet_trainer(max_epochs=epochs, num_sanity_val_steps=0, callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     return time.perf_counter() - start

@@ -25,10 +25,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _demo_setup import demo_distillation_module, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd_probe import DistillationModule, KnowledgePointProbe, WeightTrajectoryMonitor
-from kd_probe.models import VGG
+from kd_probe import KnowledgePointProbe, WeightTrajectoryMonitor
 
 
 class _StepTimer(pl.Callback):
@@ -65,24 +65,13 @@ class _Timed(pl.Callback):
 
 
 def _run(tracker: pl.Callback, steps: int) -> tuple[list[float], list[float]]:
-    pl.seed_everything(0, verbose=False)
-    teacher = VGG(6, widths=(32, 64, 128), convs_per_stage=2)
-    student = VGG(6, widths=(16, 32, 64), convs_per_stage=2)
-    module = DistillationModule(student, teacher, optimizer="adamw", lr=3e-3, weight_decay=1e-4)
+    module = demo_distillation_module()
     g = torch.Generator().manual_seed(0)
     n = 64 * steps
     images = torch.randn(n, 3, 32, 32, generator=g)
     data = TensorDataset(images, torch.randint(6, (n,), generator=g), torch.ones(n, 32, 32))
     timer, timed = _StepTimer(), _Timed(tracker)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer, timed],
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=[timer, timed])
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=64))
     return timer.times[3:], timed.times[3:]
 

@@ -1,0 +1,26 @@
+"""The demo's distillation set-up shared by the benchmarks that time training with kd_probe callbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from kd_probe import DistillationModule
+from kd_probe.models import VGG
+
+
+def demo_distillation_module(seed: int = 0) -> DistillationModule:
+    """Student VGG(16,32,64)×2 distilled from a VGG(32,64,128)×2 teacher with the demo's AdamW recipe."""
+    pl.seed_everything(seed, verbose=False)
+    teacher = VGG(6, widths=(32, 64, 128), convs_per_stage=2)
+    student = VGG(6, widths=(16, 32, 64), convs_per_stage=2)
+    return DistillationModule(student, teacher, optimizer="adamw", lr=3e-3, weight_decay=1e-4)
+
+
+def quiet_trainer(**options: Any) -> pl.Trainer:
+    """A Trainer without logger, checkpoints, progress bar or summary (timing only)."""
+    defaults: dict[str, Any] = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return pl.Trainer(**{**defaults, **options})
