@@ -17,6 +17,9 @@ Public API:
   and path efficiency (spec §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
 - :class:`AgreementProbe` — teacher–student agreement during training ([WK]): Grad-CAM localisation,
   adversarial transfer and invariance agreement, teacher side cached.
+- :class:`UniCAM` — UniCAM maps ([UC]): where the features a student holds beyond its teacher (distilled) or
+  the teacher holds beyond the student (residual) lie in the image, explained through a distance-correlation
+  score; ``kd_probe.functional`` has ``distance_correlation`` (R*, FSS) and ``relevance_given`` (RS).
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
@@ -36,6 +39,7 @@ Example::
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, WeightTrajectoryMonitor
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
+from kd_probe.core.unicam import UniCAM
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
 from kd_probe.metrics import KnowledgePointCount
 from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
@@ -53,6 +57,7 @@ __all__ = [
     "ShapesDataModule",
     "SigmaMaps",
     "TwoPhaseResult",
+    "UniCAM",
     "WeightTrajectoryMonitor",
     "__version__",
     "count_knowledge_points",

@@ -13,8 +13,16 @@ from kd_probe.core.agreement import (
     ifgsm,
     prediction_agreement,
     predictions,
+    weighted_activations,
 )
 from kd_probe.core.batches import unpack_batch
+from kd_probe.core.distance_correlation import (
+    distance_correlation,
+    label_embedding,
+    relevance_given,
+    residual,
+    residual_matrix,
+)
 from kd_probe.core.dynamics import cosine, learning_speed, normalised_step, path_efficiency, stability
 from kd_probe.core.knowledge_points import (
     KnowledgePoints,
@@ -35,10 +43,12 @@ from kd_probe.core.layers import (
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps, gaussian_entropy, image_generator, upsample_units
 from kd_probe.core.transforms import color_jitter, random_resized_crop, shift
+from kd_probe.core.unicam import UniCAMResult, layer_features, max_row_score, pooled_features
 
 __all__ = [
     "KnowledgePoints",
     "SigmaMaps",
+    "UniCAMResult",
     "adversarial_transfer",
     "background_baseline",
     "build_adapter",
@@ -49,6 +59,7 @@ __all__ = [
     "color_jitter",
     "cosine",
     "count_knowledge_points",
+    "distance_correlation",
     "downsample_mask",
     "effective_images",
     "estimate_sigma_maps",
@@ -60,18 +71,26 @@ __all__ = [
     "grad_cam",
     "ifgsm",
     "image_generator",
+    "label_embedding",
+    "layer_features",
     "learning_speed",
     "logit_distillation_loss",
+    "max_row_score",
     "modules_through",
     "normalised_step",
     "output_shapes",
     "path_efficiency",
+    "pooled_features",
     "prediction_agreement",
     "predictions",
     "random_resized_crop",
+    "relevance_given",
+    "residual",
+    "residual_matrix",
     "resolve_layer",
     "shift",
     "stability",
     "unpack_batch",
     "upsample_units",
+    "weighted_activations",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "ifgsm",
     "prediction_agreement",
     "predictions",
+    "weighted_activations",
 ]
 
 
@@ -51,9 +52,19 @@ def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str) -
             (gradient,) = torch.autograd.grad(score, activation)
     finally:
         handle.remove()
+    return F.interpolate(
+        weighted_activations(activation, gradient)[:, None],
+        size=images.shape[-2:],
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
+
+
+def weighted_activations(activation: Tensor, gradient: Tensor) -> Tensor:
+    """The Grad-CAM map at the layer's resolution ``[N, h, w]`` (spec §2, and UniCAM in §3):
+    ``α_k = mean_{u,v} ∂s/∂A_k``, ``ReLU(Σ_k α_k A_k)``, detached."""
     weights = gradient.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
-    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return F.relu((weights * activation).sum(dim=1)).detach()
 
 
 def ifgsm(

@@ -1,0 +1,168 @@
+"""UniCAM ([UC], spec §3): where in the image lie the features that model X holds beyond model Y.
+
+``UniCAM(student, teacher)`` gives *distilled* maps (what the student holds that is relevant to the labels,
+given the teacher — or given an independently trained reference); ``UniCAM(teacher, student)`` gives
+*residual* maps (what the teacher holds that the student did not take). Pure torch; both models are left as
+they were (spec §4: eval mode only during the call, hooks removed in ``finally``, gradients taken with
+``torch.autograd.grad`` so no parameter's ``.grad`` is touched, frozen models work because the input is made
+to require grad).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kd_probe.core.agreement import weighted_activations
+from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
+from kd_probe.core.layers import capture_outputs, forward_until, probing, resolve_layer
+from kd_probe.core.render import per_image_unit
+
+__all__ = ["OBJECTIVES", "UniCAM", "UniCAMResult", "layer_features", "max_row_score", "pooled_features"]
+
+OBJECTIVES = ("relevance", "max_row")
+
+
+class UniCAMResult(NamedTuple):
+    """UniCAM maps ``[N, H, W]`` (each scaled to [0, 1]) and the scalar ``s`` they explain."""
+
+    maps: Tensor
+    score: float
+
+
+def pooled_features(output: Tensor) -> Tensor:
+    """A layer's output as one feature vector per sample: global average pooling of ``[N, C, H, W]``
+    maps, flattening otherwise (spec §3: "pooled or flattened features")."""
+    return output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(1)
+
+
+def layer_features(model: nn.Module, layer: str, images: Tensor, *, argument: str = "layer") -> Tensor:
+    """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored);
+    the modules after the layer do not run."""
+    with probing(model), torch.no_grad():
+        return pooled_features(forward_until(model, layer, images, argument=argument)).detach()
+
+
+def max_row_score(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
+    """``s = Σ_i max_j P_ij`` with ``P = P(Ã|B̃)`` (spec §3, ``objective="max_row"``): the scalar the authors'
+    scripts explain (each row of the residual matrix treated as the "logits" of a class-free Grad-CAM)."""
+    return residual_matrix(x, y, eps=eps).max(dim=1).values.sum()
+
+
+class UniCAM:
+    """UniCAM maps: Grad-CAM of a distance-correlation score instead of a class logit ([UC], spec §3).
+
+    The score is ``s = R*(F_X | F_Y, G)`` — the relevance to the labels ``G`` of what model X's features hold
+    beyond model Y's — computed on the whole batch; the map of each image is ``ReLU(Σ_k α_k A_k)`` with
+    ``α_k = mean_{u,v} ∂s/∂A_k`` over the activations ``A`` of X's ``layer``, scaled to [0, 1] per image and
+    bilinearly upsampled to the input size. Maps depend on the batch (they explain a batch-level score), so
+    keep the batch fixed when comparing runs. X = student, Y = teacher (or a reference student) gives the
+    *distilled* map; X = teacher (or reference), Y = student the *residual* map.
+
+    Args:
+        model_x: the model explained.
+        model_y: the model it is compared with (only its features are used, without gradients).
+        layer: dotted name of the convolutional layer of X whose activations the map is built from.
+        feature_layer_x: the layer of X whose output gives ``F_X`` (globally average-pooled when 4-D);
+            default ``layer``. It must run after (or be) ``layer``.
+        feature_layer_y: the layer of Y that gives ``F_Y``; default the same name as ``feature_layer_x``.
+        objective: ``"relevance"`` (``s = R*(X|Y, G)``) or ``"max_row"`` (``s = Σ_i max_j P_ij``, as the
+            authors' scripts; the labels are then not used).
+
+    Example::
+
+        >>> from kd_probe.models import VGG
+        >>> student, teacher = VGG(3, widths=(8, 16)), VGG(3, widths=(16, 32))
+        >>> distilled = UniCAM(student, teacher, layer="features.relu4")
+        >>> result = distilled(torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> tuple(result.maps.shape), bool(result.maps.max() <= 1), -1 <= result.score <= 1
+        ((6, 16, 16), True, True)
+    """
+
+    def __init__(
+        self,
+        model_x: nn.Module,
+        model_y: nn.Module,
+        *,
+        layer: str,
+        feature_layer_x: str | None = None,
+        feature_layer_y: str | None = None,
+        objective: str = "relevance",
+    ) -> None:
+        for name, model in (("model_x", model_x), ("model_y", model_y)):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"`{name}` must be an nn.Module, got {type(model).__name__}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+        self.model_x, self.model_y, self.objective = model_x, model_y, objective
+        self.layer = layer
+        self.feature_layer_x = feature_layer_x or layer
+        self.feature_layer_y = feature_layer_y or self.feature_layer_x
+        resolve_layer(model_x, layer, argument="layer")
+        resolve_layer(model_x, self.feature_layer_x, argument="feature_layer_x")
+        resolve_layer(model_y, self.feature_layer_y, argument="feature_layer_y")
+
+    def features_y(self, images: Tensor) -> Tensor:
+        """``F_Y`` for ``images`` (to compute once and pass to every call when Y is frozen)."""
+        return layer_features(self.model_y, self.feature_layer_y, images, argument="feature_layer_y")
+
+    def __call__(self, images: Tensor, targets: Tensor, *, features_y: Tensor | None = None) -> UniCAMResult:
+        """Maps ``[N, H, W]`` and the score for a batch.
+
+        Args:
+            images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4``.
+            targets: integer labels ``[N]`` (one-hot ``G``) or label vectors ``[N, d]``; unused by ``"max_row"``.
+            features_y: ``F_Y`` from :meth:`features_y`, when cached.
+        """
+        if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"`images` must be a float tensor [N, C, H, W], got {shape}.")
+        if images.shape[0] < 4:
+            raise ValueError(
+                f"`images` holds {images.shape[0]} images; UniCAM explains a batch-level distance correlation, "
+                "which needs N ≥ 4 (n = 1 is undefined)."
+            )
+        labels = self._labels(targets, images.shape[0])
+        fy = self.features_y(images) if features_y is None else features_y.detach()
+        with capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
+            inputs = images.detach().clone().requires_grad_(True)  # frozen models still give a graph
+            fx = pooled_features(forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x"))
+            activation = captured.get(self.layer)
+            if activation is None:
+                raise ValueError(
+                    f"`layer`={self.layer!r} does not run before `feature_layer_x`={self.feature_layer_x!r}, so the "
+                    "features do not depend on its activations; name a layer at or before the features."
+                )
+            if activation.dim() != 4:
+                raise ValueError(
+                    f"`layer`={self.layer!r} outputs shape {tuple(activation.shape)}; UniCAM needs a convolutional "
+                    "layer's [N, C, H, W] activations."
+                )
+            if not torch.isfinite(fx).all():
+                raise FloatingPointError(f"`feature_layer_x`={self.feature_layer_x!r} gives NaN or infinite features.")
+            if self.objective == "max_row":
+                score = max_row_score(fx, fy.to(fx.device))
+            else:
+                score = relevance_given(fx, fy.to(fx.device), labels.to(fx.device))
+            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
+            if gradient is None:
+                raise ValueError(
+                    f"the features of `feature_layer_x`={self.feature_layer_x!r} do not depend on `layer`="
+                    f"{self.layer!r} (a parallel branch?); name a layer the features are computed from."
+                )
+        maps = per_image_unit(weighted_activations(activation, gradient))
+        upsampled = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score.detach()))
+
+    @staticmethod
+    def _labels(targets: Tensor, count: int) -> Tensor:
+        targets = torch.as_tensor(targets)
+        if targets.dim() == 0 or targets.shape[0] != count:
+            raise ValueError(
+                f"`targets` must hold one label (or label vector) per image, {count} rows, "
+                f"got shape {tuple(targets.shape)}."
+            )
+        return targets if targets.is_floating_point() else label_embedding(targets)

@@ -1,0 +1,179 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kd_probe.core.distance_correlation import (
+    distance_correlation,
+    distance_matrix,
+    label_embedding,
+    relevance_given,
+    residual,
+    u_centre,
+    u_inner,
+)
+
+# ---- an independent, straightforward implementation of spec §3 (plain Python loops over numpy) ----
+
+
+def _distances(x):
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    n = len(x)
+    # spec §3: a_ij = sqrt(‖x_i − x_j‖² + ε) between two samples; a sample is 0 away from itself
+    return np.array(
+        [[math.sqrt(float(((x[i] - x[j]) ** 2).sum()) + 1e-18) if i != j else 0.0 for j in range(n)] for i in range(n)]
+    )
+
+
+def _u_centred(a):
+    n = len(a)
+    out = np.zeros_like(a)
+    total = a.sum()
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                out[i, j] = a[i, j] - a[i].sum() / (n - 2) - a[:, j].sum() / (n - 2) + total / ((n - 1) * (n - 2))
+    return out
+
+
+def _double_centred(a):
+    n = len(a)
+    out = np.zeros_like(a)
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = a[i, j] - a[i].mean() - a[:, j].mean() + a.mean()
+    return out
+
+
+def _u_bracket(a, b):
+    n = len(a)
+    return sum(a[i, j] * b[i, j] for i in range(n) for j in range(n) if i != j) / (n * (n - 3))
+
+
+def _v_bracket(a, b):
+    n = len(a)
+    return sum(a[i, j] * b[i, j] for i in range(n) for j in range(n)) / n**2
+
+
+def _reference_r_star(x, y):
+    a, b = _u_centred(_distances(x)), _u_centred(_distances(y))
+    return _u_bracket(a, b) / math.sqrt(_u_bracket(a, a) * _u_bracket(b, b))
+
+
+def _reference_v(x, y):
+    a, b = _double_centred(_distances(x)), _double_centred(_distances(y))
+    return _v_bracket(a, b) / math.sqrt(_v_bracket(a, a) * _v_bracket(b, b))
+
+
+def _reference_relevance_given(x, y, g):
+    a, b, c = (_u_centred(_distances(t)) for t in (x, y, g))
+    p = a - _u_bracket(a, b) / _u_bracket(b, b) * b
+    return _u_bracket(p, c) / math.sqrt(_u_bracket(p, p) * _u_bracket(c, c))
+
+
+def _sample(n=12, d=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    y = torch.tanh(x @ torch.randn(d, 3, generator=generator, dtype=torch.float64)) + 0.5 * torch.randn(
+        n, 3, generator=generator, dtype=torch.float64
+    )
+    return x, y, generator
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_values_equal_the_straightforward_implementation(seed):
+    x, y, generator = _sample(seed=seed)
+    labels = torch.randint(0, 3, (12,), generator=generator)
+    onehot = np.eye(3)[labels.numpy()]
+    assert float(distance_correlation(x, y)) == pytest.approx(_reference_r_star(x.numpy(), y.numpy()), abs=1e-12)
+    assert float(distance_correlation(x, y, bias_corrected=False)) == pytest.approx(
+        _reference_v(x.numpy(), y.numpy()), abs=1e-12
+    )
+    assert float(relevance_given(x, y, labels)) == pytest.approx(
+        _reference_relevance_given(x.numpy(), y.numpy(), onehot), abs=1e-12
+    )
+
+
+def test_features_are_flattened_per_sample():
+    x, y, _ = _sample()
+    images = x.reshape(12, 5, 1, 1).expand(12, 5, 2, 3)
+    reference = _reference_r_star(images.numpy(), y.numpy())
+    assert float(distance_correlation(images, y)) == pytest.approx(reference, abs=1e-12)
+
+
+def test_r_star_of_a_sample_with_itself_is_one_and_invariances():
+    x, y, generator = _sample(n=20, d=6)
+    assert float(distance_correlation(x, x)) == pytest.approx(1.0, abs=1e-12)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))
+    base = float(distance_correlation(x, y))
+    assert float(distance_correlation(7.5 * x, y)) == pytest.approx(base, abs=1e-10)
+    assert float(distance_correlation(x @ rotation, y)) == pytest.approx(base, abs=1e-10)
+    assert float(distance_correlation(x + 3.0, y)) == pytest.approx(base, abs=1e-10)
+    labels = torch.arange(20) % 4
+    given = float(relevance_given(x, y, labels))
+    assert float(relevance_given(0.2 * x @ rotation, 5 * y, labels)) == pytest.approx(given, abs=1e-10)
+
+
+def test_float32_inputs_give_float32_results_close_to_float64():
+    x, y, _ = _sample()
+    value = distance_correlation(x.float(), y.float())
+    assert value.dtype == torch.float32 and value.dim() == 0
+    assert float(value) == pytest.approx(float(distance_correlation(x, y)), abs=1e-6)
+
+
+def test_residual_is_orthogonal_to_the_conditioning_matrix():
+    x, y, _ = _sample()
+    a, b = u_centre(distance_matrix(x)), u_centre(distance_matrix(y))
+    p = residual(a, b)
+    assert abs(float(u_inner(p, b))) < 1e-12 * float(u_inner(a, a))
+    assert torch.equal(torch.diagonal(p), torch.zeros(12, dtype=torch.float64))
+    assert torch.allclose(residual(a, torch.zeros_like(b)), a)  # constant Y: nothing to remove
+
+
+def test_relevance_given_itself_and_identical_features():
+    x, _, _ = _sample()
+    labels = torch.arange(12) % 3
+    assert float(relevance_given(x, x, labels)) == 0.0  # nothing left once X is explained by itself
+    assert math.isfinite(float(relevance_given(x, torch.zeros(12, 2, dtype=torch.float64), labels)))
+
+
+def test_constant_features_give_zero_and_finite_gradients():
+    x, _, _ = _sample()
+    assert float(distance_correlation(x, torch.ones(12, 3, dtype=torch.float64))) == 0.0
+    repeated = torch.cat([x[:6], x[:6]]).requires_grad_(True)  # identical samples: a_ij = sqrt(ε)
+    (gradient,) = torch.autograd.grad(distance_correlation(repeated, x), repeated)
+    assert torch.isfinite(gradient).all()
+
+
+def test_label_embeddings_one_hot_and_table():
+    labels = torch.tensor([0, 2, 1, 2])
+    assert torch.equal(label_embedding(labels), torch.eye(3, dtype=torch.float64)[labels])
+    table = torch.randn(3, 5)
+    assert torch.equal(label_embedding(labels, table), table[labels])
+    x, y, _ = _sample(n=8)
+    eight = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    assert float(relevance_given(x, y, eight)) == pytest.approx(
+        float(relevance_given(x, y, label_embedding(eight, torch.eye(3, dtype=torch.float64)))), abs=1e-12
+    )
+
+
+def test_clear_errors():
+    x = torch.randn(3, 2)
+    with pytest.raises(ValueError, match=r"`x` has 3 samples; this estimate needs n ≥ 4 \(the bias-corrected"):
+        distance_correlation(x, x)
+    assert float(distance_correlation(x, x, bias_corrected=False)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"`x` has 1 samples; this estimate needs n ≥ 2"):
+        distance_correlation(x[:1], x[:1], bias_corrected=False)
+    with pytest.raises(ValueError, match=r"`x` has 3 samples"):
+        relevance_given(x, x, torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"`x` has 5 samples and `y` has 6"):
+        distance_correlation(torch.randn(5, 2), torch.randn(6, 2))
+    with pytest.raises(ValueError, match=r"`x` has 5 samples and `g` has 4"):
+        relevance_given(torch.randn(5, 2), torch.randn(5, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"`y` must hold floating-point features, got torch.int64; .*label_embedding"):
+        distance_correlation(torch.randn(5, 2), torch.arange(5))
+    with pytest.raises(ValueError, match=r"`labels` holds class 3 but `label_embeddings` has 3 rows"):
+        label_embedding(torch.tensor([0, 3]), torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"`labels` must be a 1-D integer tensor of classes, got 1-D torch.float32"):
+        label_embedding(torch.tensor([0.0, 1.0]))

@@ -1,0 +1,147 @@
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_probe.core.distance_correlation import relevance_given, residual_matrix
+from kd_probe.core.unicam import UniCAM, layer_features, max_row_score
+from kd_probe.models import VGG
+
+
+def _identity_net() -> nn.Module:
+    """Features = ReLU(input): the map should light up where the label signal is."""
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+    return nn.Sequential(OrderedDict(conv=conv, relu=nn.ReLU()))
+
+
+def _left_half_data(n: int = 24):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 3
+    images = 0.1 * torch.rand(n, 2, 8, 8, generator=generator)
+    images[:, 0, :, :4] += (labels + 1).float().view(-1, 1, 1)  # the label lives in the left half only
+    return images, labels
+
+
+def _pair(seed: int = 0):
+    torch.manual_seed(seed)
+    student, teacher = VGG(3, widths=(4, 8), convs_per_stage=1), VGG(3, widths=(8, 8), convs_per_stage=1)
+    for net in (student, teacher):  # non-trivial BatchNorm statistics, so eval mode matters
+        net.train()
+        with torch.no_grad():
+            net(torch.randn(32, 3, 12, 12) * 2 + 1)
+    return student, teacher
+
+
+@pytest.mark.parametrize("objective", ["relevance", "max_row"])
+def test_maps_light_up_where_the_label_information_is(objective):
+    images, labels = _left_half_data()
+    torch.manual_seed(1)
+    other = nn.Sequential(OrderedDict(conv=nn.Conv2d(2, 4, 3), relu=nn.ReLU()))
+    result = UniCAM(_identity_net(), other, layer="relu", objective=objective)(images, labels)
+    left, right = result.maps[:, :, :4].mean(), result.maps[:, :, 4:].mean()
+    assert left > 4 * right
+    assert result.maps.shape == (24, 8, 8) and result.maps.min() >= 0 and result.maps.max() <= 1
+
+
+def test_maps_and_score_equal_the_hand_computation():
+    student, teacher = _pair()
+    images, labels = torch.randn(8, 3, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    result = UniCAM(student, teacher, layer="features.conv2", feature_layer_x="features.relu2")(images, labels)
+
+    # by hand: full forwards in eval mode, hooks, autograd on the whole graph
+    student_copy, teacher_copy = copy.deepcopy(student).eval(), copy.deepcopy(teacher).eval()
+    store = {}
+    student_copy.features.conv2.register_forward_hook(lambda _m, _i, out: store.update(a=out))
+    student_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(f=out))
+    teacher_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(t=out))
+    student_copy(images)
+    with torch.no_grad():
+        teacher_copy(images)
+    score = relevance_given(store["f"].mean(dim=(2, 3)), store["t"].mean(dim=(2, 3)), labels)
+    (gradient,) = torch.autograd.grad(score, store["a"])
+    cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(dim=1))
+    low, high = cam.flatten(1).min(1).values, cam.flatten(1).max(1).values
+    cam = (cam - low[:, None, None]) / (high - low).clamp(min=1e-12)[:, None, None]  # an empty map stays 0
+    expected = F.interpolate(cam[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
+    assert result.score == pytest.approx(float(score.detach()), abs=1e-6)
+    torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_max_row_score_is_the_sum_of_row_maxima_of_the_residual():
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+    p = residual_matrix(x, y)
+    assert float(max_row_score(x, y)) == pytest.approx(sum(float(row.max()) for row in p), abs=1e-12)
+    student, teacher = _pair()
+    images = torch.randn(6, 3, 12, 12)
+    result = UniCAM(student, teacher, layer="features.relu2", objective="max_row")(images, torch.zeros(6).long())
+    fx = layer_features(student, "features.relu2", images)
+    fy = layer_features(teacher, "features.relu2", images)
+    assert result.score == pytest.approx(float(max_row_score(fx, fy)), rel=1e-5)
+
+
+def test_a_model_given_itself_holds_nothing():
+    student, _ = _pair()
+    result = UniCAM(student, student, layer="features.relu2")(torch.randn(8, 3, 12, 12), torch.arange(8) % 2)
+    assert result.score == pytest.approx(0.0, abs=1e-9)
+    assert torch.all(result.maps == 0)
+
+
+def test_frozen_models_no_side_effects_and_cached_features():
+    student, teacher = _pair()
+    student.train()
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 3
+    buffers = {k: v.clone() for k, v in student.state_dict().items()}
+    unicam = UniCAM(student, teacher, layer="features.relu2")
+    first = unicam(images, labels)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():  # a caller without grad still gets maps
+        frozen = unicam(images, labels)
+    torch.testing.assert_close(first.maps, frozen.maps)
+    cached = unicam(images, labels, features_y=unicam.features_y(images))
+    torch.testing.assert_close(first.maps, cached.maps)
+    one_hot = unicam(images, torch.eye(3)[labels])
+    torch.testing.assert_close(first.maps, one_hot.maps)
+    assert student.training and not teacher.training
+    assert all(p.grad is None for p in [*student.parameters(), *teacher.parameters()])
+    assert all(torch.equal(v, buffers[k]) for k, v in student.state_dict().items())
+    assert not student.features.relu2._forward_hooks and not teacher.features.relu2._forward_hooks
+
+
+def test_residual_maps_swap_the_models():
+    student, teacher = _pair()
+    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 3
+    distilled = UniCAM(student, teacher, layer="features.relu2")(images, labels)
+    residual = UniCAM(teacher, student, layer="features.relu2")(images, labels)
+    fs, ft = layer_features(student, "features.relu2", images), layer_features(teacher, "features.relu2", images)
+    assert distilled.score == pytest.approx(float(relevance_given(fs, ft, labels)), abs=1e-6)
+    assert residual.score == pytest.approx(float(relevance_given(ft, fs, labels)), abs=1e-6)
+
+
+def test_clear_errors():
+    student, teacher = _pair()
+    with pytest.raises(ValueError, match=r"`objective` must be one of \('relevance', 'max_row'\), got 'max'"):
+        UniCAM(student, teacher, layer="features.relu2", objective="max")
+    with pytest.raises(ValueError, match=r"`layer`='features.relu9' is not a module of VGG; close matches: .*relu"):
+        UniCAM(student, teacher, layer="features.relu9")
+    with pytest.raises(ValueError, match=r"`feature_layer_y`='features.relu3' is not a module of VGG"):
+        UniCAM(student, teacher, layer="features.relu2", feature_layer_x="head.pool", feature_layer_y="features.relu3")
+    unicam = UniCAM(student, teacher, layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`images` holds 3 images; .* needs N ≥ 4 \(n = 1 is undefined\)"):
+        unicam(torch.randn(3, 3, 12, 12), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"`targets` must hold one label .* 5 rows, got shape \(4,\)"):
+        unicam(torch.randn(5, 3, 12, 12), torch.tensor([0, 1, 2, 0]))
+    early = UniCAM(student, teacher, layer="features.relu2", feature_layer_x="features.relu1")
+    with pytest.raises(ValueError, match=r"`layer`='features.relu2' does not run before `feature_layer_x`"):
+        early(torch.randn(5, 3, 12, 12), torch.arange(5) % 2)
+    flat = UniCAM(student, teacher, layer="head.flatten", feature_layer_x="head.fc", feature_layer_y="head.fc")
+    with pytest.raises(ValueError, match=r"`layer`='head.flatten' outputs shape \(5, 8\); UniCAM needs a conv"):
+        flat(torch.randn(5, 3, 12, 12), torch.arange(5) % 2)
