@@ -19,7 +19,8 @@ Public API:
   adversarial transfer and invariance agreement, teacher side cached.
 - :class:`UniCAM` — UniCAM maps ([UC]): where the features a student holds beyond its teacher (distilled) or
   the teacher holds beyond the student (residual) lie in the image, explained through a distance-correlation
-  score; ``kd_probe.functional`` has ``distance_correlation`` (R*, FSS) and ``relevance_given`` (RS).
+  score; :class:`UniCAMProbe` logs FSS, RS (teacher, student, distilled, residual) and the maps during
+  training; ``kd_probe.functional`` has ``distance_correlation`` (R*, FSS) and ``relevance_given`` (RS).
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
 
@@ -36,7 +37,7 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
-from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, WeightTrajectoryMonitor
+from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.core.unicam import UniCAM
@@ -58,6 +59,7 @@ __all__ = [
     "SigmaMaps",
     "TwoPhaseResult",
     "UniCAM",
+    "UniCAMProbe",
     "WeightTrajectoryMonitor",
     "__version__",
     "count_knowledge_points",

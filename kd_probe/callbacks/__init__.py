@@ -2,6 +2,7 @@
 
 from kd_probe.callbacks.agreement import AgreementProbe
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
+from kd_probe.callbacks.unicam import UniCAMProbe
 from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
-__all__ = ["AgreementProbe", "KnowledgePointProbe", "WeightTrajectoryMonitor"]
+__all__ = ["AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor"]

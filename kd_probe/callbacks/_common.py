@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,7 +13,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["PAPER_EPOCHS", "ProbeSchedule", "find_network", "gather_shards", "read_probe_set", "shard_indices"]
+__all__ = [
+    "PAPER_EPOCHS",
+    "ProbeSchedule",
+    "find_network",
+    "gather_shards",
+    "networks_by_role",
+    "probe_normalization",
+    "read_probe_set",
+    "run_folder",
+    "save_atomically",
+    "shard_indices",
+]
 
 PAPER_EPOCHS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)  # [KP]'s probed checkpoints
 
@@ -152,3 +165,47 @@ def gather_shards(trainer: pl.Trainer, local: Tensor, count: int) -> Tensor:
         shard = shard_indices(count, rank, world)
         result[shard] = gathered[rank, : len(shard)].to(result.dtype)
     return result
+
+
+def networks_by_role(pl_module: pl.LightningModule, **roles: str | nn.Module) -> list[nn.Module]:
+    """The networks a probe compares, e.g. ``teacher="teacher", student="student"``: each given as a module, or
+    as the name of a module attribute of the LightningModule (the error lists its child modules)."""
+    found = []
+    for role, value in roles.items():
+        if isinstance(value, nn.Module):
+            found.append(value)
+            continue
+        network = getattr(pl_module, value, None)
+        if not isinstance(network, nn.Module):
+            children = sorted(name for name, _ in pl_module.named_children())
+            raise ValueError(
+                f"`{role}`={value!r} is not a module attribute of {type(pl_module).__name__}; "
+                f"its child modules are {children}."
+            )
+        found.append(network)
+    return found
+
+
+def probe_normalization(
+    source: Any, normalization: tuple[Sequence[float], Sequence[float]] | None, channels: int
+) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` ``[1, C, 1, 1]`` of the probe images: given, else the data module's ``mean``/``std``,
+    else none (0 and 1) — to show the images as pictures and to express pixel-unit budgets."""
+    if normalization is None and hasattr(source, "mean") and hasattr(source, "std") and not isinstance(source, Tensor):
+        normalization = (source.mean, source.std)
+    mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
+    return torch.as_tensor(mean).float().view(1, -1, 1, 1), torch.as_tensor(std).float().view(1, -1, 1, 1)
+
+
+def run_folder(trainer: pl.Trainer) -> Path:
+    """Where a probe's files go: the first logger's directory, else the Trainer's root directory."""
+    folder = next((lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)), None)
+    return Path(folder or trainer.default_root_dir)
+
+
+def save_atomically(record: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(record, temporary)
+    os.replace(temporary, path)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from kd_probe.callbacks._common import read_probe_set
+from kd_probe.callbacks._common import networks_by_role, probe_normalization, read_probe_set
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -24,8 +24,8 @@ from kd_probe.core.agreement import (
     prediction_agreement,
     predictions,
 )
-from kd_probe.core.layers import resolve_layer
-from kd_probe.core.render import colorize, per_image_unit
+from kd_probe.core.layers import module_device, resolve_layer
+from kd_probe.core.render import map_rows
 from kd_probe.core.transforms import TRANSFORMS
 
 __all__ = ["AgreementProbe"]
@@ -88,13 +88,6 @@ class AgreementProbe(pl.Callback):
         seed: int = 0,
         log_images: int = 4,
     ) -> None:
-        if (
-            normalization is None
-            and hasattr(images, "mean")
-            and hasattr(images, "std")
-            and not isinstance(images, Tensor)
-        ):
-            normalization = (images.mean, images.std)
         self.images, self.masks, probe_labels = read_probe_set(
             images, masks, labels, need_masks=False, need_labels=True
         )
@@ -110,10 +103,7 @@ class AgreementProbe(pl.Callback):
         self.teacher_layer, self.student_layer, self.reference = teacher_layer, student_layer, reference
         self.every_n_epochs, self.eps, self.steps, self.transforms = every_n_epochs, eps, steps, tuple(transforms)
         self.name, self.teacher, self.student, self.seed, self.log_images = name, teacher, student, seed, log_images
-        channels = self.images.shape[1]
-        mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
-        self.mean = torch.as_tensor(mean, dtype=self.images.dtype).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=self.images.dtype).view(1, -1, 1, 1)
+        self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self._cache: dict[str, Any] | None = None
 
@@ -126,27 +116,11 @@ class AgreementProbe(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, student_layer=self.student_layer)
 
-    def _networks(self, pl_module: pl.LightningModule) -> tuple[nn.Module, nn.Module]:
-        found = []
-        for role, value in (("teacher", self.teacher), ("student", self.student)):
-            if isinstance(value, nn.Module):
-                found.append(value)
-                continue
-            network = getattr(pl_module, value, None)
-            if not isinstance(network, nn.Module):
-                children = sorted(name for name, _ in pl_module.named_children())
-                raise ValueError(
-                    f"`{role}`={value!r} is not a module attribute of {type(pl_module).__name__}; "
-                    f"its child modules are {children}."
-                )
-            found.append(network)
-        return found[0], found[1]
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        teacher, student = self._networks(pl_module)
+        teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         resolve_layer(teacher, self.teacher_layer, argument="teacher_layer")
         resolve_layer(student, self.student_layer, argument="student_layer")
         if self.reference is not None:
@@ -205,8 +179,8 @@ class AgreementProbe(pl.Callback):
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
         """Probe now on this process, append to the history and log."""
-        teacher, student = self._networks(pl_module)
-        device = next((p.device for p in student.parameters()), pl_module.device)
+        teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
+        device = module_device(student, pl_module.device)
         cache = self._teacher_side(teacher, device)
         cams = grad_cam(student, cache["images"], cache["labels"], layer=self.student_layer)
         cosine = cam_cosine(cams, cache["cams"])
@@ -239,11 +213,8 @@ class AgreementProbe(pl.Callback):
 
     def _grid(self, cache: dict[str, Any], cams: Tensor) -> Tensor:
         shown = min(self.log_images, cams.shape[0])
-        images = (cache["images"][:shown].cpu() * self.std + self.mean).clamp(0, 1)
-        teacher = colorize(per_image_unit(cache["cams"][:shown].cpu()), 0.0, 1.0)
-        student = colorize(per_image_unit(cams[:shown].cpu()), 0.0, 1.0)
-        rows = torch.cat([images[:, :3], teacher, student], dim=-1)
-        return torch.cat(list(rows), dim=-2).repeat_interleave(4, -1).repeat_interleave(4, -2)
+        pictures = (cache["images"][:shown].cpu() * self.std + self.mean).clamp(0, 1)[:, :3]
+        return map_rows(pictures, [cache["cams"][:shown], cams[:shown]])
 
     @override
     def state_dict(self) -> dict[str, Any]:

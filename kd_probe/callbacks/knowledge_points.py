@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 from typing_extensions import override
 
-from kd_probe.callbacks._common import ProbeSchedule, find_network, gather_shards, read_probe_set, shard_indices
+from kd_probe.callbacks._common import (
+    ProbeSchedule,
+    find_network,
+    gather_shards,
+    read_probe_set,
+    run_folder,
+    save_atomically,
+    shard_indices,
+)
 from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
 from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
-from kd_probe.core.layers import resolve_layer
+from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.render import knowledge_point_panels
 from kd_probe.core.sigma import estimate_sigma_maps
 
@@ -151,7 +158,7 @@ class KnowledgePointProbe(pl.Callback):
         resolve_layer(network, self.layer)
         self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
         dry_run = {**self.sigma_options, "samples": 1, "steps": 1}
-        device = next((p.device for p in network.parameters()), torch.device("cpu"))
+        device = module_device(network)
         estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
         tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
         if tracked != self.layer:
@@ -209,7 +216,7 @@ class KnowledgePointProbe(pl.Callback):
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
         """Probe now (every rank must call it under DDP), append to the history, log, save the history file."""
         network = find_network(pl_module, self.module_path)
-        device = next((p.device for p in network.parameters()), pl_module.device)
+        device = module_device(network, pl_module.device)
         count, rank, world = self.images.shape[0], trainer.global_rank, trainer.world_size
         local = shard_indices(count, rank, world)
         entry: dict[str, Any] = {
@@ -346,14 +353,11 @@ class KnowledgePointProbe(pl.Callback):
 
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
-        folder = next((lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)), None)
         suffix = f"_{self.name}" if self.name else ""
-        return Path(folder or trainer.default_root_dir) / f"kd_probe_history{suffix}.pt"
+        return run_folder(trainer) / f"kd_probe_history{suffix}.pt"
 
     @rank_zero_only
     def _save_history(self, trainer: pl.Trainer) -> None:
-        path = self.history_path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "version": 1,
             "layer": self.layer,
@@ -365,9 +369,7 @@ class KnowledgePointProbe(pl.Callback):
             "images": self.images[: max(self.log_images, 8)],
             "entries": self.history,
         }
-        temporary = path.with_suffix(".pt.tmp")
-        torch.save(record, temporary)
-        os.replace(temporary, path)  # atomic: a crash never leaves a half-written history
+        save_atomically(record, self.history_path(trainer))
 
     def _warn_once(self, message: str) -> None:
         if not self._warned_no_tensorboard:

@@ -17,6 +17,7 @@ __all__ = [
     "capture_outputs",
     "eval_forward",
     "forward_until",
+    "module_device",
     "modules_through",
     "output_shapes",
     "probing",
@@ -138,6 +139,14 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
     if not isinstance(output, Tensor):
         raise TypeError(f"`{argument}`={layer!r} returns {type(output).__name__}; a tensor output is needed.")
     return output
+
+
+def module_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's first parameter (else buffer), else ``default``."""
+    tensor: Tensor | None = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device(default)
 
 
 def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list[str]:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from kd_probe.core.sigma import upsample_units
 
-__all__ = ["colorize", "knowledge_point_panels", "per_image_unit"]
+__all__ = ["colorize", "knowledge_point_panels", "map_rows", "per_image_unit"]
 
 # a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
 _RAMP = torch.tensor(
@@ -73,4 +73,13 @@ def knowledge_point_panels(images: Tensor, entropy: Tensor, points: Tensor, mask
     overlay = torch.where(edge[:, None], torch.tensor([0.1, 1.0, 0.2])[None, :, None, None], overlay)
     rows = torch.cat([shown, heat, overlay], dim=-1)  # [N, 3, H, 3W]
     picture = torch.cat(list(rows), dim=-2)  # [3, N·H, 3W]
+    return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+
+
+def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4) -> Tensor:
+    """One RGB picture ``[3, N·H·scale, (1 + len(maps))·W·scale]``: per image (a row) the picture (RGB in
+    [0, 1], ``[N, 3, H, W]``) followed by each map ``[N, H, W]`` coloured after per-image min–max scaling."""
+    coloured = [colorize(per_image_unit(m.detach().float().cpu()), 0.0, 1.0) for m in maps]
+    rows = torch.cat([pictures.detach().float().cpu(), *coloured], dim=-1)
+    picture = torch.cat(list(rows), dim=-2)
     return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)

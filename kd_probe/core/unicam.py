@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kd_probe.core.agreement import weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
-from kd_probe.core.layers import capture_outputs, forward_until, probing, resolve_layer
+from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer
 from kd_probe.core.render import per_image_unit
 
 __all__ = ["OBJECTIVES", "UniCAM", "UniCAMResult", "layer_features", "max_row_score", "pooled_features"]
@@ -43,7 +43,8 @@ def layer_features(model: nn.Module, layer: str, images: Tensor, *, argument: st
     """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored);
     the modules after the layer do not run."""
     with probing(model), torch.no_grad():
-        return pooled_features(forward_until(model, layer, images, argument=argument)).detach()
+        inputs = images.to(module_device(model, images.device))
+        return pooled_features(forward_until(model, layer, inputs, argument=argument)).detach()
 
 
 def max_row_score(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
@@ -113,7 +114,8 @@ class UniCAM:
         """Maps ``[N, H, W]`` and the score for a batch.
 
         Args:
-            images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4``.
+            images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4`` (moved to each model's
+                device; the maps are on X's).
             targets: integer labels ``[N]`` (one-hot ``G``) or label vectors ``[N, d]``; unused by ``"max_row"``.
             features_y: ``F_Y`` from :meth:`features_y`, when cached.
         """
@@ -128,7 +130,8 @@ class UniCAM:
         labels = self._labels(targets, images.shape[0])
         fy = self.features_y(images) if features_y is None else features_y.detach()
         with capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
-            inputs = images.detach().clone().requires_grad_(True)  # frozen models still give a graph
+            inputs = images.detach().to(module_device(self.model_x, images.device)).clone()
+            inputs.requires_grad_(True)  # frozen models still give a graph
             fx = pooled_features(forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x"))
             activation = captured.get(self.layer)
             if activation is None:

@@ -1,0 +1,313 @@
+"""``UniCAMProbe``: feature similarity (FSS), relevance (RS) and UniCAM maps during training ([UC], spec §3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from kd_probe.callbacks._common import (
+    networks_by_role,
+    probe_normalization,
+    read_probe_set,
+    run_folder,
+    save_atomically,
+)
+from kd_probe.core.distance_correlation import distance_correlation, label_embedding, relevance_given
+from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
+from kd_probe.core.render import map_rows
+from kd_probe.core.unicam import OBJECTIVES, UniCAM, pooled_features
+
+__all__ = ["UniCAMProbe"]
+
+MAPS_KEPT = 8  # images whose maps are kept per probe in the state and the file (for reports)
+
+
+def _pairs(layers: Any) -> list[tuple[str, str]]:
+    """``layers`` as ``(student layer, teacher layer)`` pairs; a plain name stands for the same name in both."""
+    if isinstance(layers, str):
+        layers = [layers]
+    pairs = []
+    for item in layers if isinstance(layers, Sequence) else []:
+        if isinstance(item, str):
+            item = (item, item)
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(n, str) and n for n in item)):
+            raise ValueError(
+                f"`layers` items must be layer names or (student layer, teacher layer) pairs, got {item!r}."
+            )
+        pairs.append((item[0], item[1]))
+    if not pairs:
+        raise ValueError(f"`layers` must name at least one (student layer, teacher layer) pair, got {layers!r}.")
+    return pairs
+
+
+class UniCAMProbe(pl.Callback):
+    """Measure during training how much of the teacher's label-relevant knowledge the student holds ([UC]).
+
+    On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``, for each
+    ``(student layer, teacher layer)`` pair (features globally average-pooled): the feature similarity
+    ``FSS = R*(F_T, F_S)`` (bias-corrected squared distance correlation; also the V-statistic), the relevance
+    ``RS = R*(F, G)`` of teacher, student and reference to the labels ``G``, the *distilled* relevance
+    ``R*(F_S | F_T, G)`` (what the student holds beyond the teacher that is about the labels; beyond the
+    reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the teacher — or the
+    reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``. Teacher- and
+    reference-side features are computed once and cached. Runs on rank zero only (the batch is small); the
+    models are left as they were (spec §4). A failed probe is warned about and recorded, training goes on.
+
+    Args:
+        images: ``[N, C, H, W]`` inputs (normalised as the models expect; ``N ≥ 4``, two classes or more), a
+            dataset of ``(image, label, ...)`` items, or a data module with a ``probe_set``. Distance
+            correlations are batch statistics: a few dozen images give steadier curves than a handful.
+        labels: ``[N]`` classes when ``images`` is a tensor.
+        layers: ``(student layer, teacher layer)`` pairs (a plain name means the same name in both); the
+            student's name labels the tags. The reference uses the student's names.
+        cam_layer: the convolutional layer of the UniCAM maps: one name for both models, or a
+            ``(student layer, teacher layer)`` pair.
+        reference: an independently trained model with the student's layer names (e.g. the baseline); then
+            distilled and residual are taken against it, as in the paper.
+        label_embeddings: ``[num_classes, d]`` label vectors for ``G`` (default one-hot).
+        every_n_epochs: how often to probe. name: sub-prefix of the tags and suffix of the file.
+        teacher, student: attribute names in the LightningModule, or the modules themselves.
+        objective: UniCAM's score, ``"relevance"`` or ``"max_row"`` (the authors' scripts).
+        normalization: ``(mean, std)`` per channel, to show the inputs (default: the data module's).
+        log_images: images in each map grid.
+
+    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; ``<layer>`` = the student layer; step =
+    ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
+    ``<p>/rs/{teacher,student}/<layer>``, ``<p>/rs/reference/<layer>`` (with reference),
+    ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/unicam/distilled``
+    and ``<p>/unicam/residual`` (rows: input, map). The history (every value, and the maps of the first
+    images) is kept in the checkpoint and in ``kd_probe_unicam[_<name>].pt`` in the logger's folder.
+
+    Example::
+
+        probe = UniCAMProbe(images, labels, layers=[("features.relu4", "features.relu4"),
+                            ("features.relu6", "features.relu6")], cam_layer="features.relu6")
+        pl.Trainer(max_epochs=10, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        labels: Tensor | None = None,
+        *,
+        layers: Sequence[tuple[str, str] | str],
+        cam_layer: str | tuple[str, str],
+        reference: nn.Module | None = None,
+        label_embeddings: Tensor | None = None,
+        every_n_epochs: int = 1,
+        name: str | None = None,
+        teacher: str | nn.Module = "teacher",
+        student: str | nn.Module = "student",
+        objective: str = "relevance",
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        log_images: int = 4,
+    ) -> None:
+        self.images, _, probe_labels = read_probe_set(images, None, labels, need_masks=False, need_labels=True)
+        assert probe_labels is not None  # read_probe_set requires labels here
+        self.labels = probe_labels
+        if self.images.shape[0] < 4:
+            raise ValueError(
+                f"`images` holds {self.images.shape[0]} probe images; FSS, RS and UniCAM use the bias-corrected "
+                "distance correlation, which needs at least 4."
+            )
+        if int(self.labels.unique().numel()) < 2:
+            raise ValueError(
+                f"`labels` hold a single class ({int(self.labels[0])}); RS (relevance to the labels) is undefined "
+                "with one class: the probe batch needs at least two."
+            )
+        self.targets = label_embedding(self.labels, label_embeddings)
+        self.pairs = _pairs(layers)
+        cam = (cam_layer, cam_layer) if isinstance(cam_layer, str) else tuple(cam_layer)
+        if len(cam) != 2 or not all(isinstance(n, str) and n for n in cam):
+            raise ValueError(f"`cam_layer` must be a layer name or a (student, teacher) pair, got {cam_layer!r}.")
+        self.cam_layer: tuple[str, str] = (cam[0], cam[1])
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+        if reference is not None and not isinstance(reference, nn.Module):
+            raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
+        self.reference, self.every_n_epochs, self.name, self.objective = reference, every_n_epochs, name, objective
+        self.teacher, self.student, self.log_images = teacher, student, log_images
+        self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
+        self.history: list[dict[str, Any]] = []
+        self.maps: list[dict[str, Any]] = []
+        self._cache: dict[str, Any] | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"kd_probe/{self.name}" if self.name else "kd_probe"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, cam_layer=self.cam_layer, unicam=True)
+
+    def _networks(self, pl_module: pl.LightningModule) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """Student, teacher and the model the student is compared with (the reference, else the teacher)."""
+        teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
+        return student, teacher, self.reference if self.reference is not None else teacher
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        student, teacher, _ = self._networks(pl_module)
+        checks = [(student, [s for s, _ in self.pairs], "layers"), (teacher, [t for _, t in self.pairs], "layers")]
+        checks += [(student, [self.cam_layer[0]], "cam_layer"), (teacher, [self.cam_layer[1]], "cam_layer")]
+        if self.reference is not None:
+            checks += [(self.reference, [s for s, _ in self.pairs] + [self.cam_layer[0]], "layers")]
+        for network, names, argument in checks:
+            for layer in names:
+                resolve_layer(network, layer, argument=argument)
+        other = self.reference if self.reference is not None else teacher
+        for network, layer in ((student, self.cam_layer[0]), (other, self._other_cam)):
+            shape = output_shapes(network, [layer], self.images[:1].to(module_device(network)))[layer]
+            if len(shape) != 4:
+                raise ValueError(
+                    f"`cam_layer`={layer!r} outputs shape {shape}; UniCAM maps need a convolutional layer's "
+                    "[N, C, H, W] output."
+                )
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            rank_zero_warn("kd_probe: no TensorBoardLogger: the UniCAM map grids are not logged, scalars are.")
+
+    @property
+    def _other_cam(self) -> str:
+        """The CAM layer of the model compared with: the reference shares the student's names."""
+        return self.cam_layer[0] if self.reference is not None else self.cam_layer[1]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
+
+    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+            return
+        if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
+            return
+        try:
+            self.probe(trainer, pl_module, epoch)
+        except Exception as error:  # a probe problem never stops training nor loses the history
+            rank_zero_warn(f"kd_probe: the UniCAM probe at epoch {epoch} failed ({error}); training continues.")
+            self.history.append({"epoch": epoch, "global_step": trainer.global_step, "failed": str(error)})
+            self._save(trainer)
+
+    def _fixed_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
+        """Everything that depends only on the frozen teacher and reference: computed once per device."""
+        if self._cache is not None and self._cache["device"] == device:
+            return self._cache
+        images = self.images.to(device)
+        teacher_names = sorted({t for _, t in self.pairs} | {self.cam_layer[1]})
+        cache: dict[str, Any] = {"device": device, "images": images, "targets": self.targets.to(device)}
+        cache["teacher"] = self._features(teacher, teacher_names, images)
+        cache["rs_teacher"] = {
+            t: float(distance_correlation(cache["teacher"][t], cache["targets"])) for t in teacher_names
+        }
+        if self.reference is not None:
+            names = sorted({s for s, _ in self.pairs} | {self.cam_layer[0]})
+            cache["reference"] = self._features(self.reference, names, images)
+            cache["rs_reference"] = {
+                s: float(distance_correlation(cache["reference"][s], cache["targets"])) for s in names
+            }
+        self._cache = cache
+        return cache
+
+    @staticmethod
+    def _features(network: nn.Module, names: list[str], images: Tensor) -> dict[str, Tensor]:
+        """Pooled features of several layers from one eval-mode forward on the network's device (modes
+        restored), returned on the images' device."""
+        with capture_outputs(network, names) as outputs:
+            eval_forward(network, images.to(module_device(network, images.device)))
+        return {name: pooled_features(outputs[name]).detach().to(images.device) for name in names}
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+        """Probe now on this process, append to the history, log and save."""
+        student, teacher, other = self._networks(pl_module)
+        device = module_device(student, pl_module.device)
+        cache = self._fixed_side(teacher, device)
+        images, targets = cache["images"], cache["targets"]
+        own = self._features(student, sorted({s for s, _ in self.pairs} | {self.cam_layer[0]}), images)
+        if not all(torch.isfinite(f).all() for f in own.values()):
+            raise FloatingPointError("the student's features hold NaN or infinite values")
+        values: dict[str, float] = {}
+        for s, t in self.pairs:
+            fs, ft = own[s], cache["teacher"][t]
+            given = cache["reference"][s] if self.reference is not None else ft
+            values[f"fss/{s}"] = float(distance_correlation(ft, fs))
+            values[f"fss_v/{s}"] = float(distance_correlation(ft, fs, bias_corrected=False))
+            values[f"rs/teacher/{s}"] = cache["rs_teacher"][t]
+            values[f"rs/student/{s}"] = float(distance_correlation(fs, targets))
+            if self.reference is not None:
+                values[f"rs/reference/{s}"] = cache["rs_reference"][s]
+            values[f"rs/distilled/{s}"] = float(relevance_given(fs, given, targets))
+            values[f"rs/residual/{s}"] = float(relevance_given(given, fs, targets))
+        other_features = (cache["reference"] if self.reference is not None else cache["teacher"])[self._other_cam]
+        distilled = UniCAM(
+            student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, objective=self.objective
+        )(images, targets, features_y=other_features)
+        residual = UniCAM(
+            other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], objective=self.objective
+        )(images, targets, features_y=own[self.cam_layer[0]])
+        entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
+        entry.update(distilled_score=distilled.score, residual_score=residual.score)
+        self.history.append(entry)
+        kept = min(MAPS_KEPT, images.shape[0])
+        self.maps.append(
+            {"epoch": epoch, "distilled": distilled.maps[:kept].cpu(), "residual": residual.maps[:kept].cpu()}
+        )
+        self._log(trainer, values, distilled.maps, residual.maps)
+        self._save(trainer)
+        return entry
+
+    def _log(self, trainer: pl.Trainer, values: dict[str, float], distilled: Tensor, residual: Tensor) -> None:
+        metrics = {f"{self.prefix}/{key}": value for key, value in values.items() if math.isfinite(value)}
+        shown = min(self.log_images, distilled.shape[0])
+        pictures = (self.images[:shown] * self.std + self.mean).clamp(0, 1)[:, :3]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger) and shown:
+                for kind, maps in (("distilled", distilled), ("residual", residual)):
+                    logger.experiment.add_image(
+                        f"{self.prefix}/unicam/{kind}", map_rows(pictures, [maps[:shown]]), trainer.global_step
+                    )
+
+    def file_path(self, trainer: pl.Trainer) -> Path:
+        """``kd_probe_unicam[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""
+        return run_folder(trainer) / f"kd_probe_unicam{'_' + self.name if self.name else ''}.pt"
+
+    @rank_zero_only
+    def _save(self, trainer: pl.Trainer) -> None:
+        record = {
+            "version": 1,
+            "layers": self.pairs,
+            "cam_layer": self.cam_layer,
+            "reference": self.reference is not None,
+            "objective": self.objective,
+            "images": (self.images[:MAPS_KEPT] * self.std + self.mean).clamp(0, 1),
+            "labels": self.labels[:MAPS_KEPT],
+            "entries": self.history,
+            "maps": self.maps,
+        }
+        save_atomically(record, self.file_path(trainer))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "maps": self.maps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.maps = list(state_dict.get("maps", []))

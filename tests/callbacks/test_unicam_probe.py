@@ -1,0 +1,144 @@
+import copy
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kd_probe import DistillationModule, UniCAMProbe
+from kd_probe.core.distance_correlation import distance_correlation, relevance_given
+from kd_probe.core.unicam import layer_features
+from tests.callbacks.conftest import tiny_data, tiny_net, trainer
+
+PAIRS = [("features.relu1", "features.relu1"), "features.relu2"]
+
+
+def _tags(folder: str) -> dict:
+    events = EventAccumulator(folder, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events.Tags()
+
+
+def test_a_student_copied_from_the_teacher_every_tag_and_the_file(tmp_path: Path) -> None:
+    data = tiny_data()
+    teacher = tiny_net()
+    reference = copy.deepcopy(teacher)
+    torch.manual_seed(3)
+    reference.features.conv2.reset_parameters()  # a different model with the same names
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", reference=reference)
+    student = copy.deepcopy(teacher)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[probe]).fit(
+        DistillationModule(student, teacher), datamodule=data
+    )
+    assert [e["epoch"] for e in probe.history] == [0, 1, 2]
+    first = probe.history[0]  # epoch 0, before any optimizer step: the student is the teacher
+    for layer in ("features.relu1", "features.relu2"):
+        assert first[f"fss/{layer}"] == pytest.approx(1.0, abs=1e-5)
+        assert first[f"fss_v/{layer}"] == pytest.approx(1.0, abs=1e-5)
+        assert first[f"rs/student/{layer}"] == pytest.approx(first[f"rs/teacher/{layer}"], abs=1e-6)
+    tags = _tags(logger.log_dir)
+    for kind in ("fss", "fss_v", "rs/teacher", "rs/student", "rs/reference", "rs/distilled", "rs/residual"):
+        for layer in ("features.relu1", "features.relu2"):
+            assert f"kd_probe/{kind}/{layer}" in tags["scalars"], (kind, layer)
+    assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(tags["images"])
+    saved = torch.load(Path(logger.log_dir) / "kd_probe_unicam.pt", weights_only=False)
+    assert [e["epoch"] for e in saved["entries"]] == [0, 1, 2] and saved["reference"] is True
+    assert saved["maps"][0]["distilled"].shape == (6, 16, 16) and saved["images"].shape == (6, 3, 16, 16)
+    assert float(saved["images"].min()) >= 0 and float(saved["images"].max()) <= 1
+
+
+def test_values_equal_the_functional_recomputation_and_the_model_given_itself(tmp_path: Path) -> None:
+    data = tiny_data()
+    teacher, student = tiny_net(), tiny_net()
+    torch.manual_seed(1)
+    student.features.conv1.reset_parameters()
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    module = DistillationModule(student, teacher)
+    trainer(tmp_path, max_epochs=1, callbacks=[probe]).fit(module, datamodule=data)
+    images, labels = probe.images, probe.labels
+    last = probe.history[-1]
+    for layer in ("features.relu1", "features.relu2"):
+        fs, ft = layer_features(student, layer, images), layer_features(teacher, layer, images)
+        assert last[f"fss/{layer}"] == pytest.approx(float(distance_correlation(ft, fs)), abs=1e-6)
+        assert last[f"rs/student/{layer}"] == pytest.approx(
+            float(distance_correlation(fs, torch.nn.functional.one_hot(labels).double())), abs=1e-6
+        )
+        assert last[f"rs/distilled/{layer}"] == pytest.approx(float(relevance_given(fs, ft, labels)), abs=1e-6)
+        assert last[f"rs/residual/{layer}"] == pytest.approx(float(relevance_given(ft, fs, labels)), abs=1e-6)
+    assert last["distilled_score"] == pytest.approx(last["rs/distilled/features.relu2"], abs=1e-6)
+
+
+def test_teacher_side_cached_training_unchanged_and_resume(tmp_path: Path) -> None:
+    data = tiny_data()
+    plain, probed = DistillationModule(tiny_net(), tiny_net()), DistillationModule(tiny_net(), tiny_net())
+    torch.manual_seed(7)
+    trainer(tmp_path / "a", max_epochs=2).fit(plain, datamodule=data)
+    torch.manual_seed(7)
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    trainer(tmp_path / "b", max_epochs=2, callbacks=[probe]).fit(probed, datamodule=data)
+    for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    cache = probe._cache
+    probe.probe(trainer(tmp_path, max_epochs=1), probed, 9)
+    assert probe._cache is cache  # teacher-side features computed once
+    restored = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    restored.load_state_dict(probe.state_dict())
+    assert [e["epoch"] for e in restored.history] == [0, 1, 2, 9] and len(restored.maps) == 4
+    calls = []
+    restored.probe = lambda *args: calls.append(args)  # type: ignore[method-assign]
+    trainer(tmp_path / "c", max_epochs=2, callbacks=[restored]).fit(probed, datamodule=data)
+    assert calls == []  # epochs already probed are not probed again
+
+
+def test_a_teacher_given_as_a_module_probes_a_baseline(tmp_path: Path) -> None:
+    data = tiny_data()
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", teacher=tiny_net())
+    trainer(tmp_path, max_epochs=1, callbacks=[probe]).fit(DistillationModule(tiny_net()), datamodule=data)
+    assert len(probe.history) == 2 and all("failed" not in e for e in probe.history)
+
+
+class _BreakAtEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.student.features.conv1.weight.fill_(float("nan"))
+
+
+def test_a_failed_probe_warns_and_keeps_the_history(tmp_path: Path) -> None:
+    data = tiny_data()
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    with pytest.warns(UserWarning, match=r"the UniCAM probe at epoch 2 failed \(the student's features hold NaN"):
+        trainer(tmp_path, max_epochs=3, callbacks=[_BreakAtEpoch(), probe]).fit(
+            DistillationModule(tiny_net(), tiny_net()), datamodule=data
+        )
+    assert [("failed" in e) for e in probe.history] == [False, False, True, True]
+    assert "fss/features.relu2" in probe.history[1]
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    data = tiny_data()
+    images = torch.randn(6, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"`images` holds 3 probe images; .* needs at least 4"):
+        UniCAMProbe(images[:3], torch.tensor([0, 1, 2]), layers=PAIRS, cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`labels` hold a single class \(2\); RS .* at least two"):
+        UniCAMProbe(images, torch.full((6,), 2), layers=PAIRS, cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`layers` items must be layer names or \(student layer, teacher layer\)"):
+        UniCAMProbe(data, layers=[("a", "b", "c")], cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`layers` must name at least one"):
+        UniCAMProbe(data, layers=[], cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`objective` must be one of"):
+        UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", objective="max")
+    with pytest.raises(ValueError, match=r"`labels` holds class 2 but `label_embeddings` has 2 rows"):
+        UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", label_embeddings=torch.randn(2, 4))
+    probe = UniCAMProbe(data, layers=[("features.relu2", "features.relu9")], cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`layers`='features.relu9' is not a module of VGG; close matches"):
+        trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net(), tiny_net()), datamodule=data)
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="head.fc")
+    with pytest.raises(ValueError, match=r"`cam_layer`='head.fc' outputs shape \(1, 3\); UniCAM maps need a conv"):
+        trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net(), tiny_net()), datamodule=data)
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`teacher`='teacher' is not a module attribute of DistillationModule"):
+        trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net()), datamodule=data)
