@@ -93,3 +93,39 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
+    """UniCAM distilled and residual maps at the last probe over the same images, for the first distilled and
+    the first baseline run (the maps explain a batch-level score, so both use the same probe batch)."""
+    chosen = []
+    for role in ("distilled", "baseline"):
+        for run in (r for r in runs if r.role == role):
+            record = run.unicam
+            done = record["maps"] if record else []  # maps are kept for the successful probes only
+            if done:
+                chosen.append((run, record, done[-1]))
+                break
+    if not chosen:
+        return None
+    count = min(images, int(chosen[0][1]["images"].shape[0]))
+    columns = 1 + 2 * len(chosen)
+    fig, axes = plt.subplots(count, columns, figsize=(1.8 * columns, 1.9 * count), squeeze=False)
+    for row in range(count):
+        picture = chosen[0][1]["images"][row].permute(1, 2, 0).numpy()
+        axes[row][0].imshow(picture)
+        for index, (run, _record, maps) in enumerate(chosen):
+            for offset, kind in enumerate(("distilled", "residual")):
+                axis = axes[row][1 + 2 * index + offset]
+                axis.imshow(picture.mean(axis=2), cmap="gray", vmin=0, vmax=1)
+                axis.imshow(maps[kind][row].numpy(), cmap="viridis", vmin=0, vmax=1, alpha=0.6)
+                if row == 0:
+                    axis.set_title(f"{run.name}\n{kind}, epoch {maps['epoch']}", fontsize=8)
+    axes[0][0].set_title("input", fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,7 +2,7 @@
 
 Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). It trains a teacher, then a distilled student and a
 from-scratch baseline with the same architecture, data, seed and schedule; every student run carries a
-``KnowledgePointProbe`` and a ``WeightTrajectoryMonitor``. Logs go to ``runs/<experiment>/<run>``, so
+``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. Logs go to ``runs/<experiment>/<run>``, so
 ``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md`` in that folder says whether the
 knowledge-point paper's three hypotheses hold for this run.
 """
@@ -20,8 +20,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import Subset
 
-from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, WeightTrajectoryMonitor
+from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
 from kd_probe.models import VGG
 from kd_probe.modules import DistillationModule, run_two_phase
@@ -105,6 +106,7 @@ class _Plan:
     teacher_widths: tuple[int, ...]
     student_widths: tuple[int, ...]
     schedule: list[int] | str
+    unicam_images: int = 64
 
     @property
     def layer(self) -> str:
@@ -113,7 +115,7 @@ class _Plan:
 
 def _plan(args: argparse.Namespace) -> _Plan:
     if args.quick:
-        return _Plan(1, 1, 256, 4, 4, 25, 8, (8, 16), (4, 8), [0, 1])
+        return _Plan(1, 1, 256, 4, 4, 25, 8, (8, 16), (4, 8), [0, 1], unicam_images=16)
     epochs = args.epochs or (30 if args.full else 10)
     small = (16, 32, 64)
     return _Plan(
@@ -163,6 +165,16 @@ def _agreement(plan: _Plan, data: ShapesDataModule, teacher: Any, seed: int) -> 
         student_layer=f"features.relu{2 * len(plan.student_widths)}",
         teacher=teacher,
         seed=seed,
+    )
+
+
+def _unicam(plan: _Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
+    """[UC]'s FSS/RS at the end of every stage and UniCAM maps at the last convolution, on held-out validation
+    images (distance correlations are batch statistics: more images than the knowledge-point probe's)."""
+    stages = [f"features.relu{2 * (stage + 1)}" for stage in range(len(plan.student_widths))]
+    images = Subset(data.val_set, range(min(plan.unicam_images, len(data.val_set))))
+    return UniCAMProbe(
+        images, layers=stages, cam_layer=stages[-1], teacher=teacher, normalization=(data.mean, data.std)
     )
 
 
@@ -237,7 +249,11 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
             accuracy = _two_phase(student, teacher.student, data, log_dir, name, plan, seed, options, args.quick)
         else:
             module = DistillationModule(student, teacher.student, **options)
-            callbacks = [*_probes(plan, data, seed), _agreement(plan, data, teacher.student, seed)]
+            callbacks = [
+                *_probes(plan, data, seed),
+                _agreement(plan, data, teacher.student, seed),
+                _unicam(plan, data, teacher.student),
+            ]
             trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
             trainer.fit(module, datamodule=data)
             accuracy = _test(trainer, module, data)
@@ -249,7 +265,11 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         pl.seed_everything(seed, verbose=False)
         module = DistillationModule(VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2), **options)
         name = f"baseline{suffix}"
-        callbacks = [*_probes(plan, data, seed), _agreement(plan, data, teacher.student, seed)]
+        callbacks = [
+            *_probes(plan, data, seed),
+            _agreement(plan, data, teacher.student, seed),
+            _unicam(plan, data, teacher.student),
+        ]
         trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
         trainer.fit(module, datamodule=data)
         runs.append(
@@ -290,7 +310,7 @@ def _two_phase(
         mimic_epochs=plan.epochs,
         head_epochs=head_epochs,
         trainer_options=_trainer_options(quick),
-        mimic_callbacks=_probes(plan, data, seed),
+        mimic_callbacks=[*_probes(plan, data, seed), _unicam(plan, data, teacher)],
         head_callbacks=[_agreement(plan, data, teacher, seed)],
         mimic_trainer_options={"logger": _logger(log_dir, name)},
         head_trainer_options={"logger": _logger(log_dir / name, "head")},

@@ -27,6 +27,7 @@ from kd_probe.core.knowledge_points import count_knowledge_points
 __all__ = ["HYPOTHESES", "RunSummary", "find_runs", "load_run", "main", "threshold_sweep", "verdicts", "write_report"]
 
 RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
+UNICAM_FILE = "kd_probe_unicam.pt"
 METRICS = (
     ("accuracy", "accuracy"),
     ("n_fg", "N_fg"),
@@ -56,6 +57,14 @@ AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (
     ("invariance/crop/student", "crop invariance"),
     ("invariance/shift/student", "shift invariance"),
 )
+UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, column)
+    ("fss", "FSS"),
+    ("fss_v", "FSS (V)"),
+    ("rs/teacher", "RS teacher"),
+    ("rs/student", "RS student"),
+    ("rs/distilled", "RS distilled"),
+    ("rs/residual", "RS residual"),
+)
 
 
 @dataclass
@@ -69,6 +78,15 @@ class RunSummary:
     metrics: dict[str, float]
     summary: dict[str, Any] = field(repr=False)
     _history: dict[str, Any] | None = field(default=None, repr=False)
+    _unicam: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def unicam(self) -> dict[str, Any] | None:
+        """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
+        path = self.path / UNICAM_FILE
+        if self._unicam is None and path.exists():
+            self._unicam = torch.load(path, weights_only=False)
+        return self._unicam
 
     @property
     def history(self) -> dict[str, Any]:
@@ -243,6 +261,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
             ["run", *(label for _, label in AGREEMENT)],
             rows,
         )
+    lines += _unicam_section(distilled, baseline)
     lines += ["## The paper's hypotheses", ""]
     lines += verdicts(distilled, baseline) if distilled and baseline else ["- needs both distilled and baseline runs."]
     lines += [
@@ -278,6 +297,53 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     return path, text
 
 
+def _last_unicam(run: RunSummary) -> tuple[dict[str, Any], list[str]]:
+    """The last successful UniCAMProbe entry of a run and its student layers (empty when there is none)."""
+    record = run.unicam
+    entries = [e for e in (record or {}).get("entries", []) if "failed" not in e]
+    return (entries[-1], [pair[0] for pair in record["layers"]]) if record and entries else ({}, [])
+
+
+def _unicam_section(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
+    """FSS and RS of distilled vs baseline per layer (mean ± std over seeds) and one line on the deepest."""
+    last = {id(run): _last_unicam(run) for run in (*distilled, *baseline)}
+    layers = next((names for entry, names in last.values() if names), [])
+    if not layers:
+        return []
+    rows, means = [], {}
+    for layer in layers:
+        for role, group in (("distilled", distilled), ("baseline", baseline)):
+            cells = []
+            for key, _ in UNICAM:
+                values = [float(last[id(run)][0].get(f"{key}/{layer}", math.nan)) for run in group]
+                mean, std = _mean_std(values)
+                means[(role, key, layer)] = mean
+                cells.append(f"{_format('', mean)} ± {_format('', std)}" if len(group) > 1 else _format("", mean))
+            rows.append([layer, role, *cells])
+    lines = _section(
+        "What the student holds of the teacher (UniCAM: FSS and RS, last probe)",
+        ["layer", "group", *(label for _, label in UNICAM)],
+        rows,
+    )
+    deepest = layers[-1]
+
+    def compare(key: str, more: str, less: str) -> str:
+        d, b = means[("distilled", key, deepest)], means[("baseline", key, deepest)]
+        word = "no different" if not (math.isfinite(d) and math.isfinite(b)) or d == b else (more if d > b else less)
+        return f"{word} ({dict(UNICAM)[key]} {_format('', d)} vs {_format('', b)})"
+
+    lines += [
+        f"At {deepest}, the distilled student's features are "
+        f"{compare('fss', 'closer to the teacher', 'further from the teacher')}; its label-relevant knowledge "
+        f"beyond the teacher is {compare('rs/distilled', 'larger', 'smaller')}; the teacher's label-relevant "
+        f"knowledge it lacks is {compare('rs/residual', 'larger', 'smaller')}. FSS = R*(teacher, student) "
+        "features; RS = R*(features, labels); distilled = R*(student | teacher, labels); residual = "
+        "R*(teacher | student, labels) (bias-corrected squared distance correlations on the probe batch).",
+        "",
+    ]
+    return lines
+
+
 def _section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown section with one table."""
     lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -286,10 +352,14 @@ def _section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]
 
 def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
     try:
-        from kd_probe._figures import curves_figure, maps_figure
+        from kd_probe._figures import curves_figure, maps_figure, unicam_figure
     except ImportError:  # matplotlib is the optional `report` extra
         return ["", "(Install the `report` extra, matplotlib, for the figures.)"]
-    names = [curves_figure(runs, out_dir / "curves.png"), maps_figure(runs, out_dir / "maps.png")]
+    names = [
+        curves_figure(runs, out_dir / "curves.png"),
+        maps_figure(runs, out_dir / "maps.png"),
+        unicam_figure(runs, out_dir / "unicam.png"),
+    ]
     return ["", "## Figures", ""] + [f"![{name.stem}]({name.name})" for name in names if name is not None]
 
 

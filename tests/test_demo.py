@@ -7,10 +7,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from kd_probe import __version__
 from kd_probe.cli import main
-from kd_probe.report import METRICS, _format
+from kd_probe.report import METRICS, UNICAM, _format
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,25 @@ def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, s
     assert all(any(word in line for word in ("holds", "does not hold", "mixed", "undetermined")) for line in verdicts)
     assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
     assert "## Agreement with the teacher" in report and "| CAM cosine |" in report
-    assert (folder / "curves.png").exists() and (folder / "maps.png").exists()
+    assert (folder / "curves.png").exists() and (folder / "maps.png").exists() and (folder / "unicam.png").exists()
+
+
+@pytest.mark.slow
+def test_report_unicam_table_matches_the_probe_files(quick_demo: tuple[Path, str]) -> None:
+    folder, _ = quick_demo
+    report = (folder / "report.md").read_text()
+    table = report.split("## What the student holds of the teacher")[1].split("## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    body = {(row[0], row[1]): row[2:] for row in rows[1:]}
+    for run in ("distilled", "baseline"):
+        record = torch.load(folder / run / "kd_probe_unicam.pt", weights_only=False)
+        last = record["entries"][-1]
+        layers = [pair[0] for pair in record["layers"]]
+        assert layers == ["features.relu2", "features.relu4"]  # every stage of the quick student
+        for layer in layers:
+            expected = [_format("", last[f"{key}/{layer}"]) for key, _ in UNICAM]
+            assert body[(layer, run)] == expected, (run, layer)
+    assert "At features.relu4, the distilled student's features are " in table
 
 
 @pytest.mark.slow
@@ -127,12 +146,16 @@ def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) 
                 images = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
             except OSError:
                 pass
-            if all("kd_probe/maps" in images.get(run, {}) for run in ("distilled", "baseline")):
+            if all("kd_probe/unicam/residual" in images.get(run, {}) for run in ("distilled", "baseline")):
                 break
             time.sleep(1)
         for run in ("distilled", "baseline"):
             assert "kd_probe/knowledge_points/n_fg" in scalars[run] and "kd_probe/stability/rho" in scalars[run]
             assert "kd_probe/maps" in images[run]
+            assert (
+                "kd_probe/fss/features.relu4" in scalars[run] and "kd_probe/rs/residual/features.relu2" in scalars[run]
+            )
+            assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(images[run])
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -147,6 +170,7 @@ def test_paper_protocol_and_seeds(tmp_path: Path, capsys: pytest.CaptureFixture)
     folder = tmp_path / "p"
     for run in ("distilled-s0", "distilled-s1", "baseline-s0", "baseline-s1"):
         assert (folder / run / "kd_probe_summary.json").exists(), run
+        assert (folder / run / "kd_probe_unicam.pt").exists(), run  # the distilled runs': on the mimic phase
     assert list((folder / "distilled-s0" / "head").glob("events.out.tfevents.*"))  # phase 2 logs apart
     report = (folder / "report.md").read_text()
     assert "2/2 seed pairs" in report or "1/2 seed pairs" in report or "0/2 seed pairs" in report
