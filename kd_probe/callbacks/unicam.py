@@ -134,6 +134,8 @@ class UniCAMProbe(pl.Callback):
             raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+        if not isinstance(log_images, int) or log_images < 0:
+            raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
         if reference is not None and not isinstance(reference, nn.Module):
             raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
         self.reference, self.every_n_epochs, self.name, self.objective = reference, every_n_epochs, name, objective
@@ -165,7 +167,10 @@ class UniCAMProbe(pl.Callback):
         checks = [(student, [s for s, _ in self.pairs], "layers"), (teacher, [t for _, t in self.pairs], "layers")]
         checks += [(student, [self.cam_layer[0]], "cam_layer"), (teacher, [self.cam_layer[1]], "cam_layer")]
         if self.reference is not None:
-            checks += [(self.reference, [s for s, _ in self.pairs] + [self.cam_layer[0]], "layers")]
+            checks += [
+                (self.reference, [s for s, _ in self.pairs], "layers"),
+                (self.reference, [self.cam_layer[0]], "cam_layer"),
+            ]
         for network, names, argument in checks:
             for layer in names:
                 resolve_layer(network, layer, argument=argument)

@@ -142,3 +142,19 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
     probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
     with pytest.raises(ValueError, match=r"`teacher`='teacher' is not a module attribute of DistillationModule"):
         trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net()), datamodule=data)
+
+
+@pytest.mark.slow
+def test_runs_under_ddp_on_rank_zero_only(tmp_path: Path) -> None:
+    data = tiny_data()
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
+    trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[probe], strategy="ddp_spawn", devices=2).fit(
+        DistillationModule(tiny_net(), tiny_net()), datamodule=data
+    )
+    saved = torch.load(tmp_path / "run" / "version_0" / "kd_probe_unicam.pt", weights_only=False)
+    assert [e["epoch"] for e in saved["entries"]] == [0, 1, 2]  # once per epoch, not once per process
+    assert all("failed" not in e for e in saved["entries"])
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("kd_probe/fss/features.relu2")) == 3  # logged by one process
