@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,3 +25,20 @@ def quiet_trainer(**options: Any) -> pl.Trainer:
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
     return pl.Trainer(**{**defaults, **options})
+
+
+def timed(probe_class: type) -> type:
+    """``probe_class`` with a stopwatch around each ``probe`` call (seconds in ``.seconds``)."""
+
+    class Timed(probe_class):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.seconds: list[float] = []
+
+        def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+            start = time.perf_counter()
+            entry = super().probe(trainer, pl_module, epoch)
+            self.seconds.append(time.perf_counter() - start)
+            return entry
+
+    return Timed

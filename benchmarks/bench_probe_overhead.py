@@ -19,27 +19,12 @@ import argparse
 import logging
 import time
 import warnings
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _demo_setup import demo_distillation_module, quiet_trainer
+from _demo_setup import demo_distillation_module, quiet_trainer, timed
 
 from kd_probe import KnowledgePointProbe, ShapesDataModule
-
-
-class _TimedProbe(KnowledgePointProbe):
-    """The probe with a stopwatch around each probe."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seconds: list[float] = []
-
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        entry = super().probe(trainer, pl_module, epoch)
-        self.seconds.append(time.perf_counter() - start)
-        return entry
 
 
 def _fit(data: ShapesDataModule, epochs: int, callbacks: list[pl.Callback]) -> float:
@@ -72,7 +57,7 @@ def main() -> None:
     )
     data.setup("fit")
     plain = _fit(data, args.epochs, [])
-    probe = _TimedProbe(data, layer=args.layer, every_n_epochs=1, samples=args.samples, steps=args.steps)
+    probe = timed(KnowledgePointProbe)(data, layer=args.layer, every_n_epochs=1, samples=args.samples, steps=args.steps)
     probed = _fit(data, args.epochs, [probe])
     probe_seconds = sum(probe.seconds)
     print(

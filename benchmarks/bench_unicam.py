@@ -16,30 +16,14 @@ import logging
 import statistics
 import time
 import warnings
-from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from _demo_setup import demo_distillation_module, quiet_trainer
+from _demo_setup import demo_distillation_module, quiet_trainer, timed
 from torch.utils.data import Subset
 
 from kd_probe import ShapesDataModule, UniCAMProbe
 
 STAGES = ["features.relu2", "features.relu4", "features.relu6"]
-
-
-class _TimedProbe(UniCAMProbe):
-    """The probe with a stopwatch around each probe."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seconds: list[float] = []
-
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        entry = super().probe(trainer, pl_module, epoch)
-        self.seconds.append(time.perf_counter() - start)
-        return entry
 
 
 def main() -> None:
@@ -55,7 +39,7 @@ def main() -> None:
     )
     data.setup("fit")
     images = Subset(data.val_set, range(args.images))
-    probe = _TimedProbe(images, layers=STAGES, cam_layer=STAGES[-1], normalization=(data.mean, data.std))
+    probe = timed(UniCAMProbe)(images, layers=STAGES, cam_layer=STAGES[-1], normalization=(data.mean, data.std))
     module = demo_distillation_module()
     trainer = quiet_trainer(max_epochs=args.epochs, num_sanity_val_steps=0, callbacks=[probe])
     start = time.perf_counter()

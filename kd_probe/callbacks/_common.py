@@ -10,11 +10,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 __all__ = [
     "PAPER_EPOCHS",
+    "BatchProbe",
     "ProbeSchedule",
     "find_network",
     "gather_shards",
@@ -209,3 +212,40 @@ def save_atomically(record: Any, path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save(record, temporary)
     os.replace(temporary, path)
+
+
+class BatchProbe(pl.Callback):
+    """What the probes of one fixed held-out batch share (``AgreementProbe``, ``UniCAMProbe``): probe at epoch 0
+    (before any optimizer step) and after every ``every_n_epochs`` epochs, on rank zero only (no collectives),
+    never during sanity checking or ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where
+    it stopped); a failing probe is warned about and recorded as failed, and training goes on."""
+
+    description = "probe"
+    every_n_epochs: int
+    history: list[dict[str, Any]]
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_probe_failed(self, trainer: pl.Trainer) -> None:
+        """Called after a failed probe has been recorded (e.g. to save the history)."""
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
+
+    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+            return
+        if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
+            return
+        try:
+            self.probe(trainer, pl_module, epoch)
+        except Exception as error:  # a probe problem never stops training nor loses the history
+            rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({error}); training continues.")
+            self.history.append({"epoch": epoch, "global_step": trainer.global_step, "failed": str(error)})
+            self.on_probe_failed(trainer)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from kd_probe.callbacks._common import networks_by_role, probe_normalization, read_probe_set
+from kd_probe.callbacks._common import BatchProbe, networks_by_role, probe_normalization, read_probe_set
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -31,7 +31,7 @@ from kd_probe.core.transforms import TRANSFORMS
 __all__ = ["AgreementProbe"]
 
 
-class AgreementProbe(pl.Callback):
+class AgreementProbe(BatchProbe):
     """Measure, during training, how much the student agrees with its teacher beyond accuracy ([WK]).
 
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``:
@@ -41,7 +41,8 @@ class AgreementProbe(pl.Callback):
     [0, 1] pixel units, that also fool the student) and invariance agreement per transform. Teacher-side
     work (teacher CAMs, adversarial images, teacher predictions) is computed once and cached, so each
     probe costs one student backward and a few forwards. Probe work runs on rank zero only (the batch is
-    small); the model is left as it was (spec §4).
+    small); the model is left as it was (spec §4). A failing probe is warned about and recorded as failed;
+    training goes on.
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect), a dataset of
@@ -67,6 +68,8 @@ class AgreementProbe(pl.Callback):
         probe = AgreementProbe(data, teacher_layer="features.relu6", student_layer="features.relu6")
         pl.Trainer(max_epochs=10, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
     """
+
+    description = "agreement probe"
 
     def __init__(
         self,
@@ -127,21 +130,6 @@ class AgreementProbe(pl.Callback):
             resolve_layer(self.reference, self.student_layer, argument="student_layer")
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the agreement CAM grid is not logged, scalars are.")
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
-
-    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
-            return
-        if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
-            return
-        self.probe(trainer, pl_module, epoch)
 
     def _teacher_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
         """Everything that depends only on the (frozen) teacher and the reference: computed once."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe.callbacks._common import (
+    BatchProbe,
     networks_by_role,
     probe_normalization,
     read_probe_set,
@@ -49,7 +50,7 @@ def _pairs(layers: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-class UniCAMProbe(pl.Callback):
+class UniCAMProbe(BatchProbe):
     """Measure during training how much of the teacher's label-relevant knowledge the student holds ([UC]).
 
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``, for each
@@ -93,6 +94,8 @@ class UniCAMProbe(pl.Callback):
                             ("features.relu6", "features.relu6")], cam_layer="features.relu6")
         pl.Trainer(max_epochs=10, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
     """
+
+    description = "UniCAM probe"
 
     def __init__(
         self,
@@ -191,24 +194,8 @@ class UniCAMProbe(pl.Callback):
         return self.cam_layer[0] if self.reference is not None else self.cam_layer[1]
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
-
-    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
-            return
-        if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
-            return
-        try:
-            self.probe(trainer, pl_module, epoch)
-        except Exception as error:  # a probe problem never stops training nor loses the history
-            rank_zero_warn(f"kd_probe: the UniCAM probe at epoch {epoch} failed ({error}); training continues.")
-            self.history.append({"epoch": epoch, "global_step": trainer.global_step, "failed": str(error)})
-            self._save(trainer)
+    def on_probe_failed(self, trainer: pl.Trainer) -> None:
+        self._save(trainer)
 
     def _fixed_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
         """Everything that depends only on the frozen teacher and reference: computed once per device."""
