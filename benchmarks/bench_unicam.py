@@ -45,7 +45,7 @@ def main() -> None:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     total = time.perf_counter() - start
-    probing = sum(probe.seconds)
+    probing, probes = sum(probe.seconds), len(probe.seconds)
     training = total - probing
     cached, uncached = [], []
     for index in range(args.rounds):  # interleaved, so drifts of the machine's speed hit both alike
@@ -61,8 +61,8 @@ def main() -> None:
         f"{args.images} images, {len(STAGES)} layer pairs, maps at {STAGES[-1]}"
     )
     print(f"training (without probing)  {training:8.1f} s   {training / args.epochs:.1f} s per epoch")
-    print(f"probes during training      {len(probe.seconds):8d}     {probing / len(probe.seconds):.3f} s each")
-    print(f"one probe / one epoch       {probing / len(probe.seconds) / (training / args.epochs):8.4f}")
+    print(f"probes during training      {probes:8d}     {probing / probes:.3f} s each")
+    print(f"one probe / one epoch       {probing / probes / (training / args.epochs):8.4f}")
     print(f"probe, teacher cached       {cached_s:8.3f} s  (median of {args.rounds})")
     print(f"probe, teacher recomputed   {uncached_s:8.3f} s  (median of {args.rounds})")
     print(f"caching speed-up            {uncached_s / cached_s:8.2f}x")
