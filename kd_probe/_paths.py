@@ -1,0 +1,37 @@
+"""Names that become file or folder names, and paths read from files: both kept inside the run folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["check_name", "inside"]
+
+_SAFE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+def check_name(value: object, argument: str = "name") -> str:
+    """``value`` if it is one safe path component (letters, digits, ``_``, ``-``, ``.``; not ``.`` or ``..``;
+    at most 100 characters), else a ``ValueError`` naming ``argument`` and the value.
+
+    Example::
+
+        >>> check_name("student-1")
+        'student-1'
+    """
+    if not isinstance(value, str) or not _SAFE.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            f"`{argument}` must be one safe path component (1–100 letters, digits, '_', '-' or '.', not '.' "
+            f"or '..'), got {value!r}."
+        )
+    return value
+
+
+def inside(folder: Path, relative: object) -> Path | None:
+    """``folder / relative`` when ``relative`` is a plain relative path that stays inside ``folder`` (after
+    resolving ``..`` and links), else ``None`` — for paths read from files, which are never followed out."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return None
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    return target if target == root or root in target.parents else None
