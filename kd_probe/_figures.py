@@ -1,4 +1,4 @@
-"""Static report figures (matplotlib, the optional ``report`` extra)."""
+"""Static report figures (matplotlib, the optional ``report`` extra), each written atomically."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import stability
 from kd_probe.core.knowledge_points import downsample_mask
 from kd_probe.core.render import knowledge_point_panels
@@ -47,7 +48,7 @@ def curves_figure(runs: list[Any], path: Path) -> Path | None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -90,7 +91,7 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
             if row == 0:
                 axis.set_title(f"{run.name}\nepoch {entry['epoch']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -126,6 +127,6 @@ def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
         axis.set_xticks([])
         axis.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["check_name", "inside"]
+__all__ = ["check_name", "inside", "write_atomically"]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
@@ -35,3 +38,16 @@ def inside(folder: Path, relative: object) -> Path | None:
     root = Path(folder).resolve()
     target = (root / relative).resolve()
     return target if target == root or root in target.parents else None
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` a temporary file next to ``path``, then ``os.replace`` it onto ``path``: a reader sees the old
+    file or the new one, never half of one; on failure the temporary file is removed."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "report":
         return report_app.run(args)
-    report(run_demo(args))
+    try:
+        result = run_demo(args)
+    except FileExistsError as error:  # an earlier demo in OUT/EXPERIMENT, refused before any training
+        print(f"kd-probe demo: {error}", file=sys.stderr)
+        return 2
+    report(result)
     return 0
 
 

@@ -5,6 +5,12 @@ from-scratch baseline with the same architecture, data, seed and schedule; every
 ``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. Logs go to ``runs/<experiment>/<run>``, so
 ``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md`` in that folder says whether the
 knowledge-point paper's three hypotheses hold for this run.
+
+``<experiment>`` is one safe path component. A folder that already holds a demo's runs is refused before
+anything trains (a second run would append to every TensorBoard curve); ``--overwrite`` first removes what the
+demo writes there — the run folders ``teacher``, ``distilled[-sN]`` and ``baseline[-sN]`` (only when they
+hold TensorBoard event files or a ``kd_probe_run.json``, and never through a link), ``report.md`` and the
+report's figures — and leaves everything else in the folder alone.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +30,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Subset
 
+from kd_probe._paths import check_name
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
 from kd_probe.models import VGG
@@ -30,6 +39,8 @@ from kd_probe.modules import DistillationModule, run_two_phase
 __all__ = ["DemoResult", "RunResult", "add_arguments", "main", "run_demo"]
 
 RUN_FILE = "kd_probe_run.json"  # role, seed, protocol and test accuracy of one run, read by the report
+RUN_FOLDER = re.compile(r"teacher|(distilled|baseline)(-s\d+)?")  # the run folders the demo writes
+REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png")
 
 
 @dataclass
@@ -63,11 +74,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _experiment(text: str) -> str:
+    try:
+        return check_name(text, "--experiment")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
     add = parser.add_argument
     add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
-    add("--experiment", default="demo", help="experiment name: logs go to OUT/EXPERIMENT/<run>")
+    add(
+        "--experiment",
+        type=_experiment,
+        default="demo",
+        help="experiment name, one folder name: logs go to OUT/EXPERIMENT/<run>",
+    )
+    add("--overwrite", action="store_true", help="remove the runs and report of an earlier demo in OUT/EXPERIMENT")
     add(
         "--protocol",
         choices=("hinton", "paper"),
@@ -201,9 +225,61 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
+def _earlier_demo(folder: Path) -> list[Path]:
+    """What an earlier demo wrote into ``folder``: its run folders, report and figures."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if RUN_FOLDER.fullmatch(path.name) or (path.name in REPORT_FILES and not path.is_dir())
+    )
+
+
+def _clear_experiment(folder: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier demo's runs, or with ``overwrite`` remove them (and only them).
+
+    Raises:
+        FileExistsError: the folder holds an earlier demo and ``overwrite`` is off, or a run folder's name is
+            taken by something that is not a demo run (a link, a file, a folder without event files or
+            ``kd_probe_run.json``), which ``overwrite`` leaves alone.
+    """
+    found = _earlier_demo(folder)
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds an earlier demo ({', '.join(p.name for p in found)}); choose another "
+            "folder with --experiment NAME, or pass --overwrite to remove those runs first."
+        )
+    for path in found:
+        run = path.name not in REPORT_FILES
+        demo_run = (
+            not path.is_symlink()
+            and path.is_dir()
+            and ((path / RUN_FILE).is_file() or any(path.glob("events.out.tfevents.*")))
+        )
+        if run and not demo_run:
+            raise FileExistsError(
+                f"{path} is not a demo run (a link, a file, or a folder without TensorBoard event files or "
+                f"{RUN_FILE}), so --overwrite leaves it alone; move it away or choose another --experiment NAME."
+            )
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_demo(args: argparse.Namespace) -> DemoResult:
-    """Train the teacher, then distilled and baseline students over the seeds; write the report."""
+    """Train the teacher, then distilled and baseline students over the seeds; write the report.
+
+    Raises:
+        FileExistsError: ``OUT/EXPERIMENT`` holds an earlier demo and ``args.overwrite`` is off (nothing is
+            trained).
+    """
     start = time.perf_counter()
+    _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     plan = _plan(args)
     sizes = (plan.train_size, 64, 64) if args.quick else (plan.train_size, 1000, 1000)
@@ -321,8 +397,13 @@ def _two_phase(
 
 def main(argv: list[str] | None = None) -> DemoResult:
     """Entry point of ``python -m kd_probe.demo``."""
-    args = add_arguments(argparse.ArgumentParser(prog="kd-probe demo", description=__doc__)).parse_args(argv)
-    return report(run_demo(args))
+    parser = add_arguments(argparse.ArgumentParser(prog="kd-probe demo", description=__doc__))
+    args = parser.parse_args(argv)
+    try:
+        result = run_demo(args)
+    except FileExistsError as error:
+        parser.exit(2, f"kd-probe demo: {error}\n")
+    return report(result)
 
 
 def report(result: DemoResult) -> DemoResult:

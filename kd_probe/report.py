@@ -5,40 +5,58 @@ demo; otherwise the test accuracy is read from the TensorBoard event files with 
 and writes ``report.md``: per run and as mean ± std over seeds, the accuracy and every knowledge-point
 metric; one verdict line per hypothesis, stating the observed direction, its size and whether the seeds
 agree; a threshold sweep recomputed from the saved entropy maps; and, with matplotlib, PNG figures.
+
+Files are data, never code: ``.pt`` files load with ``torch.load(..., weights_only=True)`` only (tensors and
+plain containers; a file that holds anything else is refused, not run), and a path read from a file (the
+summary's ``history_file``) is followed only while it stays inside the run's folder. A run with a missing,
+damaged, truncated, hostile or malformed file is left out: one line on stderr names the file and what is
+wrong, and report.md lists it under "Left out"; with no usable run left the command exits with status 2.
+
+Protocols are never averaged together: the runs of one report must share the ``protocol`` of their
+``kd_probe_run.json`` ("hinton" or "paper"; runs without that file count as "not recorded"), else the report
+is refused with a sentence naming which runs have which protocol — report each protocol's runs on their
+own. Seeds pair a distilled with a baseline run, so two runs with the same role and seed are refused too,
+naming both folders. report.md and the figures are written atomically (a temporary file in the same
+folder, then ``os.replace``): a reader never sees half a report.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from kd_probe._paths import write_atomically
+from kd_probe._run_files import (
+    AGREEMENT,
+    METRICS,
+    RunFileError,
+    RunSummary,
+    error_text,
+    find_runs,
+    load_run,
+)
 from kd_probe.core.knowledge_points import count_knowledge_points
 
-__all__ = ["HYPOTHESES", "RunSummary", "find_runs", "load_run", "main", "threshold_sweep", "verdicts", "write_report"]
+__all__ = [
+    "HYPOTHESES",
+    "ReportError",
+    "RunFileError",
+    "RunSummary",
+    "find_runs",
+    "load_run",
+    "main",
+    "threshold_sweep",
+    "verdicts",
+    "write_report",
+]
 
-RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
-UNICAM_FILE = "kd_probe_unicam.pt"
-METRICS = (
-    ("accuracy", "accuracy"),
-    ("n_fg", "N_fg"),
-    ("n_bg", "N_bg"),
-    ("fg_ratio", "fg_ratio"),
-    ("d_mean", "D_mean"),
-    ("d_std", "D_std"),
-    ("rho", "ρ"),
-    ("rho_all", "ρ_all"),
-    ("path_efficiency", "path efficiency"),
-)
+FIGURES = ("curves.png", "maps.png", "unicam.png")
 HYPOTHESES = (
     ("H1", "more foreground knowledge points and a higher foreground ratio", (("n_fg", 1), ("fg_ratio", 1))),
     (
@@ -49,14 +67,6 @@ HYPOTHESES = (
     ("H3", "higher stability ρ: fewer knowledge points found and then dropped", (("rho", 1),)),
 )
 SWEEP = (0.1, 0.2, 0.3, 0.5)
-AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
-    ("cam_cosine", "CAM cosine"),
-    ("cam_energy_in_mask/student", "CAM energy on object"),
-    ("adv_transfer", "adversarial transfer"),
-    ("invariance/color/student", "colour invariance"),
-    ("invariance/crop/student", "crop invariance"),
-    ("invariance/shift/student", "shift invariance"),
-)
 UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, column)
     ("fss", "FSS"),
     ("fss_v", "FSS (V)"),
@@ -67,89 +77,8 @@ UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, c
 )
 
 
-@dataclass
-class RunSummary:
-    """One probed run: its role (distilled / baseline), seed, test accuracy and final metrics."""
-
-    path: Path
-    name: str
-    role: str
-    seed: int
-    metrics: dict[str, float]
-    summary: dict[str, Any] = field(repr=False)
-    _history: dict[str, Any] | None = field(default=None, repr=False)
-    _unicam: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def unicam(self) -> dict[str, Any] | None:
-        """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
-        path = self.path / UNICAM_FILE
-        if self._unicam is None and path.exists():
-            self._unicam = torch.load(path, weights_only=False)
-        return self._unicam
-
-    @property
-    def history(self) -> dict[str, Any]:
-        if self._history is None:
-            self._history = torch.load(self.path / self.summary.get("history_file", HISTORY_FILE), weights_only=False)
-        return self._history
-
-
-def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do."""
-    runs: list[Path] = []
-    for path in map(Path, paths):
-        if (path / SUMMARY_FILE).exists():
-            runs.append(path)
-        else:
-            runs.extend(sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}")))
-    if not runs:
-        raise FileNotFoundError(
-            f"no run with a {SUMMARY_FILE} in {[str(p) for p in paths]}; run a "
-            "KnowledgePointProbe (or `kd-probe demo`) first."
-        )
-    return runs
-
-
-def load_run(path: Path) -> RunSummary:
-    """A run's summary, its role and seed (from ``kd_probe_run.json``, else from the folder name) and accuracy."""
-    path = Path(path)
-    summary = json.loads((path / SUMMARY_FILE).read_text())
-    info = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).exists() else {}
-    role = info.get("role") or ("distilled" if "distil" in path.name else "baseline")
-    own, head = _scalars(path), _scalars(path / "head")  # each event folder read once
-    accuracy = info.get("test_accuracy")
-    if accuracy is None:
-        accuracy = next((series[-1] for series in (own.get("test/acc"), head.get("test/acc")) if series), None)
-    metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
-    metrics["accuracy"] = _number(accuracy)
-    metrics["path_efficiency"] = _path_efficiency(own)
-    scalars = {**head, **own}
-    for suffix, _ in AGREEMENT:
-        series = scalars.get(f"kd_probe/agreement/{suffix}")
-        metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
-    return RunSummary(path, info.get("run", path.name), role, int(info.get("seed", 0)), metrics, summary)
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
-
-
-def _scalars(path: Path) -> dict[str, list[float]]:
-    """Every scalar series of a run folder, read with TensorBoard's own event reader."""
-    if not path.is_dir() or not list(path.glob("events.out.tfevents.*")):
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def _path_efficiency(scalars: dict[str, list[float]]) -> float:
-    """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
-    values = [series[-1] for tag, series in scalars.items() if tag.endswith("/path_efficiency") and series]
-    return statistics.fmean(values) if values else math.nan
+class ReportError(ValueError):
+    """The report as a whole is refused (no usable run, mixed protocols, two runs for one seed)."""
 
 
 def _sign(value: float) -> int:
@@ -170,7 +99,12 @@ def _format(key: str, value: float) -> str:
 
 
 def verdicts(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
-    """One line per hypothesis: the observed direction, the size of the difference, whether seeds agree."""
+    """One line per hypothesis: the observed direction, the size of the difference, whether seeds agree.
+
+    Raises:
+        ReportError: two runs of one role share a seed (the seed pairing would silently drop one).
+    """
+    _check_one_run_per_seed([*distilled, *baseline])
     by_seed = {run.seed: run for run in baseline}
     pairs = [(run, by_seed[run.seed]) for run in distilled if run.seed in by_seed]
     lines = []
@@ -223,9 +157,57 @@ def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP)
     return rows
 
 
+def _check_one_run_per_seed(runs: Sequence[RunSummary]) -> None:
+    """A ``ReportError`` naming both folders when two runs have the same role and seed."""
+    seen: dict[tuple[str, int], RunSummary] = {}
+    for run in runs:
+        other = seen.setdefault((run.role, run.seed), run)
+        if other is not run:
+            raise ReportError(
+                f"two {run.role} runs have seed {run.seed}, {other.path} and {run.path}; each seed pairs one "
+                "distilled with one baseline run, so report them separately."
+            )
+
+
+def _check_one_protocol(runs: Sequence[RunSummary]) -> None:
+    """A ``ReportError`` naming which runs have which protocol when they do not all share one."""
+    protocols: dict[str, list[str]] = {}
+    for run in runs:
+        protocols.setdefault(run.protocol or "not recorded", []).append(str(run.path))
+    if len(protocols) > 1:
+        groups = "; ".join(f"{protocol}: {', '.join(paths)}" for protocol, paths in protocols.items())
+        raise ReportError(
+            f"the runs have different protocols ({groups}) and are never averaged together; report each "
+            "protocol's runs on their own."
+        )
+
+
+def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
+    """The runs that load, and one line per run left out (also printed on stderr)."""
+    runs, left_out = [], []
+    for path in find_runs(paths):
+        try:
+            runs.append(load_run(path))
+        except RunFileError as error:
+            left_out.append(f"{path}: {error}")
+            print(f"kd-probe report: left out {path}: {error}", file=sys.stderr)
+    if not runs:
+        raise ReportError(f"no usable run in {', '.join(str(p) for p in paths)}: every run was left out.")
+    _check_one_protocol(runs)
+    _check_one_run_per_seed(runs)
+    return runs, left_out
+
+
 def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) -> tuple[Path, str]:
-    """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text."""
-    runs = [load_run(path) for path in find_runs(paths)]
+    """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text.
+
+    Runs whose files are missing, damaged or hostile are left out (named on stderr and under "Left out").
+
+    Raises:
+        FileNotFoundError: no run folder among ``paths``.
+        ReportError: no usable run, runs of different protocols, or two runs with the same role and seed.
+    """
+    runs, left_out = _usable_runs(paths)
     distilled = [run for run in runs if run.role == "distilled"]
     baseline = [run for run in runs if run.role == "baseline"]
     out_dir = Path(out_dir)
@@ -233,13 +215,19 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     lines = [
         "# kd_probe report",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(r.name for r in runs)}.",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(_cell(r.name) for r in runs)}; protocol: "
+        f"{runs[0].protocol or 'not recorded'}.",
         "",
     ]
+    if left_out:
+        lines += ["## Left out", "", *(f"- {_cell(line)}" for line in left_out), ""]
     lines += _section(
         "Runs",
         ["run", "role", "seed", *(label for _, label in METRICS)],
-        [[run.name, run.role, str(run.seed), *(_format(key, run.metrics[key]) for key, _ in METRICS)] for run in runs],
+        [
+            [_cell(run.name), run.role, str(run.seed), *(_format(key, run.metrics[key]) for key, _ in METRICS)]
+            for run in runs
+        ],
     )
     group_rows = []
     for role, group in (("distilled", distilled), ("baseline", baseline)):
@@ -253,7 +241,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     )
     if any(math.isfinite(run.metrics.get(f"agreement/{suffix}", math.nan)) for run in runs for suffix, _ in AGREEMENT):
         rows = [
-            [run.name, *(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)]
+            [_cell(run.name), *(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)]
             for run in runs
         ]
         lines += _section(
@@ -292,9 +280,13 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     if figures:
         lines += _figures(runs, out_dir)
     text = "\n".join(lines) + "\n"
-    path = out_dir / "report.md"
-    path.write_text(text)
+    path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return path, text
+
+
+def _cell(text: str) -> str:
+    """Text from a file as one markdown table cell or list item: no line breaks, no column separators."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _last_unicam(run: RunSummary) -> tuple[dict[str, Any], list[str]]:
@@ -355,12 +347,17 @@ def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
         from kd_probe._figures import curves_figure, maps_figure, unicam_figure
     except ImportError:  # matplotlib is the optional `report` extra
         return ["", "(Install the `report` extra, matplotlib, for the figures.)"]
-    names = [
-        curves_figure(runs, out_dir / "curves.png"),
-        maps_figure(runs, out_dir / "maps.png"),
-        unicam_figure(runs, out_dir / "unicam.png"),
-    ]
-    return ["", "## Figures", ""] + [f"![{name.stem}]({name.name})" for name in names if name is not None]
+    lines = ["", "## Figures", ""]
+    for draw, name in zip((curves_figure, maps_figure, unicam_figure), FIGURES, strict=True):
+        try:
+            drawn = draw(runs, out_dir / name)
+        except Exception as error:  # data that loaded but cannot be drawn: the report goes on without it
+            print(f"kd-probe report: {name} not drawn: {error_text(error)}", file=sys.stderr)
+            lines.append(f"- {name} not drawn: {_cell(error_text(error))}")
+            continue
+        if drawn is not None:
+            lines.append(f"![{drawn.stem}]({drawn.name})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,7 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         path, text = write_report(args.runs, args.out or args.runs[0], figures=not args.no_figures)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ReportError) as error:
         print(f"kd-probe report: {error}", file=sys.stderr)
         return 2
     print(text)

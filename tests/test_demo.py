@@ -1,4 +1,5 @@
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -189,3 +190,100 @@ def test_cli_version_and_bad_arguments(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["demo", "--epochs", "0"])
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", "", "a b"])
+def test_experiment_must_be_one_safe_path_component(name: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--quick", "--experiment", name])
+    assert exit_.value.code == 2
+    assert "argument --experiment: `--experiment` must be one safe path component" in capsys.readouterr().err
+    assert not Path("runs").exists()
+
+
+class _Trained(Exception):
+    """Raised instead of building the data: the point where the demo would start training."""
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise _Trained
+
+    monkeypatch.setattr("kd_probe.demo.ShapesDataModule", refuse)
+
+
+def _earlier_demo(folder: Path) -> None:
+    for run in ("teacher", "distilled-s3", "baseline"):
+        (folder / run).mkdir(parents=True)
+    (folder / "teacher" / "events.out.tfevents.1.host").write_bytes(b"")
+    (folder / "distilled-s3" / "kd_probe_run.json").write_text("{}")
+    (folder / "baseline" / "events.out.tfevents.2.host").write_bytes(b"")
+    (folder / "report.md").write_text("old")
+    (folder / "curves.png").write_bytes(b"old")
+    (folder / "notes.txt").write_text("mine")  # what the user keeps next to the runs
+    (folder / "teacher-old").mkdir()
+    (folder / "teacher-old" / "events.out.tfevents.3.host").write_bytes(b"")
+
+
+def test_demo_refuses_an_earlier_demo_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _no_training(monkeypatch)
+    folder = tmp_path / "e"
+    _earlier_demo(folder)
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kd-probe demo: {folder} already holds an earlier demo (baseline, curves.png, distilled-s3, report.md, "
+        "teacher); choose another folder with --experiment NAME, or pass --overwrite to remove those runs first."
+    )
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+
+
+def test_overwrite_removes_only_what_the_demo_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_training(monkeypatch)
+    folder = tmp_path / "e"
+    _earlier_demo(folder)
+    with pytest.raises(_Trained):
+        main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e", "--overwrite"])
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "teacher-old"]
+    assert (folder / "teacher-old" / "events.out.tfevents.3.host").exists()
+
+
+def test_overwrite_leaves_what_is_not_a_demo_run_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _no_training(monkeypatch)
+    folder = tmp_path / "e"
+    _earlier_demo(folder)
+    (folder / "teacher" / "events.out.tfevents.1.host").unlink()
+    (folder / "teacher" / "weights.csv").write_text("mine")  # a folder named like a run, but not one
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e", "--overwrite"]) == 2
+    assert f"{folder / 'teacher'} is not a demo run" in capsys.readouterr().err
+    assert (folder / "teacher" / "weights.csv").exists() and (folder / "baseline").exists()  # nothing removed
+    shutil.rmtree(folder / "teacher")
+    elsewhere = tmp_path / "kept"
+    elsewhere.mkdir()
+    (elsewhere / "events.out.tfevents.4.host").write_bytes(b"")
+    (folder / "teacher").symlink_to(elsewhere)  # a link is never followed, even to a run
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e", "--overwrite"]) == 2
+    assert f"{folder / 'teacher'} is not a demo run" in capsys.readouterr().err
+    assert (elsewhere / "events.out.tfevents.4.host").exists() and (folder / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_reruns_the_demo_with_fresh_event_files(quick_demo: tuple[Path, str], tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(quick_demo[0], tmp_path / "e"))
+    (folder / "notes.txt").write_text("mine")
+    runs = ("teacher", "distilled", "baseline")
+    old = {run: sorted(p.name for p in (folder / run).glob("events.out.tfevents.*")) for run in runs}
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    with redirect_stdout(StringIO()):
+        assert main(["demo", "--quick", "--out", str(tmp_path), "--experiment", "e", "--overwrite"]) == 0
+    for run in runs:  # as many event files as a first demo writes, none of them the old ones: no doubled curves
+        new = sorted(p.name for p in (folder / run).glob("events.out.tfevents.*"))
+        assert len(new) == len(old[run]) and not set(new) & set(old[run]), run
+    report = (folder / "report.md").read_text()
+    assert (folder / "notes.txt").read_text() == "mine" and "## The paper's hypotheses" in report

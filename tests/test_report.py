@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from kd_probe.report import RunSummary, verdicts
+import pytest
+
+from kd_probe.report import ReportError, RunSummary, verdicts
 
 
 def _run(role: str, seed: int, **metrics: float) -> RunSummary:
@@ -25,3 +27,14 @@ def test_verdicts_state_direction_size_and_seed_agreement() -> None:
 def test_equal_values_are_undetermined() -> None:
     (h1, h2, h3) = verdicts([_run("distilled", 0)], [_run("baseline", 0)])
     assert all("undetermined" in line for line in (h1, h2, h3))
+
+
+def test_verdicts_refuse_two_runs_with_the_same_role_and_seed() -> None:
+    first, second = _run("baseline", 0), _run("baseline", 0)
+    first.path, second.path = Path("e/baseline"), Path("other/baseline")
+    with pytest.raises(ReportError) as error:
+        verdicts([_run("distilled", 0)], [first, second])
+    assert str(error.value) == (
+        "two baseline runs have seed 0, e/baseline and other/baseline; each seed pairs one distilled with one "
+        "baseline run, so report them separately."
+    )

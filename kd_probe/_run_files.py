@@ -1,0 +1,288 @@
+"""Reading a probed run's files as data, never as code (used by ``kd-probe report``).
+
+``.pt`` files load with ``torch.load(..., weights_only=True)`` only and their structure is checked; a path read
+from a file is followed only while it stays inside the run's folder; event files are checked record by record
+(TensorBoard's own reader silently stops at a damaged record). Anything wrong raises a :class:`RunFileError`
+naming the file, and the report leaves that run out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kd_probe._paths import inside
+from kd_probe.core.knowledge_points import count_knowledge_points
+
+__all__ = ["AGREEMENT", "METRICS", "RunFileError", "RunSummary", "find_runs", "load_run"]
+
+RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
+UNICAM_FILE = "kd_probe_unicam.pt"
+ROLES = ("distilled", "baseline")
+METRICS = (
+    ("accuracy", "accuracy"),
+    ("n_fg", "N_fg"),
+    ("n_bg", "N_bg"),
+    ("fg_ratio", "fg_ratio"),
+    ("d_mean", "D_mean"),
+    ("d_std", "D_std"),
+    ("rho", "ρ"),
+    ("rho_all", "ρ_all"),
+    ("path_efficiency", "path efficiency"),
+)
+AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
+    ("cam_cosine", "CAM cosine"),
+    ("cam_energy_in_mask/student", "CAM energy on object"),
+    ("adv_transfer", "adversarial transfer"),
+    ("invariance/color/student", "colour invariance"),
+    ("invariance/crop/student", "crop invariance"),
+    ("invariance/shift/student", "shift invariance"),
+)
+
+
+class RunFileError(ValueError):
+    """A run's file is missing, damaged, hostile or malformed: the run is left out of the report.
+
+    Args:
+        path: the file (or folder) that is wrong.
+        problem: what is wrong with it, as the end of a sentence that starts with the path.
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path = path
+
+
+@dataclass
+class RunSummary:
+    """One probed run: its role (distilled / baseline), seed, test accuracy and final metrics."""
+
+    path: Path
+    name: str
+    role: str
+    seed: int
+    metrics: dict[str, float]
+    summary: dict[str, Any] = field(repr=False)
+    _history: dict[str, Any] | None = field(default=None, repr=False)
+    _unicam: dict[str, Any] | None = field(default=None, repr=False)
+    protocol: str | None = None
+
+    @property
+    def unicam(self) -> dict[str, Any] | None:
+        """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
+        if self._unicam is None:
+            self._unicam = _read_unicam(self.path)
+        return self._unicam
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The KnowledgePointProbe's history file named by the summary (read once)."""
+        if self._history is None:
+            self._history = _read_history(self.path, self.summary)
+        return self._history
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / SUMMARY_FILE).exists():
+            runs.append(path)
+        else:
+            runs.extend(sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}")))
+    if not runs:
+        raise FileNotFoundError(
+            f"no run with a {SUMMARY_FILE} in {[str(p) for p in paths]}; run a "
+            "KnowledgePointProbe (or `kd-probe demo`) first."
+        )
+    return runs
+
+
+def load_run(path: Path) -> RunSummary:
+    """A run's summary, role and seed (from ``kd_probe_run.json``, else from the folder name), accuracy and
+    probe files, every file checked; a ``RunFileError`` naming the file when one is missing or wrong."""
+    path = Path(path)
+    summary = _read_json(_member(path, SUMMARY_FILE, SUMMARY_FILE))
+    run_file = _member(path, RUN_FILE, RUN_FILE)
+    info = _read_json(run_file) if run_file.exists() else {}
+    role = info.get("role") or ("distilled" if "distil" in path.name else "baseline")
+    if role not in ROLES:
+        raise RunFileError(run_file, f"gives the role {role!r}; expected one of {', '.join(ROLES)}.")
+    seed, name, protocol = info.get("seed", 0), info.get("run", path.name), info.get("protocol")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RunFileError(run_file, f"gives the seed {seed!r}; expected an integer.")
+    if not isinstance(name, str) or not isinstance(protocol, (str, type(None))):
+        raise RunFileError(run_file, f"gives the run {name!r} and protocol {protocol!r}; expected text.")
+    own, head = _scalars(path), _scalars(path / "head")  # each event folder read once
+    accuracy = info.get("test_accuracy")
+    if accuracy is None:
+        accuracy = next((series[-1] for series in (own.get("test/acc"), head.get("test/acc")) if series), None)
+    metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
+    metrics["accuracy"] = _number(accuracy)
+    metrics["path_efficiency"] = _path_efficiency(own)
+    scalars = {**head, **own}
+    for suffix, _ in AGREEMENT:
+        series = scalars.get(f"kd_probe/agreement/{suffix}")
+        metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
+    history, unicam = _read_history(path, summary), _read_unicam(path)
+    return RunSummary(path, name, role, seed, metrics, summary, _history=history, _unicam=unicam, protocol=protocol)
+
+
+def _member(folder: Path, relative: object, source: str) -> Path:
+    """``folder/relative`` when it stays inside the run folder (links resolved), else a ``RunFileError``."""
+    target = inside(folder, relative)
+    if target is None:
+        named = "is a link" if relative == source else f"names the file {relative!r}"
+        raise RunFileError(folder / source, f"{named} outside the run folder {folder}; refused.")
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ``RunFileError`` saying why not."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # JSONDecodeError: a ValueError
+        raise RunFileError(path, f"is not readable JSON ({error_text(error)}).") from None
+    if not isinstance(value, dict):
+        raise RunFileError(path, f"holds a JSON {type(value).__name__}; expected an object.")
+    return value
+
+
+def _read_pt(path: Path) -> dict[str, Any]:
+    """A dict of tensors and plain data from a ``.pt`` file: ``weights_only=True`` always, so a file that holds
+    anything else (code a pickle would run) is refused, never loaded; a ``RunFileError`` saying why."""
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged or hostile file can fail in any way; the run is left out
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise RunFileError(
+                path, f"holds {found[1]}, not only tensors and plain data; refused, not loaded."
+            ) from None
+        raise RunFileError(path, f"is damaged or not a torch file ({error_text(error)}).") from None
+    if not isinstance(value, dict):
+        raise RunFileError(path, f"holds a {type(value).__name__}; expected a dict.")
+    return value
+
+
+def error_text(error: BaseException) -> str:
+    """The first line of an error message, short enough for one line of the report."""
+    text = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _require(path: Path, record: dict[str, Any], types: dict[str, type | tuple[type, ...]]) -> None:
+    for key, kind in types.items():
+        if not isinstance(record.get(key), kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise RunFileError(path, f"has {key!r} of type {type(record.get(key)).__name__}; expected {expected}.")
+
+
+def _read_history(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The history file the summary names, checked: every probed entry fits the saved masks."""
+    path = _member(folder, summary.get("history_file", HISTORY_FILE), SUMMARY_FILE)
+    if not path.exists():
+        raise RunFileError(path, f"is missing (named by {SUMMARY_FILE}).")
+    history = _read_pt(path)
+    _require(path, history, {"entries": list, "masks": torch.Tensor, "settings": dict, "images": torch.Tensor})
+    tensors = ("entropy", "points", "n_fg", "effective")
+    for entry in history["entries"]:
+        if not isinstance(entry, dict):
+            raise RunFileError(path, f"has an entry of type {type(entry).__name__}; expected a dict.")
+        if entry.get("failed") is None and "entropy" in entry:
+            _require(path, entry, {**dict.fromkeys(tensors, torch.Tensor), "epoch": int, "fg_ratio": (int, float)})
+            try:  # what the sweep and the figures will do with it
+                count_knowledge_points(
+                    entry["entropy"],
+                    history["masks"],
+                    baseline=history["settings"].get("baseline", "dataset"),
+                    effective=entry["effective"],
+                )
+            except Exception as error:  # any malformed tensor; the run is left out
+                raise RunFileError(path, f"has an entry that does not fit its masks ({error_text(error)}).") from None
+    return history
+
+
+def _read_unicam(folder: Path) -> dict[str, Any] | None:
+    """The UniCAMProbe's file, checked, or ``None`` when the run has none."""
+    path = _member(folder, UNICAM_FILE, UNICAM_FILE)
+    if not path.exists():
+        return None
+    record = _read_pt(path)
+    _require(path, record, {"entries": list, "layers": (list, tuple), "maps": list, "images": torch.Tensor})
+    if not all(isinstance(pair, (list, tuple)) and pair and isinstance(pair[0], str) for pair in record["layers"]):
+        raise RunFileError(path, "has 'layers' that are not pairs of layer names.")
+    for entry in record["entries"]:
+        scores = isinstance(entry, dict) and all(
+            isinstance(value, (int, float)) for key, value in entry.items() if "/" in key
+        )
+        if not scores:
+            raise RunFileError(path, "has an entry whose scores are not numbers.")
+    for maps in record["maps"]:
+        if not isinstance(maps, dict) or not all(
+            isinstance(maps.get(k), torch.Tensor) for k in ("distilled", "residual")
+        ):
+            raise RunFileError(path, "has maps that are not tensors.")
+    return record
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def _scalars(path: Path) -> dict[str, list[float]]:
+    """Every scalar series of a run folder, read with TensorBoard's own event reader, after every event file
+    is checked record by record (TensorBoard itself stops quietly at a truncated or corrupt record)."""
+    files = sorted(path.glob("events.out.tfevents.*")) if path.is_dir() else []
+    if not files:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for file in files:
+        _check_events(_member(path, file.name, file.name))
+    try:
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        return {tag: [float(event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    except Exception as error:  # whatever TensorBoard's reader trips on; the run is left out
+        raise RunFileError(path, f"has event files TensorBoard cannot read ({error_text(error)}).") from None
+
+
+def _check_events(path: Path) -> None:
+    """A ``RunFileError`` when an event file is truncated, fails its checksums or holds a record that is not an
+    event (TensorBoard's record reader and protobuf)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    count = 0
+    try:
+        reader = PyRecordReader_New(str(path))
+        try:
+            while True:
+                reader.GetNext()
+                event_pb2.Event.FromString(reader.record())
+                count += 1
+        finally:
+            reader.file_handle.close()
+    except errors.OutOfRangeError:  # the end of a sound file
+        return
+    except errors.DataLossError:
+        raise RunFileError(path, f"is truncated or corrupt after {count} sound records.") from None
+    except Exception as error:  # a record that is not an event, or an unreadable file
+        raise RunFileError(path, f"is not a TensorBoard event file ({error_text(error)}).") from None
+
+
+def _path_efficiency(scalars: dict[str, list[float]]) -> float:
+    """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
+    values = [series[-1] for tag, series in scalars.items() if tag.endswith("/path_efficiency") and series]
+    return statistics.fmean(values) if values else math.nan
