@@ -7,6 +7,8 @@ touched, and frozen models work because the input is made to require grad.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,11 +28,19 @@ __all__ = [
 ]
 
 
-def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str) -> Tensor:
+def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str, max_batch: int | None = None) -> Tensor:
     """Grad-CAM ``[N, H, W]`` of class ``targets[i]`` for image ``i`` at ``layer`` (spec §2).
 
     ``α_k = mean_{u,v} ∂y_c/∂A_k`` over the layer's activations ``A``; map ``ReLU(Σ_k α_k A_k)``, bilinearly
-    upsampled to the input size (not normalised: compare maps with :func:`cam_cosine`).
+    upsampled to the input size (not normalised: compare maps with :func:`cam_cosine`). The map of an image
+    whose logits, activations or gradients hold a NaN or infinity is all NaN, never a plausible map.
+
+    Args:
+        model: any ``nn.Module``, left as it was (spec §4).
+        images: ``[N, C, H, W]`` inputs as the model expects them.
+        targets: ``[N]`` the class explained for each image.
+        layer: dotted name of the convolutional layer.
+        max_batch: most images per forward and backward (``None``: all at once); the maps do not depend on it.
 
     Example::
 
@@ -41,30 +51,35 @@ def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str) -
     """
     module = resolve_layer(model, layer)
     _check(images, targets)
+    _check_max_batch(max_batch)
     captured: list[Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    maps = []
     try:
         with probing(model):
-            inputs = images.detach().clone().requires_grad_(True)  # frozen models still give a graph
-            logits = model(inputs)
-            activation = captured[0]
-            score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
-            (gradient,) = torch.autograd.grad(score, activation)
+            for chunk in _chunk_slices(images.shape[0], max_batch):
+                captured.clear()
+                inputs = images[chunk].detach().clone().requires_grad_(True)  # frozen models still give a graph
+                logits = model(inputs)
+                activation = captured[0]
+                score = logits.gather(1, targets[chunk].view(-1, 1).to(logits.device)).sum()
+                (gradient,) = torch.autograd.grad(score, activation)
+                cam = weighted_activations(activation, gradient)
+                broken = ~torch.isfinite(logits.detach().flatten(1)).all(dim=1).to(cam.device)
+                maps.append(torch.where(broken[:, None, None], torch.full_like(cam, math.nan), cam))
     finally:
         handle.remove()
-    return F.interpolate(
-        weighted_activations(activation, gradient)[:, None],
-        size=images.shape[-2:],
-        mode="bilinear",
-        align_corners=False,
-    )[:, 0]
+    return F.interpolate(torch.cat(maps)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 def weighted_activations(activation: Tensor, gradient: Tensor) -> Tensor:
     """The Grad-CAM map at the layer's resolution ``[N, h, w]`` (spec §2, and UniCAM in §3):
-    ``α_k = mean_{u,v} ∂s/∂A_k``, ``ReLU(Σ_k α_k A_k)``, detached."""
+    ``α_k = mean_{u,v} ∂s/∂A_k``, ``ReLU(Σ_k α_k A_k)``, detached; all NaN for an image whose activations or
+    gradients hold a NaN or infinity (``ReLU`` would turn ``−∞`` into a plausible 0)."""
     weights = gradient.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activation).sum(dim=1)).detach()
+    cam = F.relu((weights * activation).sum(dim=1)).detach()
+    finite = torch.isfinite(activation.detach()).flatten(1).all(dim=1) & torch.isfinite(gradient).flatten(1).all(dim=1)
+    return torch.where(finite[:, None, None], cam, torch.full_like(cam, math.nan))
 
 
 def ifgsm(
@@ -76,47 +91,79 @@ def ifgsm(
     steps: int = 5,
     step_size: float | Tensor | None = None,
     clamp: tuple[float | Tensor, float | Tensor] | None = None,
+    max_batch: int | None = None,
 ) -> Tensor:
     """Untargeted iterative FGSM (spec §2): ``steps`` signed-gradient ascent steps of size ``step_size``
     (default ``eps / 4``) on the cross-entropy to ``labels``, projected onto the L∞ ball of radius ``eps``
     around ``images`` and into ``clamp = (low, high)``. ``eps``, ``step_size`` and ``clamp`` are in the units
-    of ``images`` (tensors broadcast, e.g. per channel for normalised inputs).
+    of ``images`` (tensors broadcast, e.g. per channel for normalised inputs). Images are attacked
+    independently, at most ``max_batch`` at a time (``None``: all at once; the result does not depend on it).
+
+    Raises:
+        FloatingPointError: the model's logits, or the gradient of the loss, hold a NaN or infinity (its sign
+            would be an arbitrary step).
     """
     _check(images, labels)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer ≥ 1, got {steps!r}.")
+    _check_max_batch(max_batch)
     eps_t = torch.as_tensor(eps, dtype=images.dtype, device=images.device)
     if (eps_t < 0).any():
         raise ValueError(f"`eps` must be ≥ 0, got {eps!r}.")
     size = eps_t / 4 if step_size is None else torch.as_tensor(step_size, dtype=images.dtype, device=images.device)
-    original = images.detach()
-    adversarial = original.clone()
+    bounds = None if clamp is None else [torch.as_tensor(v, dtype=images.dtype, device=images.device) for v in clamp]
+    attacked = []
     with probing(model):
-        for _ in range(steps):
-            adversarial.requires_grad_(True)
-            loss = F.cross_entropy(model(adversarial), labels.to(images.device))
-            (gradient,) = torch.autograd.grad(loss, adversarial)
-            with torch.no_grad():
-                adversarial = adversarial + size * gradient.sign()
-                adversarial = torch.max(torch.min(adversarial, original + eps_t), original - eps_t)
-                if clamp is not None:
-                    low, high = (torch.as_tensor(v, dtype=images.dtype, device=images.device) for v in clamp)
-                    adversarial = torch.max(torch.min(adversarial, high), low)
-            adversarial = adversarial.detach()
-    return adversarial
+        for chunk in _chunk_slices(images.shape[0], max_batch):
+            original = images[chunk].detach()
+            adversarial = original.clone()
+            for step in range(1, steps + 1):
+                adversarial.requires_grad_(True)
+                logits = model(adversarial)
+                _check_finite(logits, f"`model` gave NaN or infinite logits at I-FGSM step {step}", chunk)
+                loss = F.cross_entropy(logits, labels[chunk].to(images.device), reduction="sum")
+                (gradient,) = torch.autograd.grad(loss, adversarial)
+                _check_finite(gradient, f"the I-FGSM gradient at step {step} is NaN or infinite", chunk)
+                with torch.no_grad():
+                    adversarial = adversarial + size * gradient.sign()
+                    adversarial = torch.max(torch.min(adversarial, original + eps_t), original - eps_t)
+                    if bounds is not None:
+                        adversarial = torch.max(torch.min(adversarial, bounds[1]), bounds[0])
+                adversarial = adversarial.detach()
+            attacked.append(adversarial)
+    return torch.cat(attacked)
 
 
-def predictions(model: nn.Module, images: Tensor, *, batch_size: int = 256) -> Tensor:
-    """Top-1 predictions ``[N]`` in eval mode under ``no_grad`` (modes restored)."""
+def predictions(model: nn.Module, images: Tensor, *, batch_size: int = 256, max_batch: int | None = None) -> Tensor:
+    """Top-1 predictions ``[N]`` in eval mode under ``no_grad`` (modes restored), ``batch_size`` images per
+    forward (``max_batch``, when given, is the same setting under the name the other probes use).
+
+    Raises:
+        FloatingPointError: some images gave NaN or infinite logits (their argmax would look like a class).
+    """
+    _check_max_batch(batch_size, "batch_size")
+    _check_max_batch(max_batch)
+    size = batch_size if max_batch is None else max_batch
     with probing(model), torch.no_grad():
-        return torch.cat([model(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)])
+        logits = [model(images[i : i + size]) for i in range(0, len(images), size)]
+    broken = sum(int((~torch.isfinite(chunk.flatten(1)).all(dim=1)).sum()) for chunk in logits)
+    if broken:
+        raise FloatingPointError(
+            f"`model` gave NaN or infinite logits for {broken} of {len(images)} images; their top-1 prediction "
+            "would be meaningless (a diverged model?)."
+        )
+    return torch.cat([chunk.argmax(dim=1) for chunk in logits])
 
 
 def cam_cosine(cams: Tensor, others: Tensor) -> Tensor:
-    """Per-image cosine ``cos(CAM_a, CAM_b)`` ``[N]`` (spec §2: localisation agreement); 0 when a map is empty."""
+    """Per-image cosine ``cos(CAM_a, CAM_b)`` ``[N]`` (spec §2: localisation agreement); 0 when a map is empty,
+    NaN when a map holds a NaN or infinity."""
     a, b = cams.flatten(1).double(), others.flatten(1).double()
+    finite = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1)
+    a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)
     norms = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(norms > 0, (a * b).sum(dim=1) / norms.clamp(min=1e-300), torch.zeros_like(norms)).float()
+    cosine = torch.where(norms > 0, (a * b).sum(dim=1) / norms.clamp(min=1e-300), torch.zeros_like(norms))
+    return torch.where(finite, cosine, torch.full_like(cosine, math.nan)).float()
 
 
 def cam_win_rate(student_cosine: Tensor, reference_cosine: Tensor) -> float:
@@ -126,10 +173,12 @@ def cam_win_rate(student_cosine: Tensor, reference_cosine: Tensor) -> float:
 
 
 def cam_energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
-    """Per-image fraction of CAM energy inside the foreground mask ``[N]`` (NaN for an all-zero map)."""
+    """Per-image fraction of CAM energy inside the foreground mask ``[N]`` (NaN for an all-zero map or a map
+    that holds a NaN or infinity)."""
     inside = (cams * (masks > 0).to(cams.dtype)).flatten(1).sum(dim=1)
     total = cams.flatten(1).sum(dim=1)
-    return torch.where(total > 0, inside / total.clamp(min=1e-30), torch.full_like(total, float("nan")))
+    valid = (total > 0) & torch.isfinite(cams.flatten(1)).all(dim=1)
+    return torch.where(valid, inside / total.clamp(min=1e-30), torch.full_like(total, math.nan))
 
 
 def adversarial_transfer(
@@ -149,6 +198,29 @@ def adversarial_transfer(
 def prediction_agreement(clean: Tensor, transformed: Tensor) -> float:
     """Invariance agreement (spec §2): the fraction of images whose top-1 prediction is unchanged."""
     return float((clean == transformed).float().mean())
+
+
+def _check_max_batch(value: object, name: str = "max_batch") -> None:
+    """``max_batch`` (and ``predictions``' ``batch_size``): ``None`` or an integer ≥ 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` must be an integer ≥ 1 (images per forward), got {value!r}.")
+
+
+def _chunk_slices(count: int, max_batch: int | None) -> list[slice]:
+    """Consecutive slices of at most ``max_batch`` of ``count`` images (one slice for ``None``; at least one)."""
+    size = max(count, 1) if max_batch is None else max_batch
+    return [slice(start, start + size) for start in range(0, max(count, 1), size)]
+
+
+def _check_finite(values: Tensor, what: str, chunk: slice) -> None:
+    """Raise ``FloatingPointError`` naming the images (global indices) whose ``values`` are not all finite."""
+    broken = (~torch.isfinite(values.detach().flatten(1)).all(dim=1)).nonzero().flatten()
+    if len(broken):
+        indices = [int(i) + (chunk.start or 0) for i in broken[:10]]
+        raise FloatingPointError(
+            f"{what} for {len(broken)} image(s) (indices {indices}{'…' if len(broken) > 10 else ''}); no "
+            "adversarial image can be built from them (a diverged model?)."
+        )
 
 
 def _check(images: Tensor, targets: Tensor) -> None:

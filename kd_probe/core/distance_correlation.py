@@ -4,6 +4,13 @@ Everything is computed in float64 from features ``[n, ...]`` (flattened per samp
 tensor in the features' floating dtype, differentiable (UniCAM takes gradients through it). The
 bias-corrected forms (U-centring) need ``n ≥ 4`` samples; the V-statistic form ``n ≥ 2``.
 
+Degenerate and broken input (spec §3): a centred matrix counts as zero when ``⟨Ã,Ã⟩ ≤ τ_A²`` with
+``τ_A = 8·n·ε₆₄·max_ij a_ij + 4·√ε``: the worst-case float64 rounding of its row and column sums relative to
+the uncentred distances, plus the most that the ``ε`` inside ``a_ij`` moves a centred entry. The residual
+``P`` counts as zero when ``⟨P,P⟩ ≤ (τ_A + |β|·τ_B)²``, ``β = ⟨Ã,B̃⟩/⟨B̃,B̃⟩``. A correlation whose
+denominator holds such a zero is 0, as in the ``dcor`` package. The rounding term scales with the features,
+so small but real correlations keep their value. NaN or infinite features give NaN, never a plausible number.
+
 Example::
 
     >>> x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
@@ -15,6 +22,8 @@ Example::
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,14 @@ __all__ = [
 ]
 
 EPS = 1e-18  # inside the square root of a_ij: keeps gradients finite for identical samples (authors' value)
+ROUNDING_FACTOR = 8.0  # c of the bound c·n·ε₆₄·max a on the rounding of a centred entry (module docstring)
+
+
+class _Centred(NamedTuple):
+    """A centred distance matrix with the bound on the float64 rounding error of each of its entries."""
+
+    matrix: Tensor
+    noise: Tensor
 
 
 def _flat(x: Tensor, argument: str, *, minimum: int) -> Tensor:
@@ -99,12 +116,14 @@ def v_inner(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).mean()
 
 
-def _correlation(a: Tensor, b: Tensor, inner: bool) -> Tensor:
-    """``⟨A,B⟩ / sqrt(⟨A,A⟩⟨B,B⟩)``, 0 when either matrix is zero (a constant sample)."""
-    product = u_inner if inner else v_inner
-    denominator = product(a, a) * product(b, b)
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, product(a, b) / safe.sqrt(), torch.zeros_like(denominator))
+def _correlation(a: _Centred, b: _Centred, bias_corrected: bool) -> Tensor:
+    """``⟨A,B⟩ / sqrt(⟨A,A⟩⟨B,B⟩)`` (spec §3); 0 when ``A`` or ``B`` is zero up to rounding (``⟨A,A⟩ ≤ noise²``,
+    as ``dcor`` does for an exact 0), NaN when either is NaN."""
+    product = u_inner if bias_corrected else v_inner
+    aa, bb = product(a.matrix, a.matrix), product(b.matrix, b.matrix)
+    zero = (aa <= a.noise.square()) | (bb <= b.noise.square())
+    safe = torch.where(zero, torch.ones_like(aa), aa * bb)
+    return torch.where(zero, torch.zeros_like(aa), product(a.matrix, b.matrix) / safe.sqrt())
 
 
 def distance_correlation(x: Tensor, y: Tensor, *, bias_corrected: bool = True, eps: float = EPS) -> Tensor:
@@ -114,7 +133,8 @@ def distance_correlation(x: Tensor, y: Tensor, *, bias_corrected: bool = True, e
     may be slightly negative for independent samples; needs n ≥ 4). ``False``: the V-statistic (double
     centring, means), the paper-compatible FSS variant, in [0, 1] (n ≥ 2). The authors' scripts L2-normalise
     every feature vector before the V-statistic; pass ``F.normalize(x.flatten(1))`` to reproduce that.
-    0 when either sample is constant.
+    0 when either centred distance matrix is zero up to rounding (a constant sample, or 4 samples on a line
+    whose middle gap is 0); NaN when a feature is NaN or infinite.
 
     Example::
 
@@ -129,25 +149,41 @@ def distance_correlation(x: Tensor, y: Tensor, *, bias_corrected: bool = True, e
     return value.to(torch.promote_types(x.dtype, y.dtype))
 
 
-def _centred(x: Tensor, bias_corrected: bool, eps: float) -> Tensor:
-    """The centred distance matrix of flat features; exactly 0 for a constant sample (all rows equal), where
-    rounding would otherwise leave noise that the correlation would normalise into an arbitrary value."""
+def _centred(x: Tensor, bias_corrected: bool, eps: float) -> _Centred:
+    """The centred distance matrix of flat features with the bound ``8·n·ε₆₄·max_ij a_ij + 4·√ε`` below which an
+    entry is rounding (module docstring); exactly 0 for a constant sample (all rows equal), NaN for non-finite
+    features."""
     a = distance_matrix(x, eps=eps)
+    n = x.shape[0]
+    if not bool(torch.isfinite(x).all()):
+        nan = torch.tensor(float("nan"), dtype=a.dtype, device=a.device)
+        return _Centred(torch.full_like(a, float("nan")), nan)
+    noise = ROUNDING_FACTOR * n * torch.finfo(torch.float64).eps * a.detach().max() + 4 * eps**0.5
     if not bool((x != x[:1]).any()):
-        return torch.zeros_like(a)
-    return u_centre(a) if bias_corrected else double_centre(a)
+        return _Centred(torch.zeros_like(a), noise)
+    return _Centred(u_centre(a) if bias_corrected else double_centre(a), noise)
 
 
 def residual(a: Tensor, b: Tensor) -> Tensor:
     """Residual of X given Y (spec §3): ``P(Ã|B̃) = Ã − (⟨Ã,B̃⟩/⟨B̃,B̃⟩) B̃`` for U-centred matrices.
 
     ``P`` is orthogonal to ``B̃`` under ``⟨·,·⟩``: what X's distances hold that Y's do not. ``B̃ = 0`` (a
-    constant Y) leaves ``Ã`` unchanged.
+    constant Y) leaves ``Ã`` unchanged. From centred matrices alone only an exact 0 counts as zero; the
+    functions that start from features (:func:`residual_matrix`, :func:`relevance_given`) also treat a ``B̃``
+    that is zero up to rounding as zero.
     """
-    norm = u_inner(b, b)
-    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-    coefficient = torch.where(norm > 0, u_inner(a, b) / safe, torch.zeros_like(norm))
-    return a - coefficient * b
+    exact = torch.zeros((), dtype=a.dtype, device=a.device)
+    return _residual(_Centred(a, exact), _Centred(b, exact)).matrix
+
+
+def _residual(a: _Centred, b: _Centred) -> _Centred:
+    """``P(Ã|B̃)`` (spec §3) with ``β = 0`` when ``B̃`` is zero up to rounding, and the rounding bound of ``P``'s
+    entries, ``noise_Ã + |β|·noise_B̃``."""
+    norm = u_inner(b.matrix, b.matrix)
+    zero = norm <= b.noise.square()
+    safe = torch.where(zero, torch.ones_like(norm), norm)
+    coefficient = torch.where(zero, torch.zeros_like(norm), u_inner(a.matrix, b.matrix) / safe)
+    return _Centred(a.matrix - coefficient * b.matrix, a.noise + coefficient.detach().abs() * b.noise)
 
 
 def label_embedding(labels: Tensor, embeddings: Tensor | None = None) -> Tensor:
@@ -174,15 +210,28 @@ def label_embedding(labels: Tensor, embeddings: Tensor | None = None) -> Tensor:
 
 def residual_matrix(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
     """``P(Ã|B̃)`` ``[n, n]`` (float64) from features ``x``, ``y`` ``[n, ...]`` of the same ``n ≥ 4`` samples: the
-    U-centred distances of X with what Y's distances explain removed (:func:`residual`)."""
+    U-centred distances of X with what Y's distances explain removed (:func:`residual`). Exactly 0 when it is
+    zero up to rounding (module docstring: X explained by Y, e.g. ``y = 2·x``); all NaN when a feature is NaN
+    or infinite."""
+    given = _residual_of(x, y, eps)
+    zero = u_inner(given.matrix, given.matrix) <= given.noise.square()
+    return torch.where(zero, torch.zeros_like(given.matrix), given.matrix)
+
+
+def _residual_of(x: Tensor, y: Tensor, eps: float) -> _Centred:
+    """:func:`residual_matrix` with the rounding bound of its entries."""
     fx, fy = _flat(x, "x", minimum=4), _flat(y, "y", minimum=4)
     _same_count(fx, fy, ("x", "y"))
-    return residual(_centred(fx, True, eps), _centred(fy, True, eps))
+    return _residual(_centred(fx, True, eps), _centred(fy, True, eps))
 
 
 def relevance_given(x: Tensor, y: Tensor, g: Tensor, *, eps: float = EPS) -> Tensor:
     """``R*(X|Y, G) = ⟨P(Ã|B̃), G̃⟩ / sqrt(⟨P,P⟩⟨G̃,G̃⟩)`` (spec §3): how much of what X holds beyond Y is about
     the labels.
+
+    0 when ``P`` or ``G̃`` is zero up to rounding (X explained by Y, e.g. ``y = 2·x``; labels whose distances
+    carry no centred signal, e.g. one image alone in its class and all others in one class); NaN when a
+    feature is NaN or infinite.
 
     Args:
         x, y: features ``[n, ...]`` of the same ``n ≥ 4`` samples (flattened per sample).
@@ -190,9 +239,9 @@ def relevance_given(x: Tensor, y: Tensor, g: Tensor, *, eps: float = EPS) -> Ten
             (see :func:`label_embedding` for a ``[num_classes, d]`` table).
         eps: inside the square root of the distances.
     """
-    given = residual_matrix(x, y, eps=eps)
+    given = _residual_of(x, y, eps)
     if isinstance(g, Tensor) and not g.is_floating_point():
         g = label_embedding(g)
     fg = _flat(g, "g", minimum=4)
-    _same_count(given, fg, ("x", "g"))
+    _same_count(given.matrix, fg, ("x", "g"))
     return _correlation(given, _centred(fg, True, eps), True).to(torch.promote_types(x.dtype, y.dtype))

@@ -10,13 +10,14 @@ to require grad).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_probe.core.agreement import weighted_activations
+from kd_probe.core.agreement import _check_max_batch, _chunk_slices, weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
 from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer
 from kd_probe.core.render import per_image_unit
@@ -39,17 +40,26 @@ def pooled_features(output: Tensor) -> Tensor:
     return output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(1)
 
 
-def layer_features(model: nn.Module, layer: str, images: Tensor, *, argument: str = "layer") -> Tensor:
-    """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored);
-    the modules after the layer do not run."""
+def layer_features(
+    model: nn.Module, layer: str, images: Tensor, *, argument: str = "layer", max_batch: int | None = None
+) -> Tensor:
+    """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored),
+    at most ``max_batch`` images per forward (``None``: all at once); the modules after the layer do not run."""
+    _check_max_batch(max_batch)
     with probing(model), torch.no_grad():
-        inputs = images.to(module_device(model, images.device))
-        return pooled_features(forward_until(model, layer, inputs, argument=argument)).detach()
+        device = module_device(model, images.device)
+        return torch.cat(
+            [
+                pooled_features(forward_until(model, layer, images[chunk].to(device), argument=argument)).detach()
+                for chunk in _chunk_slices(images.shape[0], max_batch)
+            ]
+        )
 
 
 def max_row_score(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
     """``s = Σ_i max_j P_ij`` with ``P = P(Ã|B̃)`` (spec §3, ``objective="max_row"``): the scalar the authors'
-    scripts explain (each row of the residual matrix treated as the "logits" of a class-free Grad-CAM)."""
+    scripts explain (each row of the residual matrix treated as the "logits" of a class-free Grad-CAM).
+    0 when ``P`` is zero up to rounding (:func:`residual_matrix`), NaN for NaN or infinite features."""
     return residual_matrix(x, y, eps=eps).max(dim=1).values.sum()
 
 
@@ -106,18 +116,29 @@ class UniCAM:
         resolve_layer(model_x, self.feature_layer_x, argument="feature_layer_x")
         resolve_layer(model_y, self.feature_layer_y, argument="feature_layer_y")
 
-    def features_y(self, images: Tensor) -> Tensor:
-        """``F_Y`` for ``images`` (to compute once and pass to every call when Y is frozen)."""
-        return layer_features(self.model_y, self.feature_layer_y, images, argument="feature_layer_y")
+    def features_y(self, images: Tensor, *, max_batch: int | None = None) -> Tensor:
+        """``F_Y`` for ``images`` (to compute once and pass to every call when Y is frozen), at most
+        ``max_batch`` images per forward."""
+        return layer_features(
+            self.model_y, self.feature_layer_y, images, argument="feature_layer_y", max_batch=max_batch
+        )
 
-    def __call__(self, images: Tensor, targets: Tensor, *, features_y: Tensor | None = None) -> UniCAMResult:
+    def __call__(
+        self, images: Tensor, targets: Tensor, *, features_y: Tensor | None = None, max_batch: int | None = None
+    ) -> UniCAMResult:
         """Maps ``[N, H, W]`` and the score for a batch.
+
+        The score couples all images, so with ``max_batch`` the features of every image are computed first,
+        chunk by chunk without gradients; the gradient of the score with respect to them is then carried back
+        to the layer's activations by a second forward of each chunk. Maps and score do not depend on
+        ``max_batch``. NaN or infinite features give a NaN score and all-NaN maps.
 
         Args:
             images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4`` (moved to each model's
                 device; the maps are on X's).
             targets: integer labels ``[N]`` (one-hot ``G``) or label vectors ``[N, d]``; unused by ``"max_row"``.
             features_y: ``F_Y`` from :meth:`features_y`, when cached.
+            max_batch: most images per forward and backward (``None``: all at once).
         """
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -127,38 +148,68 @@ class UniCAM:
                 f"`images` holds {images.shape[0]} images; UniCAM explains a batch-level distance correlation, "
                 "which needs N ≥ 4 (n = 1 is undefined)."
             )
+        _check_max_batch(max_batch)
         labels = self._labels(targets, images.shape[0])
-        fy = self.features_y(images) if features_y is None else features_y.detach()
+        fy = self.features_y(images, max_batch=max_batch) if features_y is None else features_y.detach()
+        chunks = _chunk_slices(images.shape[0], max_batch)
         with capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
-            inputs = images.detach().to(module_device(self.model_x, images.device)).clone()
-            inputs.requires_grad_(True)  # frozen models still give a graph
-            fx = pooled_features(forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x"))
-            activation = captured.get(self.layer)
-            if activation is None:
-                raise ValueError(
-                    f"`layer`={self.layer!r} does not run before `feature_layer_x`={self.feature_layer_x!r}, so the "
-                    "features do not depend on its activations; name a layer at or before the features."
-                )
-            if activation.dim() != 4:
-                raise ValueError(
-                    f"`layer`={self.layer!r} outputs shape {tuple(activation.shape)}; UniCAM needs a convolutional "
-                    "layer's [N, C, H, W] activations."
-                )
-            if not torch.isfinite(fx).all():
-                raise FloatingPointError(f"`feature_layer_x`={self.feature_layer_x!r} gives NaN or infinite features.")
-            if self.objective == "max_row":
-                score = max_row_score(fx, fy.to(fx.device))
+            inputs = images.detach().to(module_device(self.model_x, images.device))
+            graph = None
+            if len(chunks) == 1:  # one forward with grad serves both passes
+                graph = self._forward(inputs, captured)
+                fx = graph[0].detach()
             else:
-                score = relevance_given(fx, fy.to(fx.device), labels.to(fx.device))
-            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
-            if gradient is None:
-                raise ValueError(
-                    f"the features of `feature_layer_x`={self.feature_layer_x!r} do not depend on `layer`="
-                    f"{self.layer!r} (a parallel branch?); name a layer the features are computed from."
+                with torch.no_grad():
+                    fx = torch.cat([self._forward(inputs[chunk], captured)[0] for chunk in chunks])
+            score, feature_gradient = self._score(fx, fy.to(fx.device), labels.to(fx.device))
+            maps = []
+            for chunk in chunks:
+                features, activation = graph if graph is not None else self._forward(inputs[chunk], captured)
+                (gradient,) = torch.autograd.grad(
+                    features, activation, grad_outputs=feature_gradient[chunk], allow_unused=True
                 )
-        maps = per_image_unit(weighted_activations(activation, gradient))
-        upsampled = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score.detach()))
+                if gradient is None:
+                    raise ValueError(
+                        f"the features of `feature_layer_x`={self.feature_layer_x!r} do not depend on `layer`="
+                        f"{self.layer!r} (a parallel branch?); name a layer the features are computed from."
+                    )
+                maps.append(weighted_activations(activation, gradient))
+        scaled = per_image_unit(torch.cat(maps))
+        upsampled = F.interpolate(scaled[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score))
+
+    def _forward(self, inputs: Tensor, captured: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Pooled features ``F_X`` of a chunk and the activations of ``layer`` they come from (with a graph to
+        the activations when grad is enabled: frozen models still give one, the input requires grad)."""
+        captured.clear()
+        inputs = inputs.clone().requires_grad_(torch.is_grad_enabled())
+        features = pooled_features(
+            forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x")
+        )
+        activation = captured.get(self.layer)
+        if activation is None:
+            raise ValueError(
+                f"`layer`={self.layer!r} does not run before `feature_layer_x`={self.feature_layer_x!r}, so the "
+                "features do not depend on its activations; name a layer at or before the features."
+            )
+        if activation.dim() != 4:
+            raise ValueError(
+                f"`layer`={self.layer!r} outputs shape {tuple(activation.shape)}; UniCAM needs a convolutional "
+                "layer's [N, C, H, W] activations."
+            )
+        return features, activation
+
+    def _score(self, fx: Tensor, fy: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The score ``s`` of the objective (spec §3) on the whole batch and its gradient ``∂s/∂F_X``; NaN for
+        both when a feature is NaN or infinite."""
+        leaf = fx.detach().requires_grad_(True)
+        score = max_row_score(leaf, fy) if self.objective == "max_row" else relevance_given(leaf, fy, labels)
+        if not bool(torch.isfinite(fx).all() and torch.isfinite(fy).all()):
+            return score.detach(), torch.full_like(leaf, math.nan)
+        if not score.requires_grad:  # X's features are all equal: s = 0 whatever they are
+            return score.detach(), torch.zeros_like(leaf)
+        (gradient,) = torch.autograd.grad(score, leaf)
+        return score.detach(), gradient
 
     @staticmethod
     def _labels(targets: Tensor, count: int) -> Tensor:

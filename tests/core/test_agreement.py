@@ -1,5 +1,6 @@
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -140,3 +141,117 @@ def test_clear_errors() -> None:
         grad_cam(_vgg(), torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), layer="features.relu9")
     with pytest.raises(ValueError, match=r"`steps` must be an integer ≥ 1, got 0"):
         ifgsm(_vgg(), torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), eps=0.1, steps=0)
+
+
+# ---- non-finite input never gives a plausible number; chunking (issue 13) ----
+
+
+class _Shifted(nn.Module):
+    """``_Tiny`` with a constant added to the logits: infinite logits whose gradients stay finite."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.tiny, self.shift = _Tiny(), shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tiny(x) + self.shift
+
+
+class _RootOfMagnitude(nn.Module):
+    """Logits from ``sqrt(|x|)``: finite everywhere, but the gradient at a pixel equal to 0 is NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(25, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.abs().sqrt().flatten(1))
+
+
+def test_predictions_refuse_non_finite_logits() -> None:
+    images = torch.randn(5, 1, 5, 5)
+    images[1, 0, 2, 2], images[3, 0, 0, 0] = math.nan, math.inf
+    with pytest.raises(FloatingPointError, match=r"`model` gave NaN or infinite logits for 2 of 5 images; their top-1"):
+        predictions(_Tiny(), images, batch_size=2)  # before: argmax of NaN, a plausible class
+
+
+def test_grad_cam_gives_nan_maps_for_non_finite_logits_activations_or_gradients() -> None:
+    net, x, targets = _Tiny(), torch.randn(3, 1, 5, 5), torch.tensor([0, 2, 1])
+    clean = grad_cam(net, x, targets, layer="relu")
+    poisoned = x.clone()
+    poisoned[1, 0, 0, 0] = math.nan  # reaches a 2×2 corner of the activations only
+    cams = grad_cam(net, poisoned, targets, layer="relu")
+    assert torch.isnan(cams[1]).all()  # before: NaN in a corner, a plausible map elsewhere
+    torch.testing.assert_close(cams[[0, 2]], clean[[0, 2]])
+    infinite = grad_cam(_Shifted(math.inf), x, targets, layer="tiny.relu")  # the gradients are those of _Tiny
+    assert torch.isnan(infinite).all()  # before: equal to `clean`
+    zero_pixel = torch.rand(2, 1, 5, 5) + 0.5
+    zero_pixel[0, 0, 1, 1] = 0.0
+    with_nan_gradient = nn.Sequential(nn.Identity(), _RootOfMagnitude())
+    cams = grad_cam(with_nan_gradient, zero_pixel, torch.tensor([0, 1]), layer="0")
+    assert torch.isnan(cams[0]).all() and torch.isfinite(cams[1]).all()
+
+
+def test_ifgsm_refuses_non_finite_logits_or_gradients() -> None:
+    images, labels = torch.rand(4, 1, 5, 5) + 0.5, torch.tensor([0, 1, 2, 0])
+    broken = images.clone()
+    broken[2, 0, 3, 3] = math.nan
+    with pytest.raises(
+        FloatingPointError,
+        match=r"`model` gave NaN or infinite logits at I-FGSM step 1 for 1 image\(s\) \(indices \[2\]\)",
+    ):
+        ifgsm(_Tiny(), broken, labels, eps=0.1, max_batch=3)
+    zero_pixel = images.clone()
+    zero_pixel[3, 0, 1, 1] = 0.0  # sqrt(|x|) has a NaN gradient there; before: NaN adversarial images
+    with pytest.raises(FloatingPointError, match=r"the I-FGSM gradient at step 1 is NaN or infinite for 1 image\(s\)"):
+        ifgsm(_RootOfMagnitude(), zero_pixel, labels, eps=0.1)
+
+
+def test_cam_scores_are_nan_for_non_finite_maps() -> None:
+    cams, others = torch.rand(3, 4, 4) + 0.1, torch.rand(3, 4, 4) + 0.1
+    cams[1, 0, 0] = math.nan  # before: cosine 0.0
+    cams[2, 3, 3] = math.inf  # outside the mask; before: energy in mask 0.0
+    mask = torch.zeros(3, 4, 4)
+    mask[:, :2, :2] = 1
+    cosine, energy = cam_cosine(cams, others), cam_energy_in_mask(cams, mask)
+    assert math.isfinite(cosine[0]) and math.isfinite(energy[0])
+    assert torch.isnan(cosine[1:]).all() and torch.isnan(energy[1:]).all()
+    assert math.isnan(cam_cosine(others, cams)[2])
+
+
+def test_chunked_equals_unchunked_and_the_model_is_untouched() -> None:
+    net = _vgg().train()
+    net.get_submodule("features.bn1").eval()
+    weight = net.get_parameter("head.fc.weight")
+    weight.grad = torch.ones_like(weight)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    modes = [m.training for m in net.modules()]
+    x, y = torch.randn(7, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    cams, adversarial = grad_cam(net, x, y, layer="features.relu2"), ifgsm(net, x, y, eps=0.1, clamp=(-1.0, 1.0))
+    for max_batch in (1, 3, 5):  # 3 and 5 do not divide 7
+        torch.testing.assert_close(
+            grad_cam(net, x, y, layer="features.relu2", max_batch=max_batch), cams, atol=1e-6, rtol=0
+        )
+        chunked = ifgsm(net, x, y, eps=0.1, clamp=(-1.0, 1.0), max_batch=max_batch)
+        torch.testing.assert_close(chunked, adversarial, atol=1e-6, rtol=0)
+        assert torch.equal(predictions(net, x, max_batch=max_batch), predictions(net, x))
+    assert [m.training for m in net.modules()] == modes
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert weight.grad is not None and torch.equal(weight.grad, torch.ones_like(weight))
+    assert all(p.grad is None for name, p in net.named_parameters() if name != "head.fc.weight")
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+@pytest.mark.parametrize("max_batch", [0, -2, 2.5, True, "4"])
+def test_max_batch_must_be_a_positive_integer(max_batch: object) -> None:
+    net, x, y = _vgg(), torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    message = rf"`max_batch` must be an integer ≥ 1 \(images per forward\), got {re.escape(repr(max_batch))}\."
+    with pytest.raises(ValueError, match=message):
+        grad_cam(net, x, y, layer="features.relu1", max_batch=max_batch)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        ifgsm(net, x, y, eps=0.1, max_batch=max_batch)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        predictions(net, x, max_batch=max_batch)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer ≥ 1 \(images per forward\), got 0\."):
+        predictions(net, x, batch_size=0)

@@ -10,6 +10,7 @@ from kd_probe.core.distance_correlation import (
     label_embedding,
     relevance_given,
     residual,
+    residual_matrix,
     u_centre,
     u_inner,
 )
@@ -177,3 +178,80 @@ def test_clear_errors():
         label_embedding(torch.tensor([0, 3]), torch.randn(3, 2))
     with pytest.raises(ValueError, match=r"`labels` must be a 1-D integer tensor of classes, got 1-D torch.float32"):
         label_embedding(torch.tensor([0.0, 1.0]))
+
+
+# ---- degenerate and broken input (spec §3): zero up to rounding gives 0, non-finite gives NaN ----
+
+
+def _explained_by_y():
+    """Y is an affine copy of X (rotated and scaled): the residual P(Ã|B̃) is rounding noise."""
+    x, _, generator = _sample(n=12, d=5, seed=3)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))
+    return x, 1.7 * x @ rotation + 0.3, torch.arange(12) % 3
+
+
+def _alone_in_its_class():
+    """All images in one class but one: the one-hot distances are additive (h_i + h_j), so G̃ is rounding noise."""
+    x, y, _ = _sample(n=9, seed=4)
+    labels = torch.zeros(9, dtype=torch.long)
+    labels[5] = 1
+    return x, y, labels
+
+
+def _four_on_a_line():
+    """4 samples of 1-D features whose middle gap is 0: the distances are additive, Ã is rounding noise."""
+    line = torch.tensor([[0.6], [0.3], [0.0], [0.3]], dtype=torch.float64)
+    return line, torch.tensor([[0.0, 1.0], [2.0, 0.5], [1.0, 1.0], [3.0, 0.0]], dtype=torch.float64)
+
+
+def test_a_centred_matrix_that_is_zero_up_to_rounding_gives_zero():
+    # before: rounding noise normalised into 0.049, −0.054 / −0.026 and −1.0 / −0.98; now exactly 0, as in dcor
+    x, y, labels = _explained_by_y()
+    assert float(relevance_given(x, y, labels)) == 0.0
+    assert torch.equal(residual_matrix(x, y), torch.zeros(12, 12, dtype=torch.float64))
+    x, y, labels = _alone_in_its_class()
+    assert float(relevance_given(x, y, labels)) == 0.0
+    assert float(distance_correlation(x, label_embedding(labels))) == 0.0
+    line, y = _four_on_a_line()
+    assert float(distance_correlation(line, y)) == 0.0
+    assert float(distance_correlation(y, 1e6 * line)) == 0.0
+
+
+def test_small_but_real_correlations_are_kept_and_scale_invariant():
+    x, y, generator = _sample(seed=5)
+    labels = torch.arange(12) % 3
+    onehot = np.eye(3)[labels.numpy()]
+    base, given = float(distance_correlation(x, y)), float(relevance_given(x, y, labels))
+    for scale in (1e-6, 1e6):  # the tolerance scales with the distances, so tiny or huge features keep their value
+        assert float(distance_correlation(scale * x, y)) == pytest.approx(base, abs=1e-7)
+        assert float(relevance_given(scale * x, scale * y, labels)) == pytest.approx(given, abs=1e-7)
+    # X barely beyond Y: P is 1e-4 of Ã, small but far above rounding
+    nearly = x + 1e-4 * torch.randn(12, 5, generator=generator, dtype=torch.float64)
+    expected = _reference_relevance_given(nearly.numpy(), x.numpy(), onehot)
+    assert float(relevance_given(nearly, x, labels)) == pytest.approx(expected, abs=1e-9)
+    assert float(relevance_given(1e6 * nearly, 1e6 * x, labels)) == pytest.approx(expected, abs=1e-9)
+    assert expected != 0.0
+    # 4 samples on a line whose middle gap is 1e-4 of the others: Ã is small but real
+    line = torch.tensor([[0.0], [1.0], [1.0001], [2.0001]], dtype=torch.float64)
+    other = torch.tensor([[0.0, 1.0], [2.0, 0.5], [1.0, 1.0], [3.0, 0.0]], dtype=torch.float64)
+    expected = _reference_r_star(line.numpy(), other.numpy())
+    for scale in (1.0, 0.1, 1e6):  # (the ε = 1e-18 inside a_ij moves a gap of 1e-5 by 5e-14)
+        assert float(distance_correlation(scale * line, other)) == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_features_give_nan(bad):
+    x, y, _ = _sample()
+    labels = torch.arange(12) % 3
+    broken = x.clone()
+    broken[2, 1] = bad
+    for value in (
+        distance_correlation(broken, y),  # before: 0.0 for NaN
+        distance_correlation(y, broken),
+        distance_correlation(broken, y, bias_corrected=False),
+        relevance_given(broken, y, labels),
+        relevance_given(y, broken, labels),
+        relevance_given(x, y, broken),
+    ):
+        assert math.isnan(float(value))
+    assert torch.isnan(residual_matrix(broken, y)).all() and torch.isnan(residual_matrix(y, broken)).all()

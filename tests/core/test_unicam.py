@@ -1,4 +1,5 @@
 import copy
+import math
 from collections import OrderedDict
 
 import pytest
@@ -145,3 +146,82 @@ def test_clear_errors():
     flat = UniCAM(student, teacher, layer="head.flatten", feature_layer_x="head.fc", feature_layer_y="head.fc")
     with pytest.raises(ValueError, match=r"`layer`='head.flatten' outputs shape \(5, 8\); UniCAM needs a conv"):
         flat(torch.randn(5, 3, 12, 12), torch.arange(5) % 2)
+
+
+# ---- degenerate and non-finite scores, chunking (issue 13) ----
+
+
+class _Affine(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7 * x + 0.3
+
+
+def _with_affine_copy():
+    """Y's features are an affine copy of X's: what X holds beyond Y is float64 rounding noise (in float32 the
+    copy's own rounding, 1e-7 of the features, would be a real if tiny difference)."""
+    torch.manual_seed(2)
+    x_net = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), relu=nn.ReLU())).double()
+    y_net = nn.Sequential(OrderedDict(conv=copy.deepcopy(x_net.conv), relu=nn.ReLU(), affine=_Affine()))
+    return x_net, y_net
+
+
+@pytest.mark.parametrize("objective", ["relevance", "max_row"])
+def test_a_score_that_is_zero_up_to_rounding_gives_zero_and_empty_maps(objective):
+    x_net, y_net = _with_affine_copy()
+    images, labels = torch.randn(8, 3, 6, 6, dtype=torch.float64), torch.arange(8) % 3
+    unicam = UniCAM(x_net, y_net, layer="relu", feature_layer_y="affine", objective=objective)
+    result = unicam(images, labels)
+    assert result.score == 0.0 and torch.all(result.maps == 0)  # before: rounding noise scaled into a map
+    fx, fy = layer_features(x_net, "relu", images), layer_features(y_net, "affine", images)
+    assert float(max_row_score(fx, fy)) == 0.0  # before: a sum of rounding noise
+    student, teacher = _pair()
+    alone = torch.tensor([0, 0, 0, 1, 0, 0])  # one image alone in its class, the others in one class
+    result = UniCAM(student, teacher, layer="features.relu2")(torch.randn(6, 3, 12, 12), alone)
+    assert result.score == 0.0 and torch.all(result.maps == 0)
+    dead = UniCAM(student, teacher, layer="features.relu2", objective=objective)  # all features equal
+    result = dead(torch.zeros(6, 3, 12, 12), torch.arange(6) % 2)  # before: RuntimeError from autograd
+    assert result.score == 0.0 and torch.all(result.maps == 0)
+
+
+@pytest.mark.parametrize("objective", ["relevance", "max_row"])
+def test_non_finite_features_give_a_nan_score_and_nan_maps(objective):
+    student, teacher = _pair()
+    images = torch.randn(6, 3, 12, 12)
+    images[4, 1, 5, 5] = math.nan
+    result = UniCAM(student, teacher, layer="features.relu2", objective=objective)(images, torch.arange(6) % 3)
+    assert math.isnan(result.score) and torch.isnan(result.maps).all()  # before: FloatingPointError
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    y[0, 0] = math.inf
+    assert math.isnan(float(max_row_score(x, y))) and math.isnan(float(max_row_score(y, x)))
+
+
+@pytest.mark.parametrize("objective", ["relevance", "max_row"])
+def test_chunked_equals_unchunked_and_the_models_are_untouched(objective):
+    student, teacher = (net.double() for net in _pair())  # float64: chunking changes nothing but rounding
+    student.train()
+    student.features.bn1.eval()
+    student.head.fc.weight.grad = torch.ones_like(student.head.fc.weight)
+    buffers = {k: v.clone() for k, v in student.state_dict().items()}
+    modes = [m.training for m in [*student.modules(), *teacher.modules()]]
+    images, labels = torch.randn(7, 3, 12, 12, dtype=torch.float64), torch.arange(7) % 3
+    unicam = UniCAM(student, teacher, layer="features.conv2", feature_layer_x="features.relu2", objective=objective)
+    whole = unicam(images, labels)
+    assert whole.maps.max() > 0
+    for max_batch in (1, 3, 5, 7, 100):  # 3 and 5 do not divide 7
+        chunked = unicam(images, labels, max_batch=max_batch)
+        torch.testing.assert_close(chunked.maps, whole.maps, atol=1e-6, rtol=0)
+        assert chunked.score == pytest.approx(whole.score, abs=1e-6)
+    torch.testing.assert_close(unicam.features_y(images, max_batch=2), unicam.features_y(images))
+    assert [m.training for m in [*student.modules(), *teacher.modules()]] == modes
+    assert all(torch.equal(v, buffers[k]) for k, v in student.state_dict().items())
+    assert torch.equal(student.head.fc.weight.grad, torch.ones_like(student.head.fc.weight))
+    assert all(p.grad is None for n, p in student.named_parameters() if n != "head.fc.weight")
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(not m._forward_hooks for m in [*student.modules(), *teacher.modules()])
+
+
+def test_max_batch_must_be_a_positive_integer():
+    student, teacher = _pair()
+    unicam = UniCAM(student, teacher, layer="features.relu2")
+    with pytest.raises(ValueError, match=r"`max_batch` must be an integer ≥ 1 \(images per forward\), got 0\."):
+        unicam(torch.randn(5, 3, 12, 12), torch.arange(5) % 2, max_batch=0)
