@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
+from kd_probe.core.render import per_image_unit
+
 __all__ = [
     "PAPER_EPOCHS",
     "BatchProbe",
@@ -23,6 +26,7 @@ __all__ = [
     "gather_shards",
     "networks_by_role",
     "probe_normalization",
+    "probe_pictures",
     "read_probe_set",
     "run_folder",
     "save_atomically",
@@ -50,7 +54,10 @@ def read_probe_set(
             raise ValueError("`masks` must be None when `images` is a dataset: the masks are read from its items.")
         items = [images[i] for i in range(len(images))]  # type: ignore[arg-type]
         if items and (not isinstance(items[0], (tuple, list)) or len(items[0]) < (3 if need_masks else 2)):
-            raise ValueError("`images` dataset items must be (image, label, mask) triples; got items without a mask.")
+            raise ValueError(
+                f"`images` is a {type(images).__name__} whose items are not (image, label, mask) triples; "
+                f"got items of {len(items[0]) if isinstance(items[0], (tuple, list)) else 1} value(s) without a mask."
+            )
         if not items:
             raise ValueError("`images` is an empty dataset; the probe needs at least one image.")
         labels = torch.as_tensor([int(item[1]) for item in items])
@@ -62,13 +69,27 @@ def read_probe_set(
             f"module with a probe_set, got {type(images).__name__}."
         )
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {images.dim()}-D {images.dtype}.")
+        hint = (
+            " (0..255 pixels? convert them with `images.float() / 255`, then normalise as the model expects)"
+            if images.dtype == torch.uint8
+            else ""
+        )
+        raise ValueError(
+            f"`images` must be a 4-D float tensor [N, C, H, W], got {images.dim()}-D {images.dtype} of shape "
+            f"{tuple(images.shape)}{hint}."
+        )
     if images.shape[0] == 0:
-        raise ValueError("`images` is empty; the probe needs at least one image.")
+        raise ValueError(f"`images` is empty (shape {tuple(images.shape)}); the probe needs at least one image.")
     if not torch.isfinite(images).all():
-        raise ValueError("`images` contains NaN or infinite values.")
+        bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+        raise ValueError(
+            f"`images` of shape {tuple(images.shape)} contains NaN or infinite values (in {bad} of "
+            f"{images.shape[0]} images)."
+        )
     if masks is None and need_masks:
-        raise ValueError("`masks` are required: foreground masks [N, H, W] tell foreground from background units.")
+        raise ValueError(
+            "`masks` are required (foreground masks [N, H, W] tell foreground from background units), got None."
+        )
     if masks is not None:
         masks = torch.as_tensor(masks)
         if masks.dim() == 4 and masks.shape[1] == 1:
@@ -83,7 +104,12 @@ def read_probe_set(
         shape = None if labels is None else tuple(torch.as_tensor(labels).shape)
         if shape != (images.shape[0],):
             raise ValueError(f"`labels` must hold one class per image, shape ({images.shape[0]},), got {shape}.")
-        labels = torch.as_tensor(labels).long().clone()
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"`labels` must be integer classes, got {labels.dtype} values {labels[:4].tolist()}.")
+        if labels.numel() and int(labels.min()) < 0:
+            raise ValueError(f"`labels` must be classes ≥ 0, got {int(labels.min())}.")
+        labels = labels.long().clone()
     return images.detach().clone(), masks, labels
 
 
@@ -200,6 +226,15 @@ def probe_normalization(
     return torch.as_tensor(mean).float().view(1, -1, 1, 1), torch.as_tensor(std).float().view(1, -1, 1, 1)
 
 
+def probe_pictures(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Probe images ``[N, C, H, W]`` back in [0, 1] pixel units for display (``images · std + mean``; per-image
+    min–max when the normalisation does not fit the channels). Any ``C``: the grids show them with ``as_rgb``."""
+    images = images.detach().float().cpu()
+    if mean.shape[1] in (1, images.shape[1]) and std.shape[1] in (1, images.shape[1]):
+        return (images * std + mean).clamp(0, 1)
+    return per_image_unit(images)
+
+
 def run_folder(trainer: pl.Trainer) -> Path:
     """Where a probe's files go: the first logger's directory, else the Trainer's root directory."""
     folder = next((lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)), None)
@@ -218,24 +253,65 @@ class BatchProbe(pl.Callback):
     """What the probes of one fixed held-out batch share (``AgreementProbe``, ``UniCAMProbe``): probe at epoch 0
     (before any optimizer step) and after every ``every_n_epochs`` epochs, on rank zero only (no collectives),
     never during sanity checking or ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where
-    it stopped); a failing probe is warned about and recorded as failed, and training goes on."""
+    it stopped). A probe is computed first (:meth:`measure`), then recorded as exactly one history entry
+    (failed, with the reason, when computing raised), then published (:meth:`publish`: scalars, images, files),
+    each side effect in its own guard: a probe problem never stops training. At the start of fit a dry run
+    (:meth:`estimate_cost`) says what a probe costs, and after the first epoch which share of an epoch."""
 
     description = "probe"
+    knobs = "probe fewer images or less often (`every_n_epochs`)"
     every_n_epochs: int
     history: list[dict[str, Any]]
+    name: str | None
+    side_effects: SideEffects
+    cost: CostGuard
 
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+    def _start_guards(self) -> None:
+        owner = type(self).__name__ + (f" {self.name!r}" if self.name else "")
+        self.side_effects, self.cost = SideEffects(owner), CostGuard(owner, self.knobs)
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
+        """Compute one probe without side effects: the history entry, and what :meth:`publish` shows."""
         raise NotImplementedError
 
-    def on_probe_failed(self, trainer: pl.Trainer) -> None:
-        """Called after a failed probe has been recorded (e.g. to save the history)."""
+    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
+        """Log and save a recorded entry (``shown`` is ``None`` for a failed one), every side effect guarded
+        with ``self.side_effects.run``."""
+
+    def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
+        """Seconds one probe is expected to take (from a tiny dry run), and what that covers."""
+        raise NotImplementedError
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
+        """Probe now on this process: compute, append exactly one history entry, publish it."""
+        shown = None
+        try:
+            entry, shown = self.cost.timed(lambda: self.measure(trainer, pl_module, epoch))
+        except Exception as error:  # a probe problem never stops training nor loses the history
+            reason = failure_reason(error)
+            rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({reason}); training continues.")
+            entry = {"epoch": epoch, "global_step": trainer.global_step, "failed": reason}
+        self.history.append(entry)
+        self.publish(trainer, entry, shown)
+        return entry
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
+            self.side_effects.run(None, "estimating the cost", lambda: self.cost.expect(*self.estimate_cost(pl_module)))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._maybe_probe(trainer, pl_module, trainer.current_epoch)
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cost.epoch_started()
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self.cost.epoch_ended()
         self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
 
     def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
@@ -243,9 +319,5 @@ class BatchProbe(pl.Callback):
             return
         if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
             return
-        try:
-            self.probe(trainer, pl_module, epoch)
-        except Exception as error:  # a probe problem never stops training nor loses the history
-            rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({error}); training continues.")
-            self.history.append({"epoch": epoch, "global_step": trainer.global_step, "failed": str(error)})
-            self.on_probe_failed(trainer)
+        stop_check(trainer)()  # SIGTERM received: let Lightning shut down rather than start a probe
+        self.probe(trainer, pl_module, epoch)

@@ -13,7 +13,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from kd_probe.callbacks._common import BatchProbe, networks_by_role, probe_normalization, read_probe_set
+from kd_probe._paths import check_name
+from kd_probe.callbacks._checks import check_agreement_options, check_agreement_setup, check_normalization
+from kd_probe.callbacks._common import (
+    BatchProbe,
+    networks_by_role,
+    probe_normalization,
+    probe_pictures,
+    read_probe_set,
+)
+from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -41,8 +50,11 @@ class AgreementProbe(BatchProbe):
     [0, 1] pixel units, that also fool the student) and invariance agreement per transform. Teacher-side
     work (teacher CAMs, adversarial images, teacher predictions) is computed once and cached, so each
     probe costs one student backward and a few forwards. Probe work runs on rank zero only (the batch is
-    small); the model is left as it was (spec §4). A failing probe is warned about and recorded as failed;
-    training goes on.
+    small); the model is left as it was (spec §4). A failing probe (e.g. a diverged student with NaN logits
+    or CAMs) is warned about and recorded as failed with the reason, never as numbers; a logger, an image
+    grid or a file that fails is warned about once and noted in the entry's ``problems``; training goes on.
+    At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch which
+    share of a training epoch that is (a warning when it is more than the epoch).
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect), a dataset of
@@ -53,9 +65,13 @@ class AgreementProbe(BatchProbe):
         every_n_epochs: how often to probe.
         eps: I-FGSM radius in pixel units ([0, 1]); steps: I-FGSM steps (step size ε/4).
         transforms: any of ``"color"``, ``"crop"``, ``"shift"``.
-        name: sub-prefix of the tags. teacher, student: attribute names in the LightningModule, or modules.
+        name: sub-prefix of the tags, one safe path component (letters, digits, ``_``, ``-``, ``.``).
+        teacher, student: attribute names in the LightningModule, or modules.
         normalization: ``(mean, std)`` per channel of the inputs (default: the data module's, else none).
-        seed: seed of the transforms. log_images: images in the CAM grid.
+        seed: seed of the transforms. log_images: images in the CAM grid (any number of channels: one is
+            shown as grey, extras are dropped).
+        max_batch: most images per forward and backward pass (``None``: the whole probe set at once); bounds
+            the memory of a large probe set, the values do not depend on it.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
         ``<p>/agreement/cam_cosine``, ``<p>/agreement/cam_win_rate`` (with reference),
@@ -90,12 +106,14 @@ class AgreementProbe(BatchProbe):
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         seed: int = 0,
         log_images: int = 4,
+        max_batch: int | None = None,
     ) -> None:
         self.images, self.masks, probe_labels = read_probe_set(
             images, masks, labels, need_masks=False, need_labels=True
         )
         assert probe_labels is not None  # read_probe_set requires labels here
         self.labels = probe_labels
+        check_agreement_options(steps, eps, transforms, log_images, seed, reference)
         unknown = sorted(set(transforms) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"`transforms` has unknown names {unknown}; expected some of {sorted(TRANSFORMS)}.")
@@ -105,10 +123,16 @@ class AgreementProbe(BatchProbe):
             raise ValueError(f"`eps` must be a number ≥ 0 (pixel units), got {eps!r}.")
         self.teacher_layer, self.student_layer, self.reference = teacher_layer, student_layer, reference
         self.every_n_epochs, self.eps, self.steps, self.transforms = every_n_epochs, eps, steps, tuple(transforms)
-        self.name, self.teacher, self.student, self.seed, self.log_images = name, teacher, student, seed, log_images
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
+        self.name = None if name is None else check_name(name)
+        self.teacher, self.student, self.seed, self.log_images = teacher, student, seed, log_images
+        self.max_batch = max_batch
+        check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self._cache: dict[str, Any] | None = None
+        self._start_guards()
 
     @property
     def prefix(self) -> str:
@@ -128,6 +152,9 @@ class AgreementProbe(BatchProbe):
         resolve_layer(student, self.student_layer, argument="student_layer")
         if self.reference is not None:
             resolve_layer(self.reference, self.student_layer, argument="student_layer")
+        check_agreement_setup(
+            teacher, student, self.images, self.labels, self.teacher_layer, self.student_layer, self.reference
+        )
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the agreement CAM grid is not logged, scalars are.")
 
@@ -138,7 +165,13 @@ class AgreementProbe(BatchProbe):
         images, labels = self.images.to(device), self.labels.to(device)
         mean, std = self.mean.to(device), self.std.to(device)
         adversarial = ifgsm(
-            teacher, images, labels, eps=self.eps / std, steps=self.steps, clamp=((0 - mean) / std, (1 - mean) / std)
+            teacher,
+            images,
+            labels,
+            eps=self.eps / std,
+            steps=self.steps,
+            clamp=((0 - mean) / std, (1 - mean) / std),
+            max_batch=self.max_batch,
         )
         transformed = {}
         for name in self.transforms:
@@ -151,30 +184,55 @@ class AgreementProbe(BatchProbe):
             "device": device,
             "images": images,
             "labels": labels,
-            "cams": grad_cam(teacher, images, labels, layer=self.teacher_layer),
-            "clean": predictions(teacher, images),
+            "cams": _finite(self._cam(teacher, images, labels, self.teacher_layer), "the teacher's Grad-CAM maps"),
+            "clean": self._predict(teacher, images),
             "adversarial": adversarial,
-            "adversarial_predictions": predictions(teacher, adversarial),
+            "adversarial_predictions": self._predict(teacher, adversarial),
             "transformed": transformed,
-            "transformed_predictions": {k: predictions(teacher, v) for k, v in transformed.items()},
+            "transformed_predictions": {k: self._predict(teacher, v) for k, v in transformed.items()},
         }
         if self.reference is not None:
+            reference_cams = self._cam(self.reference.to(device), images, labels, self.student_layer)
             cache["reference_cosine"] = cam_cosine(
-                grad_cam(self.reference.to(device), images, labels, layer=self.student_layer), cache["cams"]
+                _finite(reference_cams, "the reference's Grad-CAM maps"), cache["cams"]
             )
         self._cache = cache
         return cache
 
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        """Probe now on this process, append to the history and log."""
+    def _cam(self, network: nn.Module, images: Tensor, labels: Tensor, layer: str) -> Tensor:
+        return grad_cam(network, images, labels, layer=layer, max_batch=self.max_batch)
+
+    def _predict(self, network: nn.Module, images: Tensor) -> Tensor:
+        """Top-1 classes; a ``FloatingPointError`` naming the model's NaN or infinite logits."""
+        return predictions(network, images, max_batch=self.max_batch)
+
+    @override
+    def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
+        _, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
+        count = self.images.shape[0]
+        sample = self.images[: min(count, self.max_batch or 4, 4)].to(module_device(student, pl_module.device))
+        backward = seconds_per_pass(student, sample, backward=True)
+        forward = seconds_per_pass(student, sample, backward=False)
+        forwards = 2 + len(self.transforms)
+        seconds = count / sample.shape[0] * (backward + forwards * forward)
+        return seconds, f"{count} images: a student Grad-CAM and {forwards} forward passes each"
+
+    @override
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
+        """The agreement scores now; a ``FloatingPointError`` when the student's logits or CAMs are not finite."""
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         device = module_device(student, pl_module.device)
         cache = self._teacher_side(teacher, device)
-        cams = grad_cam(student, cache["images"], cache["labels"], layer=self.student_layer)
-        cosine = cam_cosine(cams, cache["cams"])
-        student_clean = predictions(student, cache["images"])
+        student_clean = self._predict(student, cache["images"])
+        cams = _finite(
+            self._cam(student, cache["images"], cache["labels"], self.student_layer), "the student's Grad-CAM maps"
+        )
+        cosine = _finite(cam_cosine(cams, cache["cams"]), "the Grad-CAM cosines")
         transfer, fooling = adversarial_transfer(
-            cache["clean"], cache["adversarial_predictions"], student_clean, predictions(student, cache["adversarial"])
+            cache["clean"],
+            cache["adversarial_predictions"],
+            student_clean,
+            self._predict(student, cache["adversarial"]),
         )
         values = {"cam_cosine": float(cosine.mean()), "adv_transfer": transfer, "teacher_fooling_rate": fooling}
         if "reference_cosine" in cache:
@@ -184,25 +242,40 @@ class AgreementProbe(BatchProbe):
             values["cam_energy_in_mask/student"] = float(cam_energy_in_mask(cams, masks).nanmean())
             values["cam_energy_in_mask/teacher"] = float(cam_energy_in_mask(cache["cams"], masks).nanmean())
         for name, batch in cache["transformed"].items():
-            values[f"invariance/{name}/student"] = prediction_agreement(student_clean, predictions(student, batch))
+            values[f"invariance/{name}/student"] = prediction_agreement(student_clean, self._predict(student, batch))
             values[f"invariance/{name}/teacher"] = prediction_agreement(
                 cache["clean"], cache["transformed_predictions"][name]
             )
         entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
-        self.history.append(entry)
-        metrics = {f"{self.prefix}/{key}": value for key, value in values.items() if math.isfinite(value)}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger) and self.log_images:
-                logger.experiment.add_image(
-                    f"{self.prefix}/cams", self._grid(cache, cams), global_step=trainer.global_step
-                )
-        return entry
+        return entry, cams
 
-    def _grid(self, cache: dict[str, Any], cams: Tensor) -> Tensor:
+    @override
+    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
+        if shown is None:
+            return
+        step = trainer.global_step
+        metrics = {
+            f"{self.prefix}/{key}": value
+            for key, value in entry.items()
+            if key not in ("epoch", "global_step") and isinstance(value, float) and math.isfinite(value)
+        }
+        for logger in trainer.loggers:
+            self.side_effects.run(
+                entry, f"logging scalars to {type(logger).__name__}", logger.log_metrics, metrics, step=step
+            )
+            if isinstance(logger, TensorBoardLogger) and self.log_images:
+                self.side_effects.run(
+                    entry, "writing the CAM grid to TensorBoard", self._write_grid, logger, shown, step
+                )
+
+    def _write_grid(self, logger: TensorBoardLogger, cams: Tensor, step: int) -> None:
+        logger.experiment.add_image(f"{self.prefix}/cams", self._grid(cams), global_step=step)
+
+    def _grid(self, cams: Tensor) -> Tensor:
+        assert self._cache is not None  # the teacher side of the entry being published
         shown = min(self.log_images, cams.shape[0])
-        pictures = (cache["images"][:shown].cpu() * self.std + self.mean).clamp(0, 1)[:, :3]
-        return map_rows(pictures, [cache["cams"][:shown], cams[:shown]])
+        pictures = probe_pictures(self.images[:shown], self.mean, self.std)
+        return map_rows(pictures, [self._cache["cams"][:shown], cams[:shown]])
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -211,3 +284,10 @@ class AgreementProbe(BatchProbe):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def _finite(values: Tensor, what: str) -> Tensor:
+    """``values``, or a ``FloatingPointError`` naming them when they hold NaN or infinities (a diverged model)."""
+    if not bool(torch.isfinite(values).all()):
+        raise FloatingPointError(f"{what} hold NaN or infinite values (has the model diverged?)")
+    return values

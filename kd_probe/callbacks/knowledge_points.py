@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 from typing_extensions import override
 
+from kd_probe._paths import check_name
+from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options, warn_uninformative_masks
 from kd_probe.callbacks._common import (
     ProbeSchedule,
     find_network,
@@ -24,6 +28,7 @@ from kd_probe.callbacks._common import (
     shard_indices,
 )
 from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
+from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
 from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.render import knowledge_point_panels
@@ -59,6 +64,13 @@ class KnowledgePointProbe(pl.Callback):
     logger's directory (for offline reports). Works with any LightningModule; under DDP the probe images
     are sharded across ranks and gathered, so the history is identical to a single-process run.
 
+    A probe problem never stops training: a failed computation (e.g. NaN features of a diverged model) is one
+    history entry marked ``failed`` with the reason; a logger, the TensorBoard media or the history file that
+    fails is warned about once and noted in the entry's ``problems`` (plain strings: the file loads with
+    ``torch.load(weights_only=True)``). Ctrl-C and SIGTERM stop a running probe within a σ step and let
+    Lightning shut down. At the start of fit a dry run logs the expected cost per probe, and after the first
+    epoch which share of a training epoch that is (a warning when it is more than the epoch).
+
     Args:
         images: probe images ``[N, C, H, W]`` (normalised as the model expects), a dataset of
             ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (``ShapesDataModule``).
@@ -70,7 +82,8 @@ class KnowledgePointProbe(pl.Callback):
         module: attribute path of the network in the LightningModule (default ``student`` when present,
             else the LightningModule itself).
         name: sub-prefix of the tags (``kd_probe/<name>/...``) and of the history file, so that several
-            probes (student and teacher, two layers) can run in one Trainer.
+            probes (student and teacher, two layers) can run in one Trainer; one safe path component
+            (letters, digits, ``_``, ``-``, ``.``).
         log_images: how many probe images appear in the ``maps`` image grid (0: none).
         threshold: ``b`` of spec §1.3, in nats.
         baseline: ``"dataset"``, ``"image"`` or a float (spec §1.3).
@@ -113,10 +126,10 @@ class KnowledgePointProbe(pl.Callback):
         unknown = sorted(set(sigma_options) - set(_SIGMA_OPTIONS))
         if unknown:
             raise ValueError(f"unknown σ options {unknown}; expected some of {list(_SIGMA_OPTIONS)}.")
+        check_sigma_options(sigma_options)
         if not isinstance(layer, str) or not layer:
             raise ValueError(f"`layer` must be a dotted module name, got {layer!r}.")
-        if name is not None and (not isinstance(name, str) or not name or "/" in name):
-            raise ValueError(f"`name` must be a non-empty string without '/', got {name!r}.")
+        name = None if name is None else check_name(name)
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
         self.images, probe_masks, _ = read_probe_set(images, masks)
@@ -136,10 +149,15 @@ class KnowledgePointProbe(pl.Callback):
             torch.zeros(1, self.grid, self.grid), self.masks[:1], threshold=threshold, baseline=baseline
         )  # checks threshold, baseline and the mask size now
         self.foreground = downsample_mask(self.masks, self.grid)  # the probe images' foreground units
+        warn_uninformative_masks(self.masks, self.grid)
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
         self._network: torch.nn.Module | None = None
         self._warned_no_tensorboard = False
+        owner = "KnowledgePointProbe" + (f" {name!r}" if name else "")
+        self.side_effects = SideEffects(owner)
+        knobs = "probe fewer images, use fewer `samples` or `steps` or a coarser `grid`, or probe less often (`epochs`/`every_n_epochs`)"
+        self.cost = CostGuard(owner, knobs)
 
     @property
     def prefix(self) -> str:
@@ -156,6 +174,7 @@ class KnowledgePointProbe(pl.Callback):
             return
         network = find_network(pl_module, self.module_path)
         resolve_layer(network, self.layer)
+        check_knowledge_point_setup(network, self.images, self.layer)
         self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
         dry_run = {**self.sigma_options, "samples": 1, "steps": 1}
         device = module_device(network)
@@ -165,6 +184,39 @@ class KnowledgePointProbe(pl.Callback):
             rank_zero_info(f"kd_probe: `{self.layer}` has no weight of its own; the path length D tracks `{tracked}`.")
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             self._warn_once("no TensorBoardLogger: the `maps` images and histograms are not logged, scalars are.")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
+            self.side_effects.run(None, "estimating the cost", self._estimate_cost, trainer, pl_module)
+
+    def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A dry run of 4 σ steps on one forward group of probe images, timed per step (after a warm-up step),
+        scaled to this rank's images and the real number of steps."""
+        network = find_network(pl_module, self.module_path)
+        device = module_device(network, pl_module.device)
+        defaults = inspect.signature(estimate_sigma_maps).parameters
+        steps = int(self.sigma_options.get("steps", defaults["steps"].default))
+        samples = int(self.sigma_options.get("samples", defaults["samples"].default))
+        max_batch = self.sigma_options.get("max_batch") or (4096 if device.type == "cuda" else 256)
+        count, per_rank = self.images.shape[0], math.ceil(self.images.shape[0] / trainer.world_size)
+        group = min(per_rank, max(1, max_batch // samples))  # images that share one forward
+        ticks: list[float] = []
+        start = time.perf_counter()
+        options = {**self.sigma_options, "steps": 4}
+        tick = lambda *_: ticks.append(time.perf_counter())  # noqa: E731
+        estimate_sigma_maps(network, self.images[:group].to(device), layer=self.layer, progress=tick, **options)
+        per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
+        fixed = max(ticks[0] - start - per_step, 0.0)  # σ_f and the images' reference features
+        processes = f" on each of {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        self.cost.expect(
+            math.ceil(per_rank / group) * (steps * per_step + fixed),
+            f"{count} images, {samples} samples × {steps} steps{processes}",
+        )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cost.epoch_started()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,13 +237,17 @@ class KnowledgePointProbe(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(trainer, "fast_dev_run", False) or not self.history:
+        if getattr(trainer, "fast_dev_run", False) or not self.history or not trainer.is_global_zero:
             return
-        self._log_dynamics(trainer)
-        self._write_summary(trainer)
+        self._log_scalars(trainer, None, self._dynamics(None))
+        self.side_effects.run(
+            None, f"writing {self._file_name('kd_probe_summary', 'json')}", self._write_summary, trainer
+        )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self.cost.epoch_ended()
         self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
 
     @override
@@ -211,10 +267,13 @@ class KnowledgePointProbe(pl.Callback):
         ):
             return
         if self.schedule.includes(epoch, trainer.max_epochs):
-            self.probe(trainer, pl_module, epoch)
+            stop_check(trainer)()  # SIGTERM received: let Lightning shut down rather than start a probe
+            self.cost.timed(lambda: self.probe(trainer, pl_module, epoch))
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        """Probe now (every rank must call it under DDP), append to the history, log, save the history file."""
+        """Probe now (every rank must call it under DDP): compute and gather (collectives, every rank), append
+        exactly one history entry (failed, with the reason, when computing failed), then on rank zero log and
+        save it, each side effect in its own guard. SIGTERM stops the σ optimisation within a step."""
         network = find_network(pl_module, self.module_path)
         device = module_device(network, pl_module.device)
         count, rank, world = self.images.shape[0], trainer.global_rank, trainer.world_size
@@ -227,33 +286,37 @@ class KnowledgePointProbe(pl.Callback):
         }
         fields: dict[str, Tensor] = {}
         try:
-            with _progress(trainer, f"{self.prefix} epoch {epoch}", self.sigma_options.get("steps", 80)) as tick:
+            with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", self.sigma_options.get("steps", 80)) as tick:
                 maps = estimate_sigma_maps(
                     network,
                     self.images[local].to(device),
                     layer=self.layer,
                     indices=local,
                     progress=tick,
+                    check=stop_check(trainer),
                     **self.sigma_options,
                 )
             fields = {key: getattr(maps, key).float() for key in _GATHERED}
             if not torch.isfinite(fields["entropy"]).all():
                 raise FloatingPointError(f"non-finite σ maps at layer {self.layer!r}")
-        except Exception as error:  # a probe problem must never stop training
-            entry["failed"] = f"{type(error).__name__}: {error}"
+        except Exception as error:  # a probe problem must never stop training (Ctrl-C and SIGTERM do)
+            entry["failed"] = failure_reason(error)
         if self._any_rank_failed(trainer, entry["failed"] is not None, device):
             entry["failed"] = entry["failed"] or "failed on another rank"
+        else:  # every rank gathers here, before any rank-zero-only work
+            full = {key: gather_shards(trainer, value.to(device), count).cpu() for key, value in fields.items()}
+            try:
+                entry.update(self._knowledge_points(full))
+            except Exception as error:
+                entry["failed"] = failure_reason(error)
+        if entry["failed"] is not None:
             warnings.warn(
                 f"kd_probe: knowledge-point probe at epoch {epoch} failed ({entry['failed']}); "
                 "training goes on and the checkpoint is marked as failed in the history.",
                 stacklevel=2,
             )
-        else:
-            full = {key: gather_shards(trainer, value.to(device), count).cpu() for key, value in fields.items()}
-            entry.update(self._knowledge_points(full))
         self.history.append(entry)
-        self._log(trainer, entry)
-        self._save_history(trainer)
+        self._publish(trainer, entry)
         return entry
 
     def _knowledge_points(self, maps: dict[str, Tensor]) -> dict[str, Any]:
@@ -284,9 +347,19 @@ class KnowledgePointProbe(pl.Callback):
         return bool(flags.sum() > 0)
 
     @rank_zero_only
-    def _log(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
-        if entry["failed"] is not None:
-            return
+    def _publish(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
+        """Rank zero, after the entry is recorded: scalars to each logger, the dynamics, the media, the history
+        file — each guarded (a problem is warned about once and noted in ``entry["problems"]``)."""
+        if entry["failed"] is None:
+            self._log_scalars(trainer, entry, {**self._scalars(entry), **self._dynamics(entry)})
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    what = "writing the maps and the histogram to TensorBoard"
+                    self.side_effects.run(entry, what, self._log_media, logger, entry, trainer.global_step)
+        what = f"saving {self._file_name('kd_probe_history', 'pt')}"
+        self.side_effects.run(entry, what, self._save_history, trainer)
+
+    def _scalars(self, entry: dict[str, Any]) -> dict[str, float]:
         effective = entry["effective"]
         used = effective if effective.any() else torch.ones_like(effective)
         scalars = {
@@ -297,13 +370,7 @@ class KnowledgePointProbe(pl.Callback):
             "sigma/reached_target_fraction": float(entry["reached_target"].float().mean()),
             "sigma/effective_fraction": float(effective.float().mean()),
         }
-        metrics = {f"{self.prefix}/{key}": value for key, value in scalars.items() if math.isfinite(value)}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        self._log_dynamics(trainer)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                self._log_media(logger, entry, trainer.global_step)
+        return {f"{self.prefix}/{key}": value for key, value in scalars.items() if math.isfinite(value)}
 
     def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
         writer = logger.experiment
@@ -318,10 +385,16 @@ class KnowledgePointProbe(pl.Callback):
             writer.add_image(f"{self.prefix}/maps", picture, global_step=step)
         writer.flush()
 
-    @rank_zero_only
-    def _log_dynamics(self, trainer: pl.Trainer) -> None:
+    def _log_scalars(self, trainer: pl.Trainer, entry: dict[str, Any] | None, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            what = f"logging scalars to {type(logger).__name__}"
+            self.side_effects.run(entry, what, logger.log_metrics, metrics, step=trainer.global_step)
+
+    def _dynamics(self, entry: dict[str, Any] | None) -> dict[str, float]:
         """Live D_mean, D_std, ρ, ρ_all and the path length over the checkpoints so far (spec §1.4–1.5)."""
-        values = history_metrics(self.history, self.foreground)
+        values: dict[str, float] = {}
+        what = "computing D_mean, D_std and ρ"
+        self.side_effects.run(entry, what, lambda: values.update(history_metrics(self.history, self.foreground)))
         names = {
             "d_mean": "learning/d_mean",
             "d_std": "learning/d_std",
@@ -329,15 +402,12 @@ class KnowledgePointProbe(pl.Callback):
             "rho_all": "stability/rho_all",
             "weight_distance": "learning/weight_distance",
         }
-        metrics = {
+        return {
             f"{self.prefix}/{tag}": values[key]
             for key, tag in names.items()
             if key in values and math.isfinite(values[key])
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
 
-    @rank_zero_only
     def _write_summary(self, trainer: pl.Trainer) -> None:
         extra = {
             "layer": self.layer,
@@ -348,15 +418,16 @@ class KnowledgePointProbe(pl.Callback):
             "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
             "history_file": self.history_path(trainer).name,
         }
-        path = self.history_path(trainer).with_name(f"kd_probe_summary{'_' + self.name if self.name else ''}.json")
+        path = run_folder(trainer) / self._file_name("kd_probe_summary", "json")
         write_summary(path, self.history, self.foreground, extra)
+
+    def _file_name(self, stem: str, extension: str) -> str:
+        return f"{stem}{'_' + self.name if self.name else ''}.{extension}"
 
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
-        suffix = f"_{self.name}" if self.name else ""
-        return run_folder(trainer) / f"kd_probe_history{suffix}.pt"
+        return run_folder(trainer) / self._file_name("kd_probe_history", "pt")
 
-    @rank_zero_only
     def _save_history(self, trainer: pl.Trainer) -> None:
         record = {
             "version": 1,
@@ -375,25 +446,3 @@ class KnowledgePointProbe(pl.Callback):
         if not self._warned_no_tensorboard:
             rank_zero_warn(f"kd_probe: {message}")
             self._warned_no_tensorboard = True
-
-
-class _progress:
-    """A tqdm bar for a long probe on rank zero when the Trainer shows progress; a no-op otherwise."""
-
-    def __init__(self, trainer: pl.Trainer, description: str, total: int) -> None:
-        self.bar: Any = None
-        if trainer.is_global_zero and trainer.progress_bar_callback is not None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, unit="step")
-
-    def __enter__(self) -> Any:
-        def tick(done: int, _total: int) -> None:
-            if self.bar is not None:
-                self.bar.update(done - self.bar.n)
-
-        return tick
-
-    def __exit__(self, *_: object) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -10,18 +10,22 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from kd_probe._paths import check_name
+from kd_probe.callbacks._checks import check_images_fit, check_normalization
 from kd_probe.callbacks._common import (
     BatchProbe,
     networks_by_role,
     probe_normalization,
+    probe_pictures,
     read_probe_set,
     run_folder,
     save_atomically,
 )
+from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.core.distance_correlation import distance_correlation, label_embedding, relevance_given
 from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
 from kd_probe.core.render import map_rows
@@ -61,7 +65,11 @@ class UniCAMProbe(BatchProbe):
     reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the teacher — or the
     reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``. Teacher- and
     reference-side features are computed once and cached. Runs on rank zero only (the batch is small); the
-    models are left as they were (spec §4). A failed probe is warned about and recorded, training goes on.
+    models are left as they were (spec §4). A failed probe (e.g. NaN or infinite features or maps of a
+    diverged student) is warned about and recorded as failed with the reason, never as numbers; a logger, an
+    image grid or the file that fails is warned about once and noted in the entry's ``problems``; training
+    goes on. At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch
+    which share of a training epoch that is (a warning when it is more than the epoch).
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect; ``N ≥ 4``, two classes or more), a
@@ -75,11 +83,15 @@ class UniCAMProbe(BatchProbe):
         reference: an independently trained model with the student's layer names (e.g. the baseline); then
             distilled and residual are taken against it, as in the paper.
         label_embeddings: ``[num_classes, d]`` label vectors for ``G`` (default one-hot).
-        every_n_epochs: how often to probe. name: sub-prefix of the tags and suffix of the file.
+        every_n_epochs: how often to probe.
+        name: sub-prefix of the tags and suffix of the file, one safe path component (letters, digits, ``_``,
+            ``-``, ``.``).
         teacher, student: attribute names in the LightningModule, or the modules themselves.
         objective: UniCAM's score, ``"relevance"`` or ``"max_row"`` (the authors' scripts).
         normalization: ``(mean, std)`` per channel, to show the inputs (default: the data module's).
-        log_images: images in each map grid.
+        log_images: images in each map grid (any number of channels: one is shown as grey, extras dropped).
+        max_batch: most images per forward and backward pass of the UniCAM maps (``None``: the whole batch at
+            once); bounds the memory of a large probe batch, the values do not depend on it.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; ``<layer>`` = the student layer; step =
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
@@ -113,6 +125,7 @@ class UniCAMProbe(BatchProbe):
         objective: str = "relevance",
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         log_images: int = 4,
+        max_batch: int | None = None,
     ) -> None:
         self.images, _, probe_labels = read_probe_set(images, None, labels, need_masks=False, need_labels=True)
         assert probe_labels is not None  # read_probe_set requires labels here
@@ -129,7 +142,8 @@ class UniCAMProbe(BatchProbe):
             )
         self.targets = label_embedding(self.labels, label_embeddings)
         self.pairs = _pairs(layers)
-        cam = (cam_layer, cam_layer) if isinstance(cam_layer, str) else tuple(cam_layer)
+        cam: tuple = (cam_layer, cam_layer) if isinstance(cam_layer, str) else (cam_layer,)
+        cam = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else cam
         if len(cam) != 2 or not all(isinstance(n, str) and n for n in cam):
             raise ValueError(f"`cam_layer` must be a layer name or a (student, teacher) pair, got {cam_layer!r}.")
         self.cam_layer: tuple[str, str] = (cam[0], cam[1])
@@ -141,12 +155,18 @@ class UniCAMProbe(BatchProbe):
             raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
         if reference is not None and not isinstance(reference, nn.Module):
             raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
-        self.reference, self.every_n_epochs, self.name, self.objective = reference, every_n_epochs, name, objective
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
+        self.name = None if name is None else check_name(name)
+        self.reference, self.every_n_epochs, self.objective = reference, every_n_epochs, objective
+        self.max_batch = max_batch
         self.teacher, self.student, self.log_images = teacher, student, log_images
+        check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self.maps: list[dict[str, Any]] = []
         self._cache: dict[str, Any] | None = None
+        self._start_guards()
 
     @property
     def prefix(self) -> str:
@@ -178,6 +198,7 @@ class UniCAMProbe(BatchProbe):
             for layer in names:
                 resolve_layer(network, layer, argument=argument)
         other = self.reference if self.reference is not None else teacher
+        check_images_fit(self.images, student=student, teacher=teacher, reference=self.reference)
         for network, layer in ((student, self.cam_layer[0]), (other, self._other_cam)):
             shape = output_shapes(network, [layer], self.images[:1].to(module_device(network)))[layer]
             if len(shape) != 4:
@@ -192,10 +213,6 @@ class UniCAMProbe(BatchProbe):
     def _other_cam(self) -> str:
         """The CAM layer of the model compared with: the reference shares the student's names."""
         return self.cam_layer[0] if self.reference is not None else self.cam_layer[1]
-
-    @override
-    def on_probe_failed(self, trainer: pl.Trainer) -> None:
-        self._save(trainer)
 
     def _fixed_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
         """Everything that depends only on the frozen teacher and reference: computed once per device."""
@@ -225,15 +242,30 @@ class UniCAMProbe(BatchProbe):
             eval_forward(network, images.to(module_device(network, images.device)))
         return {name: pooled_features(outputs[name]).detach().to(images.device) for name in names}
 
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        """Probe now on this process, append to the history, log and save."""
+    @override
+    def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
+        student, _, other = self._networks(pl_module)
+        count = self.images.shape[0]
+        sample = self.images[: min(count, self.max_batch or 4, 4)]
+        seconds = seconds_per_pass(student, sample.to(module_device(student)), backward=False)
+        for network in (student, other):
+            seconds += seconds_per_pass(network, sample.to(module_device(network)), backward=True)
+        return count / sample.shape[0] * seconds, f"{count} images: a student forward and two UniCAM passes"
+
+    @override
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
+        """FSS, RS and the UniCAM maps now; a ``FloatingPointError`` when features, maps or scores are not
+        finite (a diverged model)."""
         student, teacher, other = self._networks(pl_module)
         device = module_device(student, pl_module.device)
         cache = self._fixed_side(teacher, device)
         images, targets = cache["images"], cache["targets"]
         own = self._features(student, sorted({s for s, _ in self.pairs} | {self.cam_layer[0]}), images)
-        if not all(torch.isfinite(f).all() for f in own.values()):
-            raise FloatingPointError("the student's features hold NaN or infinite values")
+        for layer, features in own.items():
+            if not bool(torch.isfinite(features).all()):
+                raise FloatingPointError(
+                    f"the student's features at {layer!r} hold NaN or infinite values (has the model diverged?)"
+                )
         values: dict[str, float] = {}
         for s, t in self.pairs:
             fs, ft = own[s], cache["teacher"][t]
@@ -249,38 +281,48 @@ class UniCAMProbe(BatchProbe):
         other_features = (cache["reference"] if self.reference is not None else cache["teacher"])[self._other_cam]
         distilled = UniCAM(
             student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, objective=self.objective
-        )(images, targets, features_y=other_features)
+        )(images, targets, features_y=other_features, max_batch=self.max_batch)
         residual = UniCAM(
             other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], objective=self.objective
-        )(images, targets, features_y=own[self.cam_layer[0]])
+        )(images, targets, features_y=own[self.cam_layer[0]], max_batch=self.max_batch)
+        for kind, result in (("distilled", distilled), ("residual", residual)):
+            if not (math.isfinite(result.score) and bool(torch.isfinite(result.maps).all())):
+                raise FloatingPointError(f"the {kind} UniCAM maps or score hold NaN or infinite values")
         entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
         entry.update(distilled_score=distilled.score, residual_score=residual.score)
-        self.history.append(entry)
         kept = min(MAPS_KEPT, images.shape[0])
         self.maps.append(
             {"epoch": epoch, "distilled": distilled.maps[:kept].cpu(), "residual": residual.maps[:kept].cpu()}
         )
-        self._log(trainer, values, distilled.maps, residual.maps)
-        self._save(trainer)
-        return entry
+        return entry, {"distilled": distilled.maps, "residual": residual.maps, "values": values}
 
-    def _log(self, trainer: pl.Trainer, values: dict[str, float], distilled: Tensor, residual: Tensor) -> None:
-        metrics = {f"{self.prefix}/{key}": value for key, value in values.items() if math.isfinite(value)}
-        shown = min(self.log_images, distilled.shape[0])
-        pictures = (self.images[:shown] * self.std + self.mean).clamp(0, 1)[:, :3]
+    @override
+    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
+        if shown is not None:
+            self._log(trainer, entry, shown)
+        self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
+
+    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: dict[str, Any]) -> None:
+        step = trainer.global_step
+        metrics = {f"{self.prefix}/{key}": value for key, value in shown["values"].items() if math.isfinite(value)}
+        count = min(self.log_images, shown["distilled"].shape[0])
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger) and shown:
-                for kind, maps in (("distilled", distilled), ("residual", residual)):
-                    logger.experiment.add_image(
-                        f"{self.prefix}/unicam/{kind}", map_rows(pictures, [maps[:shown]]), trainer.global_step
-                    )
+            self.side_effects.run(
+                entry, f"logging scalars to {type(logger).__name__}", logger.log_metrics, metrics, step=step
+            )
+            if isinstance(logger, TensorBoardLogger) and count:
+                for kind in ("distilled", "residual"):
+                    what = "writing the UniCAM map grids to TensorBoard"
+                    self.side_effects.run(entry, what, self._write_grid, logger, kind, shown[kind][:count], step)
+
+    def _write_grid(self, logger: TensorBoardLogger, kind: str, maps: Tensor, step: int) -> None:
+        pictures = probe_pictures(self.images[: maps.shape[0]], self.mean, self.std)
+        logger.experiment.add_image(f"{self.prefix}/unicam/{kind}", map_rows(pictures, [maps]), step)
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_unicam[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""
         return run_folder(trainer) / f"kd_probe_unicam{'_' + self.name if self.name else ''}.pt"
 
-    @rank_zero_only
     def _save(self, trainer: pl.Trainer) -> None:
         record = {
             "version": 1,

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from kd_probe.core.sigma import upsample_units
 
-__all__ = ["colorize", "knowledge_point_panels", "map_rows", "per_image_unit"]
+__all__ = ["as_rgb", "colorize", "knowledge_point_panels", "map_rows", "per_image_unit"]
 
 # a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
 _RAMP = torch.tensor(
@@ -37,10 +37,23 @@ def per_image_unit(values: Tensor) -> Tensor:
     return (values - low) / (high - low).clamp(min=1e-12)
 
 
+def as_rgb(pictures: Tensor) -> Tensor:
+    """``[N, C, H, W]`` pictures with any number of channels as RGB ``[N, 3, H, W]``: one or two channels are
+    shown as grey (the first channel), three as they are, more lose the extra channels (e.g. alpha, infrared).
+
+    Example::
+
+        >>> tuple(as_rgb(torch.rand(2, 1, 8, 8)).shape), tuple(as_rgb(torch.rand(2, 4, 8, 8)).shape)
+        ((2, 3, 8, 8), (2, 3, 8, 8))
+    """
+    if pictures.dim() != 4 or pictures.shape[1] < 1:
+        raise ValueError(f"`pictures` must be [N, C, H, W] with C ≥ 1, got shape {tuple(pictures.shape)}.")
+    return pictures[:, :1].expand(-1, 3, -1, -1) if pictures.shape[1] < 3 else pictures[:, :3]
+
+
 def _to_display(images: Tensor) -> Tensor:
     """Per-image min–max scaling to [0, 1] (works whatever normalisation the model expects), 3 channels."""
-    shown = per_image_unit(images)
-    return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
+    return per_image_unit(as_rgb(images))
 
 
 def _outline(mask: Tensor) -> Tensor:
@@ -77,9 +90,10 @@ def knowledge_point_panels(images: Tensor, entropy: Tensor, points: Tensor, mask
 
 
 def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4) -> Tensor:
-    """One RGB picture ``[3, N·H·scale, (1 + len(maps))·W·scale]``: per image (a row) the picture (RGB in
-    [0, 1], ``[N, 3, H, W]``) followed by each map ``[N, H, W]`` coloured after per-image min–max scaling."""
+    """One RGB picture ``[3, N·H·scale, (1 + len(maps))·W·scale]``: per image (a row) the picture (values in
+    [0, 1], ``[N, C, H, W]`` with any ``C``: see :func:`as_rgb`) followed by each map ``[N, H, W]`` coloured
+    after per-image min–max scaling."""
     coloured = [colorize(per_image_unit(m.detach().float().cpu()), 0.0, 1.0) for m in maps]
-    rows = torch.cat([pictures.detach().float().cpu(), *coloured], dim=-1)
+    rows = torch.cat([as_rgb(pictures.detach().float().cpu()), *coloured], dim=-1)
     picture = torch.cat(list(rows), dim=-2)
     return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)

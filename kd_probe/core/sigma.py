@@ -89,6 +89,8 @@ def upsample_units(sigma: Tensor, size: tuple[int, int]) -> Tensor:
 def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The noise generator of image ``index``: seeded by ``(seed, index)`` only, so an image's noise never
     depends on the batch it is in, the order of the batch or the number of processes (spec §4)."""
+    _check_int("seed", seed, 0)
+    _check_int("index", index, 0)
     state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
@@ -114,6 +116,7 @@ def estimate_sigma_maps(
     channels_last: bool | None = None,
     fold_batchnorm: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> SigmaMaps:
     """Optimise one σ map per image: the noise each input unit tolerates before ``layer``'s feature changes.
 
@@ -153,6 +156,9 @@ def estimate_sigma_maps(
             folded into the preceding convolutions (same feature up to float rounding, fewer passes over
             memory); used only when the model can be traced and the traced feature matches the plain one.
         progress: called as ``progress(done_steps, steps)`` after every step.
+        check: called with no argument before every step and before every chunk's forward (normaliser and
+            gradient); it may raise to abandon the work (e.g. a stop requested by the user), and the exception
+            propagates unchanged with the model restored.
 
     Returns:
         :class:`SigmaMaps` on the device of ``images``.
@@ -191,7 +197,7 @@ def estimate_sigma_maps(
         if images.is_inference():  # an inference tensor cannot be saved for backward: take a normal copy
             images = images.clone()
         features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
-        optimiser = _SigmaOptimiser(features, images, index_list, grid, samples, lr, lam, seed, max_batch)
+        optimiser = _SigmaOptimiser(features, images, index_list, grid, samples, lr, lam, seed, max_batch, check)
         return optimiser.run(steps, target_entropy, boost, progress)
 
 
@@ -209,8 +215,10 @@ class _SigmaOptimiser:
         lam: float,
         seed: int,
         max_batch: int,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self.features, self.images, self.grid, self.samples, self.lr = features, images, grid, samples, lr
+        self.check = check
         self.size = (images.shape[-2], images.shape[-1])
         self.generators = [image_generator(seed, index, images.device) for index in indices]
         self.group = max(1, max_batch // samples)  # whole images per forward
@@ -242,11 +250,14 @@ class _SigmaOptimiser:
         )
 
     def _chunks(self, positions: list[int]) -> Iterator[tuple[list[int], Tensor, slice]]:
-        """Groups of images with their noise, and the sample slices that fit in ``max_batch`` rows."""
+        """Groups of images with their noise, and the sample slices that fit in ``max_batch`` rows; ``check``
+        runs before each is handed out (so before each chunk's forward)."""
         for start in range(0, len(positions), self.group):
             group = positions[start : start + self.group]
             noise = self._noise(group)
             for first in range(0, self.samples, self.rows):
+                if self.check is not None:
+                    self.check()
                 yield group, noise, slice(first, first + self.rows)
 
     def _squared_error(self, group: list[int], sigma: Tensor, noise: Tensor) -> Tensor:
@@ -288,6 +299,8 @@ class _SigmaOptimiser:
         active = list(range(count))
         check_step = steps - BOOST_STEPS - 1
         for step in range(steps):
+            if self.check is not None:
+                self.check()
             sigma[active] = sigma[active].clamp(*SIGMA_RANGE)
             recorded_sigma[step, active] = sigma[active]
             recorded_entropy[step, active] = gaussian_entropy(sigma[active]).mean(dim=(1, 2))
@@ -337,10 +350,15 @@ def _check_images(images: object) -> None:
             if isinstance(images, Tensor)
             else type(images).__name__
         )
-        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {described}.")
+        hint = " (convert 0..255 pixels with `images.float() / 255`, then normalise)" if _is_pixels(images) else ""
+        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {described}{hint}.")
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
         raise ValueError(f"`images` contains NaN or infinite values (in {bad} of {images.shape[0]} images).")
+
+
+def _is_pixels(images: object) -> bool:
+    return isinstance(images, Tensor) and images.dtype == torch.uint8
 
 
 def _check_int(name: str, value: object, lower: int, expected: str = "", *, upper: int | None = None) -> None:

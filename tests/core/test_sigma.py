@@ -264,3 +264,44 @@ def test_clear_errors(kwargs: dict, message: str) -> None:
     images = options.pop("images")
     with pytest.raises(ValueError, match=message):
         estimate_sigma_maps(_net(), images, **options)
+
+
+class _Abandoned(Exception):
+    """What a user's stop request raises inside ``check``."""
+
+
+@pytest.mark.parametrize("max_batch", [256, 2])  # one chunk per pass; 4 chunks per pass (2 images × 2 halves)
+def test_check_runs_before_every_step_and_chunk(max_batch: int) -> None:
+    calls: list[int] = []
+    estimate_sigma_maps(
+        _net(),
+        _images(2),
+        layer="features.relu2",
+        grid=4,
+        samples=4,
+        steps=3,
+        max_batch=max_batch,
+        check=lambda: calls.append(1),
+    )
+    chunks = 1 if max_batch == 256 else 4
+    assert len(calls) == chunks + 3 * (1 + chunks)  # normaliser chunks, then per step: the step and its chunks
+
+
+@pytest.mark.parametrize("stop_at", [1, 5, 11])  # the normaliser's first chunk; the first step; the 2nd step's chunk
+def test_check_can_abandon_the_work_and_the_model_is_restored(stop_at: int) -> None:
+    net = _messy_net()
+    before = _snapshot(net)
+    calls: list[int] = []
+    raised = _Abandoned("stop requested")
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise raised
+
+    with pytest.raises(_Abandoned) as caught:
+        estimate_sigma_maps(
+            net, _images(2), layer="features.relu2", grid=4, samples=4, steps=5, max_batch=2, check=check
+        )
+    assert caught.value is raised and len(calls) == stop_at
+    _assert_same(before, _snapshot(net))

@@ -1,0 +1,202 @@
+"""Argument checks of the probe callbacks: plain arguments at construction, what needs the model at setup.
+
+Each check raises one clear sentence naming the argument, the value given and what is expected (or warns, where
+the input is legal but a result would be meaningless). The callbacks call them in one line each.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_probe.core.knowledge_points import downsample_mask
+from kd_probe.core.layers import eval_forward, module_device, resolve_layer
+from kd_probe.core.sigma import _check_int
+
+__all__ = [
+    "check_agreement_options",
+    "check_agreement_setup",
+    "check_images_fit",
+    "check_knowledge_point_setup",
+    "check_normalization",
+    "check_sigma_options",
+    "warn_uninformative_masks",
+]
+
+
+def _positive_number(name: str, value: object, *, zero: bool = False) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not (value >= 0 if zero else value > 0):  # type: ignore[operator]
+        raise ValueError(f"`{name}` must be a finite number {'≥' if zero else '>'} 0, got {value!r}.")
+
+
+# ---------------------------------------------------------------------------------------------- construction
+def check_sigma_options(options: Mapping[str, Any]) -> None:
+    """The σ options of ``KnowledgePointProbe`` (see :func:`~kd_probe.estimate_sigma_maps`), checked at
+    construction: a setup dry run uses one sample and one step, so it would not catch ``samples=0``."""
+    for name in ("samples", "steps"):
+        if name in options:
+            _check_int(name, options[name], 1)
+    if "grid" in options:
+        _check_int("grid", options["grid"], 1)
+    if "seed" in options:
+        _check_int("seed", options["seed"], 0)
+    if options.get("max_batch") is not None:
+        _check_int("max_batch", options["max_batch"], 1)
+    for name in ("lr", "boost"):
+        if name in options:
+            _positive_number(name, options[name])
+    if "lam" in options:
+        _positive_number("lam", options["lam"], zero=True)
+    if "target_entropy" in options:
+        value = options["target_entropy"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"`target_entropy` must be a finite number of nats, got {value!r}.")
+    for name in ("feature_relu", "fold_batchnorm", "channels_last"):
+        value = options.get(name, True)
+        if not (isinstance(value, bool) or (name == "channels_last" and value is None)):
+            raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def warn_uninformative_masks(masks: Tensor, grid: int) -> None:
+    """Warn when some probe masks are all foreground or all background at the unit grid: their images have no
+    background baseline, or can hold no foreground point, so ``fg_ratio`` says nothing about them."""
+    units = downsample_mask(masks, grid, argument="masks").flatten(1)
+    full, empty = units.all(dim=1), ~units.any(dim=1)
+    for flags, what in ((full, "all foreground"), (empty, "all background")):
+        if flags.any():
+            which = flags.nonzero().flatten().tolist()
+            warnings.warn(
+                f"kd_probe: `masks` of {len(which)} of {masks.shape[0]} probe images (indices {which[:8]}) are {what} "
+                f"on the {grid}×{grid} unit grid; fg_ratio is meaningless for them (check the masks' polarity "
+                "and that they match the images).",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def check_normalization(normalization: object, channels: int) -> None:
+    """``normalization`` is ``None`` or ``(mean, std)`` with 1 or ``channels`` numbers each, ``std > 0``."""
+    if normalization is None:
+        return
+    pair = isinstance(normalization, (tuple, list)) and len(normalization) == 2
+    given: Sequence[Any] = normalization if isinstance(normalization, (tuple, list)) else ()
+    parts = [list(torch.as_tensor(p, dtype=torch.float64).flatten().tolist()) for p in given] if pair else []
+    if not pair or any(len(p) not in (1, channels) for p in parts):
+        raise ValueError(
+            f"`normalization` must be (mean, std) with 1 or {channels} numbers each (one per channel of the "
+            f"images), got {normalization!r}."
+        )
+    if not all(math.isfinite(v) for p in parts for v in p) or not all(v > 0 for v in parts[1]):
+        raise ValueError(f"`normalization` must hold finite means and positive stds, got {normalization!r}.")
+
+
+def check_agreement_options(
+    steps: object, eps: object, transforms: object, log_images: object, seed: object, reference: object
+) -> None:
+    """The plain arguments of ``AgreementProbe``."""
+    if isinstance(transforms, str):
+        raise ValueError(f"`transforms` must be a list of transform names, got the string {transforms!r}.")
+    _check_int("steps", steps, 1)
+    _positive_number("eps", eps, zero=True)
+    _check_int("log_images", log_images, 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+    if reference is not None and not isinstance(reference, nn.Module):
+        raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
+
+
+# ---------------------------------------------------------------------------------------------- setup: one dry forward
+def _dry_forward(network: nn.Module, images: Tensor, layers: Sequence[str], role: str) -> tuple[Any, dict[str, list]]:
+    """One eval-mode forward of the first probe image, with every output of each named layer recorded; a network
+    that refuses the images is reported with its own complaint in one line."""
+    outputs: dict[str, list] = {layer: [] for layer in layers}
+    handles = [
+        resolve_layer(network, layer).register_forward_hook(
+            lambda _module, _inputs, output, layer=layer: outputs[layer].append(output)
+        )
+        for layer in layers
+    ]
+    try:
+        logits = eval_forward(network, images[:1].to(module_device(network, images.device)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        complaint = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"`images` of shape {tuple(images.shape)} cannot go through the {role} ({type(network).__name__}): "
+            f"{complaint}"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, outputs
+
+
+def _check_runs(outputs: list, argument: str, layer: str, network: nn.Module) -> None:
+    if not outputs:
+        raise ValueError(
+            f"`{argument}`={layer!r} is a module of {type(network).__name__} but is never called in its forward; "
+            "name a layer the forward runs."
+        )
+
+
+def check_images_fit(images: Tensor, **networks: nn.Module | None) -> None:
+    """Each network given (by role; ``None`` is skipped) takes the probe images: one dry forward of the first
+    image."""
+    for role, network in networks.items():
+        if network is not None:
+            _dry_forward(network, images, [], role)
+
+
+def check_knowledge_point_setup(network: nn.Module, images: Tensor, layer: str) -> None:
+    """The network takes the probe images and calls ``layer`` exactly once per forward (a module shared by several
+    calls would mix them in one σ map)."""
+    _, outputs = _dry_forward(network, images, [layer], "network")
+    _check_runs(outputs[layer], "layer", layer, network)
+    if len(outputs[layer]) > 1:
+        raise ValueError(
+            f"`layer`={layer!r} is called {len(outputs[layer])} times in one forward of {type(network).__name__} "
+            "(a shared module); its σ map would mix the calls: name a module that runs once."
+        )
+
+
+def check_agreement_setup(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    teacher_layer: str,
+    student_layer: str,
+    reference: nn.Module | None = None,
+) -> None:
+    """Teacher, student (and reference) take the probe images; their Grad-CAM layers run and are convolutional
+    (``[N, C, H, W]`` output); the labels are classes of every model's logits."""
+    checks = [
+        (teacher, teacher_layer, "teacher_layer", "teacher"),
+        (student, student_layer, "student_layer", "student"),
+    ]
+    if reference is not None:
+        checks.append((reference, student_layer, "student_layer", "reference"))
+    for network, layer, argument, role in checks:
+        logits, outputs = _dry_forward(network, images, [layer], role)
+        _check_runs(outputs[layer], argument, layer, network)
+        output = outputs[layer][0]
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"`{argument}`={layer!r} outputs {shape}; Grad-CAM needs a convolutional layer's [N, C, H, W] output."
+            )
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the {role} must return logits [N, classes] for the probe images, got {shape}.")
+        classes = logits.shape[1]
+        if labels.numel() and int(labels.max()) >= classes:
+            outside = sorted({int(v) for v in labels[labels >= classes].tolist()})
+            raise ValueError(
+                f"`labels` hold classes {outside[:8]} but the {role} ({type(network).__name__}) has {classes} "
+                f"classes (0 to {classes - 1})."
+            )
