@@ -62,6 +62,11 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
     if points_history.dim() != 4:
         raise ValueError(f"`points_history` must be [checkpoints, N, grid, grid], got {tuple(points_history.shape)}.")
     points = points_history.bool()
+    if fg_mask is not None and tuple(fg_mask.shape) != tuple(points.shape[1:]):
+        raise ValueError(
+            f"`fg_mask` of shape {tuple(fg_mask.shape)} does not match `points_history` of shape "
+            f"{tuple(points.shape)}: one [grid, grid] foreground per image, shape {tuple(points.shape[1:])}, is expected."
+        )
     if fg_mask is not None:
         points = points & fg_mask.bool().to(points.device)[None]
     if points.shape[1] == 0:
@@ -74,11 +79,21 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
 
 def normalised_step(previous: Tensor, current: Tensor, initial_norm: float) -> float:
     """``d_t = ‖W_{t+1} − W_t‖_F / ‖W_0‖_F`` (spec §1.4): one optimizer step's length relative to the start."""
+    if previous.shape != current.shape:
+        raise ValueError(
+            f"`previous` and `current` must be the same weights, got shapes {tuple(previous.shape)} and "
+            f"{tuple(current.shape)}."
+        )
+    _check_length("initial_norm", initial_norm)
     return float(torch.linalg.vector_norm((current - previous).double())) / max(initial_norm, 1e-30)
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
     """Cosine of two flattened tensors (spec §1.6); NaN when either is zero."""
+    if a.numel() != b.numel():
+        raise ValueError(
+            f"`a` and `b` must hold as many numbers, got {a.numel()} {tuple(a.shape)} and {b.numel()} {tuple(b.shape)}."
+        )
     a, b = a.flatten().double(), b.flatten().double()
     norms = float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
     return float(a @ b) / norms if norms > 0 else math.nan
@@ -86,7 +101,14 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 def path_efficiency(displacement_norm: float, path_length: float) -> float:
     """``‖W_final − W_0‖ / Σ_t ‖W_{t+1} − W_t‖`` (spec §1.6): 1 for a straight line; NaN before any step."""
+    _check_length("displacement_norm", displacement_norm)
+    _check_length("path_length", path_length)
     return displacement_norm / path_length if path_length > 0 else math.nan
+
+
+def _check_length(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a finite norm ≥ 0, got {value!r}.")
 
 
 class CountSketch:

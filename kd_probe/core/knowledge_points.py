@@ -63,6 +63,8 @@ def downsample_mask(mask: Tensor, grid: int, *, argument: str = "fg_mask") -> Te
         >>> downsample_mask(mask, 2).int().tolist()
         [[[1, 0], [0, 0]]]
     """
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"`grid` must be an integer ≥ 1 (units per side), got {grid!r}.")
     if not isinstance(mask, Tensor) or mask.dim() not in (3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
         shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"`{argument}` must be masks [N, H, W] or [N, 1, H, W], got {shape}.")
@@ -92,7 +94,9 @@ def background_baseline(
     count = entropy.shape[0]
     background = (~foreground).to(entropy.dtype)
     per_image = (entropy * background).sum(dim=(1, 2)) / background.sum(dim=(1, 2))  # NaN without background
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    if isinstance(baseline, bool):
+        raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
+    if isinstance(baseline, (int, float)):
         if not math.isfinite(baseline):
             raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
         return entropy.new_full((count,), float(baseline))
@@ -114,6 +118,11 @@ def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float, float]:
         >>> foreground_ratio(torch.tensor([3, 0, 1]), torch.tensor([1, 0, 1]))
         (0.4166666666666667, 0.625)
     """
+    if not (isinstance(n_fg, Tensor) and isinstance(n_bg, Tensor) and n_fg.dim() == 1 and n_fg.shape == n_bg.shape):
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (n_fg, n_bg)]
+        raise ValueError(
+            f"`n_fg` and `n_bg` must be counts [N] of the same images, got shapes {shapes[0]} and {shapes[1]}."
+        )
     total = n_fg + n_bg
     if total.numel() == 0:
         return math.nan, math.nan
@@ -153,10 +162,9 @@ def count_knowledge_points(
         ([1], [0], 1.0)
     """
     if not isinstance(entropy, Tensor) or entropy.dim() != 3 or not entropy.is_floating_point():
-        shape = tuple(entropy.shape) if isinstance(entropy, Tensor) else type(entropy).__name__
-        raise ValueError(f"`entropy` must be float maps [N, grid, grid], got {shape}.")
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise ValueError(f"`threshold` must be a finite number of nats, got {threshold!r}.")
+        given = f"{tuple(entropy.shape)} {entropy.dtype}" if isinstance(entropy, Tensor) else type(entropy).__name__
+        raise ValueError(f"`entropy` must be float maps [N, grid, grid], got {given}.")
+    check_threshold(threshold)
     count, grid = entropy.shape[0], entropy.shape[-1]
     if entropy.shape[-2] != grid:
         raise ValueError(f"`entropy` maps must be square [N, grid, grid], got {tuple(entropy.shape)}.")
@@ -169,8 +177,9 @@ def count_knowledge_points(
     foreground = downsample_mask(fg_mask.to(entropy.device), grid)
     if effective is None:
         effective = torch.ones(count, dtype=torch.bool, device=entropy.device)
-    elif effective.shape != (count,):
-        raise ValueError(f"`effective` must be a bool tensor of shape ({count},), got {tuple(effective.shape)}.")
+    elif not isinstance(effective, Tensor) or effective.shape != (count,):
+        shape = tuple(effective.shape) if isinstance(effective, Tensor) else type(effective).__name__
+        raise ValueError(f"`effective` must be a bool tensor of shape ({count},), got {shape}.")
     effective = effective.to(device=entropy.device, dtype=torch.bool)
     reference = background_baseline(entropy, foreground, baseline=baseline, effective=effective)
     points = (reference[:, None, None] - entropy > threshold) & effective[:, None, None]
@@ -178,6 +187,14 @@ def count_knowledge_points(
     n_bg = (points & ~foreground).sum(dim=(1, 2))
     ratio, ratio_with_points = foreground_ratio(n_fg[effective], n_bg[effective])
     return KnowledgePoints(points, foreground, n_fg, n_bg, ratio, ratio_with_points, reference, effective)
+
+
+def check_threshold(threshold: object) -> None:
+    """``threshold`` (``b``, nats) must be a finite number ≥ 0: a unit is a point when ``H̄ − H_i > b``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"`threshold` must be a finite number of nats ≥ 0, got {threshold!r}.")
+    if not math.isfinite(threshold):
+        raise ValueError(f"`threshold` must be a finite number of nats ≥ 0, got {threshold!r}.")
 
 
 def effective_images(sigma_f: Tensor, entropy: Tensor, fg_mask: Tensor, *, late: Sequence[bool] | Tensor) -> Tensor:

@@ -123,6 +123,8 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
         (2, 16, 16, 16)
     """
     module = resolve_layer(model, layer, argument=argument) if isinstance(layer, str) else layer
+    if not isinstance(layer, str):  # name the module in messages, not its repr
+        layer = next((n for n, m in model.named_modules() if m is module), type(module).__name__)
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
         raise _StopForward(output)
@@ -209,6 +211,11 @@ def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor)
     """Output shapes of the named modules for one eval-mode forward of ``example_input`` (modes restored)."""
     with capture_outputs(model, names) as outputs:
         eval_forward(model, example_input)
+    for name in names:
+        if name not in outputs:
+            raise ValueError(f"`layer`={name!r} exists but did not run in the forward of {type(model).__name__}.")
+        if not isinstance(outputs[name], Tensor):
+            raise TypeError(f"`layer`={name!r} returns {type(outputs[name]).__name__}; a tensor output is needed.")
     return {name: tuple(outputs[name].shape) for name in names}
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["feature_distillation_loss", "logit_distillation_loss"]
+__all__ = ["check_temperature", "feature_distillation_loss", "logit_distillation_loss"]
 
 
 def logit_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -26,17 +28,35 @@ def logit_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temp
         >>> round(float(logit_distillation_loss(s, t, temperature=2.0)), 4)
         0.4185
     """
-    if temperature <= 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} must have the same shape."
-        )
+    check_temperature(temperature)
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits, rank=2)
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
+
+
+def check_temperature(temperature: object) -> None:
+    """``temperature`` must be a finite number > 0 (a bool is not a number here)."""
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
+    if not number or not temperature > 0:  # type: ignore[operator]
+        kind = "" if number else " (a finite number is expected; bools and strings are not numbers here)"
+        raise ValueError(f"`temperature` must be > 0, got {temperature!r}{kind}.")
+
+
+def _check_pair(
+    student_name: str, student: Tensor, teacher_name: str, teacher: Tensor, rank: int | None = None
+) -> None:
+    for name, value in ((student_name, student), (teacher_name, teacher)):
+        if not isinstance(value, Tensor) or not value.is_floating_point() or (rank and value.dim() != rank):
+            described = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+            expected = "float logits [B, K]" if rank == 2 else "a float tensor"
+            raise ValueError(f"`{name}` must be {expected}, got {described}.")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"`{student_name}` {tuple(student.shape)} and `{teacher_name}` {tuple(teacher.shape)} must have the "
+            "same shape."
+        )
 
 
 def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
@@ -46,9 +66,5 @@ def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor) 
     feature KD of ``feature_pairs`` and for phase 1 of the knowledge-point protocol (spec §1.7), where
     it is the only loss.
     """
-    if student_feature.shape != teacher_feature.shape:
-        raise ValueError(
-            f"student feature {tuple(student_feature.shape)} and teacher feature "
-            f"{tuple(teacher_feature.shape)} must have the same shape."
-        )
+    _check_pair("student_feature", student_feature, "teacher_feature", teacher_feature)
     return F.mse_loss(student_feature, teacher_feature)

@@ -16,6 +16,33 @@ from torch import Tensor
 __all__ = ["TRANSFORMS", "color_jitter", "random_resized_crop", "shift"]
 
 
+def _check(images: object, generator: object) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        described = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        hint = (
+            " (convert 0..255 pixels with `images.float() / 255`)"
+            if getattr(images, "dtype", None) == torch.uint8
+            else ""
+        )
+        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {described}{hint}.")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
+
+
+def _check_fraction(name: str, value: object, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        raise ValueError(f"`{name}` must be a number in [0, {high}], got {value!r}.")
+
+
+def _channels(name: str, values: Sequence[float] | None, channels: int, positive: bool = False) -> None:
+    if values is None:
+        return
+    numbers = list(values)
+    if len(numbers) not in (1, channels) or (positive and not all(v > 0 for v in numbers)):
+        what = "positive numbers" if positive else "numbers"
+        raise ValueError(f"`{name}` must be 1 or {channels} {what} (one per channel), got {values!r}.")
+
+
 def _uniform(count: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
     return low + (high - low) * torch.rand(count, generator=generator).to(device)
 
@@ -30,6 +57,10 @@ def color_jitter(
 ) -> Tensor:
     """Random brightness, contrast and saturation factors in ``[1 − strength, 1 + strength]`` per image,
     applied in pixel space (``x·std + mean``) and clamped to [0, 1] there."""
+    _check(images, generator)
+    _check_fraction("strength", strength, 1.0)
+    _channels("mean", mean, images.shape[1])
+    _channels("std", std, images.shape[1], positive=True)
     count, device = images.shape[0], images.device
     shape = (1, -1, 1, 1)
     m = torch.as_tensor(mean if mean is not None else [0.0], dtype=images.dtype, device=device).view(shape)
@@ -57,6 +88,10 @@ def random_resized_crop(
 ) -> Tensor:
     """Crop a random square-ish region covering ``scale`` of the image area (aspect ratio in [3/4, 4/3]),
     at a random position, and resize it back to the full size."""
+    _check(images, generator)
+    low, high = scale
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high <= 1):
+        raise ValueError(f"`scale` must be (low, high) fractions of the area with 0 < low ≤ high ≤ 1, got {scale!r}.")
     count, device = images.shape[0], images.device
     area = _uniform(count, *scale, generator, device)
     ratio = torch.exp(_uniform(count, -0.2877, 0.2877, generator, device))  # log(3/4), log(4/3)
@@ -69,6 +104,8 @@ def random_resized_crop(
 
 def shift(images: Tensor, generator: torch.Generator, *, max_shift: float = 0.125) -> Tensor:
     """Translate each image by up to ``max_shift`` of its size in x and y (edges repeated)."""
+    _check(images, generator)
+    _check_fraction("max_shift", max_shift, 1.0)
     count, device = images.shape[0], images.device
     offsets = [2 * max_shift * _uniform(count, -1, 1, generator, device) for _ in range(2)]
     return _affine(images, torch.ones(count, 2, dtype=images.dtype, device=device), offsets[0], offsets[1])

@@ -48,7 +48,18 @@ class FileTripletDataset(torch.utils.data.Dataset):
     Subclasses fill ``self.samples`` with ``(image_path, label)`` and implement :meth:`load_mask`.
     """
 
-    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], mask_threshold: float = 0.5
+    ) -> None:
+        if (
+            isinstance(mask_threshold, bool)
+            or not isinstance(mask_threshold, (int, float))
+            or not 0 <= mask_threshold < 1
+        ):
+            raise ValueError(
+                f"`mask_threshold` must be a grey level in [0, 1) above which a mask pixel is foreground, "
+                f"got {mask_threshold!r}."
+            )
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"`image_size` must be an int of at least 8 pixels, got {image_size!r}.")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:

@@ -72,7 +72,7 @@ class CUB200(FileTripletDataset):
         std: Sequence[float] = IMAGENET_STD,
         mask_threshold: float = 0.5,
     ) -> None:
-        super().__init__(image_size, tuple(mean), tuple(std))
+        super().__init__(image_size, tuple(mean), tuple(std), mask_threshold)
         if split not in ("train", "test", "all"):
             raise ValueError(f"`split` must be 'train', 'test' or 'all', got {split!r}.")
         if mask_source not in _SOURCES:
@@ -85,6 +85,19 @@ class CUB200(FileTripletDataset):
         if missing:
             raise ValueError(f"`root`={str(self.root)!r} is not a CUB-200-2011 folder: missing {', '.join(missing)}.")
         paths, labels, is_train, boxes = (_read_table(self.root / name) for name in needed)
+        for name, table in zip(needed[1:], (labels, is_train, boxes), strict=True):
+            missing_ids = sorted(set(paths) - set(table))
+            if missing_ids:
+                raise ValueError(
+                    f"{self.root / name} has no line for image ids {missing_ids[:5]} of images.txt; "
+                    "every image needs one line in each table."
+                )
+        bad_labels = sorted({v[0] for v in labels.values() if not v[0].isdigit() or int(v[0]) < 1})
+        if bad_labels:
+            raise ValueError(
+                f"{self.root / 'image_class_labels.txt'} holds classes {bad_labels[:5]}; CUB's classes are "
+                "numbered from 1."
+            )
         classes_file = self.root / "classes.txt"
         names = {k: v[0] for k, v in _read_table(classes_file).items()} if classes_file.is_file() else {}
         num_classes = max(int(v[0]) for v in labels.values())

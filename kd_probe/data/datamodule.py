@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from kd_probe.data.shapes import SHAPES, _check_options, generate_shapes
+from kd_probe.data.shapes import SHAPES, _check_options, _check_seed, generate_shapes
 from kd_probe.data.triplets import TripletDataset
 
 __all__ = ["ShapesDataModule"]
@@ -69,6 +69,7 @@ class ShapesDataModule(pl.LightningDataModule):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
         _check_options(count=0, image_size=image_size, num_classes=num_classes, background_bias=background_bias)
+        _check_seed("seed", seed)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
         if not isinstance(num_workers, int) or num_workers < 0:

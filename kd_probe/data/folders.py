@@ -53,7 +53,7 @@ class ImageMaskFolder(FileTripletDataset):
         std: Sequence[float] = IMAGENET_STD,
         mask_threshold: float = 0.5,
     ) -> None:
-        super().__init__(image_size, tuple(mean), tuple(std))
+        super().__init__(image_size, tuple(mean), tuple(std), mask_threshold)
         self.images_root, self.masks_root = Path(images), Path(masks)
         self.mask_threshold = mask_threshold
         for argument, folder in (("images", self.images_root), ("masks", self.masks_root)):

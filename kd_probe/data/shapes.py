@@ -200,6 +200,8 @@ def generate_shapes(
         (torch.Size([4, 3, 32, 32]), torch.uint8, torch.Size([4, 32, 32]))
     """
     _check_options(count=count, image_size=image_size, num_classes=num_classes, background_bias=background_bias)
+    _check_seed("seed", seed)
+    _check_seed("stream", stream)
     images, labels, masks, params = [], [], [], []
     for chunk in range(max(1, math.ceil(count / _CHUNK))):
         n = min(_CHUNK, count - chunk * _CHUNK)
@@ -214,6 +216,11 @@ def generate_shapes(
     return ShapeScenes(torch.cat(images), torch.cat(labels), torch.cat(masks), merged)
 
 
+def _check_seed(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+
+
 def _check_options(*, count: int, image_size: int, num_classes: int, background_bias: float) -> None:
     if not isinstance(count, int) or count < 0:
         raise ValueError(f"`count` must be a non-negative int, got {count!r}.")
@@ -223,5 +230,6 @@ def _check_options(*, count: int, image_size: int, num_classes: int, background_
         raise ValueError(
             f"`num_classes` must be an int from 2 to {len(SHAPES)} (one per shape in SHAPES), got {num_classes!r}."
         )
-    if not 0.0 <= float(background_bias) <= 1.0:
+    probability = isinstance(background_bias, (int, float)) and not isinstance(background_bias, bool)
+    if not probability or not 0.0 <= float(background_bias) <= 1.0:
         raise ValueError(f"`background_bias` must be a probability in [0, 1], got {background_bias!r}.")

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
+from kd_probe.core.knowledge_points import check_threshold, count_knowledge_points, downsample_mask
 
 __all__ = ["KnowledgePointCount"]
 
@@ -48,9 +48,9 @@ class KnowledgePointCount(Metric):
 
     def __init__(self, threshold: float = 0.2, baseline: str | float = "dataset", **kwargs: object) -> None:
         super().__init__(**kwargs)
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-            raise ValueError(f"`threshold` must be a finite number of nats, got {threshold!r}.")
-        if not (baseline in ("dataset", "image") or (isinstance(baseline, (int, float)) and math.isfinite(baseline))):
+        check_threshold(threshold)
+        number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
+        if not (baseline in ("dataset", "image") or (number and math.isfinite(baseline))):  # type: ignore[arg-type]
             raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
         self.threshold, self.baseline = float(threshold), baseline
         for name in ("entropy", "foreground", "effective", "indices"):
@@ -61,14 +61,24 @@ class KnowledgePointCount(Metric):
     ) -> None:
         """Add ``[n, grid, grid]`` entropy maps with their masks (image or unit resolution); optionally the
         ``[n]`` effective flags and the images' dataset indices (give indices in every update or in none)."""
-        if entropy.dim() != 3 or not isinstance(fg_mask, Tensor) or fg_mask.shape[0] != entropy.shape[0]:
+        if not isinstance(entropy, Tensor) or entropy.dim() != 3 or not entropy.is_floating_point():
+            given = f"{tuple(entropy.shape)} {entropy.dtype}" if isinstance(entropy, Tensor) else type(entropy).__name__
+            raise ValueError(f"`entropy` must be float maps [n, grid, grid], got {given}.")
+        if not isinstance(fg_mask, Tensor) or fg_mask.dim() == 0 or fg_mask.shape[0] != entropy.shape[0]:
+            shape = tuple(fg_mask.shape) if isinstance(fg_mask, Tensor) else type(fg_mask).__name__
             raise ValueError(
-                f"`fg_mask` of shape {tuple(fg_mask.shape)} does not match `entropy` of shape "
+                f"`fg_mask` of shape {shape} does not match `entropy` of shape "
                 f"{tuple(entropy.shape)}: one mask per map is expected."
             )
         count = entropy.shape[0]
+        for name, value in (("effective", effective), ("indices", indices)):
+            if value is not None and tuple(torch.as_tensor(value).shape) != (count,):
+                raise ValueError(
+                    f"`{name}` must hold one value per map, shape ({count},), got {tuple(torch.as_tensor(value).shape)}."
+                )
         if bool(self.indices) != (indices is not None) and self.entropy:
-            raise ValueError("`indices` must be given in every update or in none.")
+            given = "indices=None after updates with indices" if indices is None else "indices after updates without"
+            raise ValueError(f"`indices` must be given in every update or in none; this update has {given}.")
         self.entropy.append(entropy.detach().float())
         self.foreground.append(downsample_mask(fg_mask, entropy.shape[-1]).to(torch.uint8))
         flags = torch.ones(count, dtype=torch.bool, device=entropy.device) if effective is None else effective

@@ -11,6 +11,19 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("sgd", "adamw")
+_NOT_A_NUMBER = " (a finite number is expected; bools and strings are not numbers here)"
+
+
+def check_number(name: str, value: object, minimum: float, *, strict: bool, below: float | None = None) -> None:
+    """Refuse anything but a finite ``int``/``float`` (not a bool) ``> minimum`` (``strict``) or ``>= minimum``,
+    and ``< below`` when given, in one sentence naming the argument and the value."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    valid = number and (value > minimum if strict else value >= minimum) and (below is None or value < below)  # type: ignore[operator]
+    if not valid:
+        rule = f"in [{minimum}, {below})" if below is not None else f"{'>' if strict else '>='} {minimum}"
+        raise ValueError(f"`{name}` must be {rule}, got {value!r}{'' if number else _NOT_A_NUMBER}.")
+
+
 SCHEDULES = (None, "cosine", "step")
 
 
@@ -31,17 +44,20 @@ class OptimizerOptions:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
-        if not self.lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {self.lr!r}.")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum!r}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}.")
-        if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+        check_number("lr", self.lr, 0, strict=True)
+        check_number("momentum", self.momentum, 0, strict=False, below=1)
+        check_number("weight_decay", self.weight_decay, 0, strict=False)
+        milestones = self.milestones
+        if (
+            isinstance(milestones, str)
+            or not isinstance(milestones, Sequence)
+            or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in milestones)
+            or list(milestones) != sorted(milestones)
+        ):
             raise ValueError(
-                f"`milestones` must be increasing fractions of training in (0, 1), got {tuple(self.milestones)!r}."
+                f"`milestones` must be increasing fractions of training in (0, 1), got {self.milestones!r}."
             )
-        if not 0 < self.gamma <= 1:
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0 < self.gamma <= 1:
             raise ValueError(f"`gamma` must be in (0, 1], got {self.gamma!r}.")
 
     def build(self, parameters: Iterable[nn.Parameter], total_steps: float) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,9 +19,10 @@ from kd_probe.core.adapters import build_adapter
 from kd_probe.core.batches import unpack_batch
 from kd_probe.core.layers import capture_outputs, modules_through, output_shapes, resolve_layer
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
-from kd_probe.modules._optim import OptimizerOptions
+from kd_probe.modules._checks import dry_run, example_batch
+from kd_probe.modules._optim import OptimizerOptions, check_number
 
-__all__ = ["DistillationModule"]
+__all__ = ["DistillationModule", "check_module_options"]
 
 STAGES = ("distill", "mimic", "head")
 _EVAL_MODE_WARNING = "Found {} module(s) in eval mode at the start of training."
@@ -113,13 +115,26 @@ class DistillationModule(pl.LightningModule):
             raise ValueError(f"`teacher` must be an nn.Module or None, got {type(teacher).__name__}.")
         if stage not in STAGES:
             raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
+        if feature_pairs is not None and not isinstance(feature_pairs, (str, Mapping)):
+            raise ValueError(
+                f"`feature_pairs` must be a layer name or a {{student layer: teacher layer}} mapping, got {feature_pairs!r}."
+            )
+        if not isinstance(checkpoint_teacher, bool):
+            raise ValueError(f"`checkpoint_teacher` must be True or False, got {checkpoint_teacher!r}.")
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
+            raise ValueError(
+                f"`num_classes` must be an integer ≥ 1 (or None to read it from the student), got {num_classes!r}."
+            )
         if isinstance(feature_pairs, str):
             feature_pairs = {feature_pairs: feature_pairs}
         pairs = dict(feature_pairs or {})
         self._check_losses(stage, teacher, pairs, freeze_through, temperature, kd_weight, ce_weight, feature_weight)
-        self._optimizer_options = OptimizerOptions(
-            optimizer, lr, momentum, weight_decay, schedule, tuple(milestones), gamma
+        milestones = (
+            tuple(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else milestones
         )
+        self._optimizer_options = OptimizerOptions(optimizer, lr, momentum, weight_decay, schedule, milestones, gamma)
         for name, teacher_name in pairs.items():
             resolve_layer(student, name, argument="feature_pairs")
             resolve_layer(teacher, teacher_name, argument="feature_pairs")  # type: ignore[arg-type]
@@ -163,11 +178,9 @@ class DistillationModule(pl.LightningModule):
         ce_weight: float,
         feature_weight: float,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+        check_number("temperature", temperature, 0, strict=True)
         for name, value in dict(kd_weight=kd_weight, ce_weight=ce_weight, feature_weight=feature_weight).items():
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+            check_number(name, value, 0, strict=False)
         if pairs and teacher is None:
             raise ValueError(f"`feature_pairs`={pairs!r} needs a teacher, got teacher=None.")
         if stage == "mimic" and (teacher is None or len(pairs) != 1):
@@ -192,12 +205,13 @@ class DistillationModule(pl.LightningModule):
         """
         if self._prepared:
             return
-        if not isinstance(example_input, Tensor):
-            example_input = torch.zeros(2, *example_input)
-        example_input = example_input[:2]
+        given = example_input
+        example_input = example_batch(example_input)
         if self.feature_pairs:
-            student_shapes = output_shapes(self.student, list(self.feature_pairs), example_input)
-            teacher_shapes = output_shapes(self.teacher, list(self.feature_pairs.values()), example_input)  # type: ignore[arg-type]
+            student_shapes = dry_run(output_shapes, self.student, list(self.feature_pairs), example_input, given)
+            teacher_shapes = dry_run(
+                output_shapes, self.teacher, list(self.feature_pairs.values()), example_input, given
+            )
             for name, teacher_name in self.feature_pairs.items():
                 adapter = build_adapter(
                     student_shapes[name], teacher_shapes[teacher_name], pair=f"{name!r} -> {teacher_name!r}"
@@ -205,7 +219,9 @@ class DistillationModule(pl.LightningModule):
                 if adapter is not None:
                     self.adapters[_adapter_key(name)] = adapter.to(example_input.device)
         if self.stage == "head":
-            self.frozen_modules = modules_through(self.student, self.hparams["freeze_through"], example_input)
+            self.frozen_modules = dry_run(
+                modules_through, self.student, self.hparams["freeze_through"], example_input, given
+            )
             self._frozen = [self.student.get_submodule(name) for name in self.frozen_modules]
             for module in self._frozen:
                 module.requires_grad_(False)
@@ -363,6 +379,33 @@ class DistillationModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         parameters = [p for p in [*self.student.parameters(), *self.adapters.parameters()] if p.requires_grad]
         return self._optimizer_options.build(parameters, self.trainer.estimated_stepping_batches)
+
+
+def check_module_options(options: Mapping[str, Any], argument: str, reserved: Sequence[str] = ()) -> None:
+    """Check ``DistillationModule`` keyword options before any training: unknown names, names the caller sets
+    itself (``reserved``), and every number (so a bad second-phase option is refused before the first phase)."""
+    parameters = inspect.signature(DistillationModule.__init__).parameters
+    known = sorted(set(parameters) - {"self", "student", "teacher"})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"`{argument}` has unknown DistillationModule options {unknown}; expected some of {known}.")
+    taken = sorted(set(options) & set(reserved))
+    if taken:
+        raise ValueError(f"`{argument}` sets {taken}, which run_two_phase sets itself for each phase.")
+    values = {name: options.get(name, parameters[name].default) for name in known}
+    check_number("temperature", values["temperature"], 0, strict=True)
+    for name in ("kd_weight", "ce_weight", "feature_weight"):
+        check_number(name, values[name], 0, strict=False)
+    milestones = values["milestones"]
+    OptimizerOptions(
+        values["optimizer"],
+        values["lr"],
+        values["momentum"],
+        values["weight_decay"],
+        values["schedule"],
+        tuple(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else milestones,
+        values["gamma"],
+    )
 
 
 def _adapter_key(layer: str) -> str:

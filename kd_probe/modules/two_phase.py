@@ -9,7 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import nn
 
-from kd_probe.modules.distillation import DistillationModule
+from kd_probe.core.layers import resolve_layer
+from kd_probe.modules.distillation import DistillationModule, check_module_options
 
 __all__ = ["TwoPhaseResult", "run_two_phase"]
 
@@ -74,6 +75,22 @@ def run_two_phase(
                                layer="features.bn4", mimic_epochs=20, head_epochs=10)
         result.head_trainer.test(result.head_module, datamodule=data)
     """
+    if not isinstance(teacher, nn.Module):
+        raise ValueError(f"`teacher` must be the trained teacher, an nn.Module, got {teacher!r}.")
+    if not isinstance(datamodule, pl.LightningDataModule):
+        raise ValueError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
+    resolve_layer(student, layer, argument="layer")
+    resolve_layer(teacher, teacher_layer or layer, argument="teacher_layer" if teacher_layer else "layer")
+    for name, epochs in (("mimic_epochs", mimic_epochs), ("head_epochs", head_epochs)):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"`{name}` must be an integer ≥ 1, got {epochs!r}.")
+    reserved = ("stage", "feature_pairs", "freeze_through")
+    for argument, options in (
+        ("module_options", module_options),
+        ("mimic_options", {**module_options, **(mimic_options or {})}),
+        ("head_options", {**module_options, **(head_options or {})}),
+    ):
+        check_module_options(options, argument, reserved)
     mimic = DistillationModule(
         student,
         teacher,

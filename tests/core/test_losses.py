@@ -43,12 +43,12 @@ def test_logit_kd_is_zero_for_identical_logits_and_positive_otherwise() -> None:
 def test_logit_kd_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match=r"`temperature` must be > 0, got 0"):
         logit_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0)
-    with pytest.raises(ValueError, match=r"student logits \(2, 3\) and teacher logits \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"`student_logits` \(2, 3\) and `teacher_logits` \(2, 4\)"):
         logit_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
 def test_feature_loss_is_the_mean_squared_error() -> None:
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     assert float(feature_distillation_loss(a, b)) == pytest.approx(float(((a - b) ** 2).mean()), rel=1e-6)
-    with pytest.raises(ValueError, match=r"student feature \(2, 3, 4, 4\) and teacher feature \(2, 5, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"`student_feature` \(2, 3, 4, 4\) and `teacher_feature` \(2, 5, 4, 4\)"):
         feature_distillation_loss(a, torch.zeros(2, 5, 4, 4))

@@ -70,7 +70,7 @@ def test_mismatched_masks_are_refused() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"`threshold` must be a finite number of nats, got nan"):
+    with pytest.raises(ValueError, match=r"`threshold` must be a finite number of nats ≥ 0, got nan"):
         KnowledgePointCount(threshold=math.nan)
     with pytest.raises(
         ValueError, match=r"`baseline` must be 'dataset', 'image' or a finite number of nats, got 'all'"

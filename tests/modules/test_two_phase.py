@@ -52,5 +52,5 @@ def test_two_phases_mimic_then_train_the_head_on_frozen_features(tmp_path: Path)
 
 
 def test_two_phase_refuses_an_unknown_layer_before_training(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"`feature_pairs`='features.conv7' is not a module of VGG"):
+    with pytest.raises(ValueError, match=r"`layer`='features.conv7' is not a module of VGG"):
         run_two_phase(tiny_student(), tiny_student(), tiny_data(), layer="features.conv7")
