@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from kd_probe._paths import write_atomically
 from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
 from kd_probe.core.render import per_image_unit
 
@@ -244,9 +244,7 @@ def run_folder(trainer: pl.Trainer) -> Path:
 def save_atomically(record: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(record, temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: torch.save(record, temporary))
 
 
 class BatchProbe(pl.Callback):

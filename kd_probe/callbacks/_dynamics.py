@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import learning_speed, normalised_step, stability
 from kd_probe.core.layers import modules_through
 
@@ -128,9 +128,8 @@ def write_summary(path: Path, history: list[dict[str, Any]], foreground: Tensor,
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(summary, indent=2, default=_jsonable, allow_nan=True))
-    os.replace(temporary, path)
+    text = json.dumps(summary, indent=2, default=_jsonable, allow_nan=True)
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def _jsonable(value: Any) -> Any:
