@@ -39,9 +39,11 @@ from kd_probe.core.layers import (
     modules_through,
     output_shapes,
     resolve_layer,
+    unwrap_compiled,
 )
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps, gaussian_entropy, image_generator, upsample_units
+from kd_probe.core.tokens import token_grid
 from kd_probe.core.transforms import color_jitter, random_resized_crop, shift
 from kd_probe.core.unicam import UniCAMResult, layer_features, max_row_score, pooled_features
 
@@ -90,7 +92,9 @@ __all__ = [
     "resolve_layer",
     "shift",
     "stability",
+    "token_grid",
     "unpack_batch",
+    "unwrap_compiled",
     "upsample_units",
     "weighted_activations",
 ]

@@ -471,6 +471,14 @@ OTHER_CASES = [  # errors that kd_probe.core.{agreement,distance_correlation,uni
     ),
     bad("unicam-model-x", lambda: UniCAM("vgg", net(), layer="features.relu2"), TypeError, "model_x", "str"),  # type: ignore[arg-type]
     bad("unicam-objective", lambda: unicam(objective="max"), ValueError, "objective", "max"),
+    bad("unicam-prefix-tokens", lambda: unicam(prefix_tokens=wrong("cls")), ValueError, "prefix_tokens", "cls"),
+    bad(
+        "grad-cam-prefix-tokens",
+        lambda: KF.grad_cam(net(), IMAGES, LABELS, layer="features.relu1", prefix_tokens=-1),
+        ValueError,
+        "prefix_tokens",
+        -1,
+    ),
     bad("unicam-layer-unknown", lambda: unicam(layer="features.relu5"), ValueError, "layer", "features.relu5"),
     bad(
         "unicam-feature-layer-unknown",

@@ -122,6 +122,7 @@ AGREEMENT_CASES = [
     bad("labels-negative", lambda: ag(labels=torch.tensor([0, -1, 1, 2])), ValueError, "labels", LABELS, "-1"),
     bad("images-uint8", lambda: ag(images=UINT8), ValueError, "images", UINT8, "torch.uint8", "/ 255"),
     bad("steps-0", lambda: ag(steps=0), ValueError, "steps", 0),
+    bad("prefix-tokens-bool", lambda: ag(prefix_tokens=True), ValueError, "prefix_tokens", True),
     bad("steps-str", lambda: ag(steps="5"), ValueError, "steps", "5"),
     bad("eps-negative", lambda: ag(eps=-0.1), ValueError, "eps", -0.1),
     bad("eps-nan", lambda: ag(eps=math.nan), ValueError, "eps", math.nan),
@@ -208,6 +209,7 @@ def up(**kw: Any) -> UniCAMProbe:
 
 
 UNICAM_CASES = [
+    bad("prefix-tokens-negative", lambda: up(prefix_tokens=-2), ValueError, "prefix_tokens", -2),
     bad("images-3", lambda: up(images=IMAGES[:3], labels=LABELS[:3]), ValueError, "images", IMAGES, "3 probe images"),
     bad("images-uint8", lambda: up(images=UINT8), ValueError, "images", UINT8, "torch.uint8", "/ 255"),
     bad(

@@ -67,6 +67,7 @@ MODULE_CASES = [
     bad("optimizer-unknown", lambda: module(optimizer="adam"), ValueError, "optimizer", "adam"),
     bad("schedule-unknown", lambda: module(schedule="linear"), ValueError, "schedule", "linear"),
     bad("stage-unknown", lambda: module(stage="train"), ValueError, "stage", "train"),
+    bad("feature-resize-unknown", lambda: module(feature_resize="nearest"), ValueError, "feature_resize", "nearest"),
     bad("student-str", lambda: DistillationModule("vgg"), ValueError, "student", "str"),  # type: ignore[arg-type]
     bad("teacher-int", lambda: module(teacher=3), ValueError, "teacher", "int"),
     bad(

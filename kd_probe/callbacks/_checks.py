@@ -17,13 +17,16 @@ from torch import Tensor, nn
 from kd_probe.core.knowledge_points import downsample_mask
 from kd_probe.core.layers import eval_forward, module_device, resolve_layer
 from kd_probe.core.sigma import _check_int
+from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
 __all__ = [
     "check_agreement_options",
     "check_agreement_setup",
+    "check_cam_layer",
     "check_images_fit",
     "check_knowledge_point_setup",
     "check_normalization",
+    "check_prefix_tokens",
     "check_sigma_options",
     "warn_uninformative_masks",
 ]
@@ -172,9 +175,10 @@ def check_agreement_setup(
     teacher_layer: str,
     student_layer: str,
     reference: nn.Module | None = None,
+    prefix_tokens: int | None = None,
 ) -> None:
-    """Teacher, student (and reference) take the probe images; their Grad-CAM layers run and are convolutional
-    (``[N, C, H, W]`` output); the labels are classes of every model's logits."""
+    """Teacher, student (and reference) take the probe images; their Grad-CAM layers run and give feature maps
+    (``[N, C, H, W]``) or tokens that tile the image; the labels are classes of every model's logits."""
     checks = [
         (teacher, teacher_layer, "teacher_layer", "teacher"),
         (student, student_layer, "student_layer", "student"),
@@ -185,11 +189,9 @@ def check_agreement_setup(
         logits, outputs = _dry_forward(network, images, [layer], role)
         _check_runs(outputs[layer], argument, layer, network)
         output = outputs[layer][0]
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"`{argument}`={layer!r} outputs {shape}; Grad-CAM needs a convolutional layer's [N, C, H, W] output."
-            )
+        if not isinstance(output, Tensor):
+            raise ValueError(f"`{argument}`={layer!r} outputs {type(output).__name__}; Grad-CAM needs a tensor.")
+        check_cam_layer(tuple(output.shape), images, argument, layer, prefix_tokens)
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"the {role} must return logits [N, classes] for the probe images, got {shape}.")
@@ -200,3 +202,17 @@ def check_agreement_setup(
                 f"`labels` hold classes {outside[:8]} but the {role} ({type(network).__name__}) has {classes} "
                 f"classes (0 to {classes - 1})."
             )
+
+
+def check_cam_layer(
+    shape: tuple[int, ...], images: Tensor, argument: str, layer: str, prefix_tokens: int | None
+) -> None:
+    """A CAM layer's output for one image (``shape``) is a feature map, or tokens that tile the image."""
+    token_grid(
+        torch.empty(shape, device="meta"),
+        tuple(images.shape[-2:]),
+        batch=shape[0],
+        prefix_tokens=prefix_tokens,
+        layer=layer,
+        argument=argument,
+    )

@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe._paths import check_name
-from kd_probe.callbacks._checks import check_agreement_options, check_agreement_setup, check_normalization
+from kd_probe.callbacks._checks import (
+    check_agreement_options,
+    check_agreement_setup,
+    check_normalization,
+    check_prefix_tokens,
+)
 from kd_probe.callbacks._common import (
     BatchProbe,
     networks_by_role,
@@ -72,6 +77,8 @@ class AgreementProbe(BatchProbe):
             shown as grey, extras are dropped).
         max_batch: most images per forward and backward pass (``None``: the whole probe set at once); bounds
             the memory of a large probe set, the values do not depend on it.
+        prefix_tokens: for a CAM layer that outputs transformer tokens ``[N, T, D]`` (a ViT block), the leading
+            tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
         ``<p>/agreement/cam_cosine``, ``<p>/agreement/cam_win_rate`` (with reference),
@@ -107,6 +114,7 @@ class AgreementProbe(BatchProbe):
         seed: int = 0,
         log_images: int = 4,
         max_batch: int | None = None,
+        prefix_tokens: int | None = None,
     ) -> None:
         self.images, self.masks, probe_labels = read_probe_set(
             images, masks, labels, need_masks=False, need_labels=True
@@ -128,6 +136,8 @@ class AgreementProbe(BatchProbe):
         self.name = None if name is None else check_name(name)
         self.teacher, self.student, self.seed, self.log_images = teacher, student, seed, log_images
         self.max_batch = max_batch
+        check_prefix_tokens(prefix_tokens)
+        self.prefix_tokens = prefix_tokens
         check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
@@ -153,7 +163,14 @@ class AgreementProbe(BatchProbe):
         if self.reference is not None:
             resolve_layer(self.reference, self.student_layer, argument="student_layer")
         check_agreement_setup(
-            teacher, student, self.images, self.labels, self.teacher_layer, self.student_layer, self.reference
+            teacher,
+            student,
+            self.images,
+            self.labels,
+            self.teacher_layer,
+            self.student_layer,
+            self.reference,
+            self.prefix_tokens,
         )
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the agreement CAM grid is not logged, scalars are.")
@@ -200,7 +217,9 @@ class AgreementProbe(BatchProbe):
         return cache
 
     def _cam(self, network: nn.Module, images: Tensor, labels: Tensor, layer: str) -> Tensor:
-        return grad_cam(network, images, labels, layer=layer, max_batch=self.max_batch)
+        return grad_cam(
+            network, images, labels, layer=layer, max_batch=self.max_batch, prefix_tokens=self.prefix_tokens
+        )
 
     def _predict(self, network: nn.Module, images: Tensor) -> Tensor:
         """Top-1 classes; a ``FloatingPointError`` naming the model's NaN or infinite logits."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe._paths import check_name
-from kd_probe.callbacks._checks import check_images_fit, check_normalization
+from kd_probe.callbacks._checks import check_cam_layer, check_images_fit, check_normalization, check_prefix_tokens
 from kd_probe.callbacks._common import (
     BatchProbe,
     networks_by_role,
@@ -92,6 +92,8 @@ class UniCAMProbe(BatchProbe):
         log_images: images in each map grid (any number of channels: one is shown as grey, extras dropped).
         max_batch: most images per forward and backward pass of the UniCAM maps (``None``: the whole batch at
             once); bounds the memory of a large probe batch, the values do not depend on it.
+        prefix_tokens: for a ``cam_layer`` that outputs transformer tokens ``[N, T, D]`` (a ViT block), the
+            leading tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; ``<layer>`` = the student layer; step =
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
@@ -126,6 +128,7 @@ class UniCAMProbe(BatchProbe):
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         log_images: int = 4,
         max_batch: int | None = None,
+        prefix_tokens: int | None = None,
     ) -> None:
         self.images, _, probe_labels = read_probe_set(images, None, labels, need_masks=False, need_labels=True)
         assert probe_labels is not None  # read_probe_set requires labels here
@@ -160,6 +163,8 @@ class UniCAMProbe(BatchProbe):
         self.name = None if name is None else check_name(name)
         self.reference, self.every_n_epochs, self.objective = reference, every_n_epochs, objective
         self.max_batch = max_batch
+        check_prefix_tokens(prefix_tokens)
+        self.prefix_tokens = prefix_tokens
         self.teacher, self.student, self.log_images = teacher, student, log_images
         check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
@@ -201,11 +206,7 @@ class UniCAMProbe(BatchProbe):
         check_images_fit(self.images, student=student, teacher=teacher, reference=self.reference)
         for network, layer in ((student, self.cam_layer[0]), (other, self._other_cam)):
             shape = output_shapes(network, [layer], self.images[:1].to(module_device(network)))[layer]
-            if len(shape) != 4:
-                raise ValueError(
-                    f"`cam_layer`={layer!r} outputs shape {shape}; UniCAM maps need a convolutional layer's "
-                    "[N, C, H, W] output."
-                )
+            check_cam_layer(shape, self.images, "cam_layer", layer, self.prefix_tokens)
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the UniCAM map grids are not logged, scalars are.")
 
@@ -279,12 +280,13 @@ class UniCAMProbe(BatchProbe):
             values[f"rs/distilled/{s}"] = float(relevance_given(fs, given, targets))
             values[f"rs/residual/{s}"] = float(relevance_given(given, fs, targets))
         other_features = (cache["reference"] if self.reference is not None else cache["teacher"])[self._other_cam]
-        distilled = UniCAM(
-            student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, objective=self.objective
-        )(images, targets, features_y=other_features, max_batch=self.max_batch)
-        residual = UniCAM(
-            other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], objective=self.objective
-        )(images, targets, features_y=own[self.cam_layer[0]], max_batch=self.max_batch)
+        options: dict[str, Any] = {"objective": self.objective, "prefix_tokens": self.prefix_tokens}
+        distilled = UniCAM(student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, **options)(
+            images, targets, features_y=other_features, max_batch=self.max_batch
+        )
+        residual = UniCAM(other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], **options)(
+            images, targets, features_y=own[self.cam_layer[0]], max_batch=self.max_batch
+        )
         for kind, result in (("distilled", distilled), ("residual", residual)):
             if not (math.isfinite(result.score) and bool(torch.isfinite(result.maps).all())):
                 raise FloatingPointError(f"the {kind} UniCAM maps or score hold NaN or infinite values")

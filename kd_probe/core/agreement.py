@@ -8,12 +8,14 @@ touched, and frozen models work because the input is made to require grad.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_probe.core.layers import probing, resolve_layer
+from kd_probe.core.layers import capture_outputs, probing, resolve_layer, unwrap_compiled
+from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
 __all__ = [
     "adversarial_transfer",
@@ -28,7 +30,15 @@ __all__ = [
 ]
 
 
-def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str, max_batch: int | None = None) -> Tensor:
+def grad_cam(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    layer: str,
+    max_batch: int | None = None,
+    prefix_tokens: int | None = None,
+) -> Tensor:
     """Grad-CAM ``[N, H, W]`` of class ``targets[i]`` for image ``i`` at ``layer`` (spec §2).
 
     ``α_k = mean_{u,v} ∂y_c/∂A_k`` over the layer's activations ``A``; map ``ReLU(Σ_k α_k A_k)``, bilinearly
@@ -39,8 +49,13 @@ def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str, m
         model: any ``nn.Module``, left as it was (spec §4).
         images: ``[N, C, H, W]`` inputs as the model expects them.
         targets: ``[N]`` the class explained for each image.
-        layer: dotted name of the convolutional layer.
+        layer: dotted name of a layer whose output is a feature map ``[N, C, h, w]`` (a convolution, a block)
+            or transformer tokens ``[N, T, D]`` (a ViT block; the patch tokens are laid out as a grid, see
+            :func:`~kd_probe.core.tokens.token_grid`). Its output is read as the layer returned it, even when
+            a later in-place operation overwrites it.
         max_batch: most images per forward and backward (``None``: all at once); the maps do not depend on it.
+        prefix_tokens: for token outputs, the leading tokens that are not patches (``None``: infer a class
+            token or none).
 
     Example::
 
@@ -49,26 +64,28 @@ def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str, m
         >>> tuple(cams.shape), bool((cams >= 0).all())
         ((2, 16, 16), True)
     """
-    module = resolve_layer(model, layer)
+    model = unwrap_compiled(model)
+    resolve_layer(model, layer)
     _check(images, targets)
     _check_max_batch(max_batch)
-    captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    check_prefix_tokens(prefix_tokens)
     maps = []
-    try:
-        with probing(model):
-            for chunk in _chunk_slices(images.shape[0], max_batch):
-                captured.clear()
-                inputs = images[chunk].detach().clone().requires_grad_(True)  # frozen models still give a graph
-                logits = model(inputs)
-                activation = captured[0]
-                score = logits.gather(1, targets[chunk].view(-1, 1).to(logits.device)).sum()
-                (gradient,) = torch.autograd.grad(score, activation)
-                cam = weighted_activations(activation, gradient)
-                broken = ~torch.isfinite(logits.detach().flatten(1)).all(dim=1).to(cam.device)
-                maps.append(torch.where(broken[:, None, None], torch.full_like(cam, math.nan), cam))
-    finally:
-        handle.remove()
+    with capture_outputs(model, [layer]) as captured, probing(model):
+        for chunk in _chunk_slices(images.shape[0], max_batch):
+            captured.clear()
+            inputs = images[chunk].detach().clone().requires_grad_(True)  # frozen models still give a graph
+            logits = model(inputs)
+            if layer not in captured:
+                raise ValueError(f"`layer`={layer!r} exists but did not run in the forward of {type(model).__name__}.")
+            activation = captured[layer]
+            score = logits.gather(1, targets[chunk].view(-1, 1).to(logits.device)).sum()
+            (gradient,) = torch.autograd.grad(score, activation)
+            grid = partial(
+                token_grid, image_size=tuple(images.shape[-2:]), batch=len(inputs), prefix_tokens=prefix_tokens
+            )
+            cam = weighted_activations(grid(activation, layer=layer), grid(gradient, layer=layer))
+            broken = ~torch.isfinite(logits.detach().flatten(1)).all(dim=1).to(cam.device)
+            maps.append(torch.where(broken[:, None, None], torch.full_like(cam, math.nan), cam))
     return F.interpolate(torch.cat(maps)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -103,6 +120,7 @@ def ifgsm(
         FloatingPointError: the model's logits, or the gradient of the loss, hold a NaN or infinity (its sign
             would be an arbitrary step).
     """
+    model = unwrap_compiled(model)
     _check(images, labels)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer ≥ 1, got {steps!r}.")
@@ -144,6 +162,7 @@ def predictions(model: nn.Module, images: Tensor, *, batch_size: int = 256, max_
     _check_max_batch(batch_size, "batch_size")
     _check_max_batch(max_batch)
     size = batch_size if max_batch is None else max_batch
+    model = unwrap_compiled(model)
     with probing(model), torch.no_grad():
         logits = [model(images[i : i + size]) for i in range(0, len(images), size)]
     broken = sum(int((~torch.isfinite(chunk.flatten(1)).all(dim=1)).sum()) for chunk in logits)

@@ -22,7 +22,25 @@ __all__ = [
     "output_shapes",
     "probing",
     "resolve_layer",
+    "unwrap_compiled",
 ]
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The eager module behind a ``torch.compile`` wrapper (its ``_orig_mod``, repeatedly), else ``model``.
+
+    Probes run through the original module: it shares the parameters and buffers with the compiled one, so
+    the values are the same, and no compiled graph is guarded, traced or recompiled by a probe.
+
+    Example::
+
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap_compiled(torch.compile(net, backend="eager")) is net
+        True
+    """
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == "OptimizedModule":
+        model = model._orig_mod  # type: ignore[assignment]
+    return model
 
 
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
@@ -44,11 +62,17 @@ def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"`{argument}` must be a non-empty dotted module name, got {name!r}.")
-    names = [n for n, _ in model.named_modules() if n]
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        pass
+    model = unwrap_compiled(model)
+    for candidate in (name, name.replace("_orig_mod.", "")):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            pass
+    # names inside compiled submodules work with or without the wrapper's "_orig_mod." parts
+    plain = {n.replace("_orig_mod.", ""): m for n, m in model.named_modules()}
+    if name.replace("_orig_mod.", "") in plain:
+        return plain[name.replace("_orig_mod.", "")]
+    names = [n for n in plain if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     if not close:  # fall back to names sharing the last component, then to a few names
         tail = name.rsplit(".", 1)[-1]
@@ -62,7 +86,10 @@ def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "
     """Record the output of each named module during the forwards run inside the ``with`` block.
 
     The dictionary yielded is filled as the forward runs (the last call wins when a module runs twice).
-    Hooks are removed when the block exits, also on error (spec §4).
+    Each value is what the layer returned, at the moment it returned: the rest of the forward goes on with a
+    copy, so an in-place operation after the layer (``ReLU(inplace=True)`` after a BatchNorm, ``out +=
+    identity``) cannot overwrite it, and a gradient taken with respect to it is the gradient with respect to
+    the layer's output. Hooks are removed when the block exits, also on error (spec §4).
 
     Example::
 
@@ -79,8 +106,9 @@ def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "
         for name in names:
             module = resolve_layer(model, name, argument=argument)
 
-            def hook(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
+            def hook(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> Tensor | None:
                 outputs[name] = output
+                return output.clone() if isinstance(output, Tensor) else None
 
             handles.append(module.register_forward_hook(hook))
         yield outputs
@@ -122,6 +150,7 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
         >>> tuple(forward_until(net, "features.relu1", torch.zeros(2, 3, 16, 16)).shape)
         (2, 16, 16, 16)
     """
+    model = unwrap_compiled(model)
     module = resolve_layer(model, layer, argument=argument) if isinstance(layer, str) else layer
     if not isinstance(layer, str):  # name the module in messages, not its repr
         layer = next((n for n, m in model.named_modules() if m is module), type(module).__name__)
@@ -166,6 +195,7 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
         >>> modules_through(net, "features.bn1", torch.zeros(1, 3, 8, 8))
         ['features.conv1', 'features.bn1']
     """
+    model = unwrap_compiled(model)
     target = resolve_layer(model, layer, argument="layer")
     finished: list[str] = []
     state = {"done": False}
@@ -197,6 +227,7 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
 def eval_forward(model: nn.Module, inputs: Tensor) -> object:
     """One forward in eval mode under ``no_grad``; every module's train/eval mode is restored afterwards
     (so BatchNorm statistics are untouched and training is not disturbed, spec §4)."""
+    model = unwrap_compiled(model)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -209,6 +240,7 @@ def eval_forward(model: nn.Module, inputs: Tensor) -> object:
 
 def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor) -> dict[str, tuple[int, ...]]:
     """Output shapes of the named modules for one eval-mode forward of ``example_input`` (modes restored)."""
+    model = unwrap_compiled(model)
     with capture_outputs(model, names) as outputs:
         eval_forward(model, example_input)
     for name in names:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_probe.core._feature_graph import FeatureFunction
-from kd_probe.core.layers import probing, resolve_layer
+from kd_probe.core.layers import probing, resolve_layer, unwrap_compiled
 
 __all__ = ["SigmaMaps", "estimate_sigma_maps", "gaussian_entropy", "image_generator", "upsample_units"]
 
@@ -189,7 +189,9 @@ def estimate_sigma_maps(
         max_batch = 4096 if images.device.type == "cuda" else 256
     _check_int("max_batch", max_batch, 1)
     index_list = _check_indices(indices, images.shape[0])
+    model = unwrap_compiled(model)
     target_module = resolve_layer(model, layer)
+    layer = next((name for name, module in model.named_modules() if module is target_module), layer)
     if images.shape[0] == 0:
         return _empty_maps(images, grid)
 

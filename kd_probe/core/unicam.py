@@ -11,6 +11,7 @@ to require grad).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -19,8 +20,9 @@ from torch import Tensor, nn
 
 from kd_probe.core.agreement import _check_max_batch, _chunk_slices, weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
-from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer
+from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer, unwrap_compiled
 from kd_probe.core.render import per_image_unit
+from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
 __all__ = ["OBJECTIVES", "UniCAM", "UniCAMResult", "layer_features", "max_row_score", "pooled_features"]
 
@@ -46,6 +48,7 @@ def layer_features(
     """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored),
     at most ``max_batch`` images per forward (``None``: all at once); the modules after the layer do not run."""
     _check_max_batch(max_batch)
+    model = unwrap_compiled(model)
     with probing(model), torch.no_grad():
         device = module_device(model, images.device)
         return torch.cat(
@@ -82,6 +85,8 @@ class UniCAM:
         feature_layer_y: the layer of Y that gives ``F_Y``; default the same name as ``feature_layer_x``.
         objective: ``"relevance"`` (``s = R*(X|Y, G)``) or ``"max_row"`` (``s = Σ_i max_j P_ij``, as the
             authors' scripts; the labels are then not used).
+        prefix_tokens: when ``layer`` outputs transformer tokens ``[N, T, D]``, the leading tokens that are not
+            patches (``None``: infer a class token or none; see :func:`~kd_probe.core.tokens.token_grid`).
 
     Example::
 
@@ -102,13 +107,17 @@ class UniCAM:
         feature_layer_x: str | None = None,
         feature_layer_y: str | None = None,
         objective: str = "relevance",
+        prefix_tokens: int | None = None,
     ) -> None:
         for name, model in (("model_x", model_x), ("model_y", model_y)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module, got {type(model).__name__}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+        model_x, model_y = unwrap_compiled(model_x), unwrap_compiled(model_y)
         self.model_x, self.model_y, self.objective = model_x, model_y, objective
+        check_prefix_tokens(prefix_tokens)
+        self.prefix_tokens = prefix_tokens
         self.layer = layer
         self.feature_layer_x = feature_layer_x or layer
         self.feature_layer_y = feature_layer_y or self.feature_layer_x
@@ -173,7 +182,14 @@ class UniCAM:
                         f"the features of `feature_layer_x`={self.feature_layer_x!r} do not depend on `layer`="
                         f"{self.layer!r} (a parallel branch?); name a layer the features are computed from."
                     )
-                maps.append(weighted_activations(activation, gradient))
+                grid = partial(
+                    token_grid,
+                    image_size=tuple(images.shape[-2:]),
+                    batch=len(feature_gradient[chunk]),
+                    prefix_tokens=self.prefix_tokens,
+                    layer=self.layer,
+                )
+                maps.append(weighted_activations(grid(activation), grid(gradient)))
         scaled = per_image_unit(torch.cat(maps))
         upsampled = F.interpolate(scaled[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
         return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score))
@@ -191,11 +207,6 @@ class UniCAM:
             raise ValueError(
                 f"`layer`={self.layer!r} does not run before `feature_layer_x`={self.feature_layer_x!r}, so the "
                 "features do not depend on its activations; name a layer at or before the features."
-            )
-        if activation.dim() != 4:
-            raise ValueError(
-                f"`layer`={self.layer!r} outputs shape {tuple(activation.shape)}; UniCAM needs a convolutional "
-                "layer's [N, C, H, W] activations."
             )
         return features, activation
 

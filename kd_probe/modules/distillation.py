@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from kd_probe.core.adapters import build_adapter
+from kd_probe.core.adapters import RESIZE_MODES, build_adapter
 from kd_probe.core.batches import unpack_batch
 from kd_probe.core.layers import capture_outputs, modules_through, output_shapes, resolve_layer
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
@@ -64,6 +64,9 @@ class DistillationModule(pl.LightningModule):
         feature_pairs: ``{student layer: teacher layer}`` dotted module names (relative to the student and
             the teacher) whose outputs are matched with MSE; a string means the same name in both.
         feature_weight: weight of the feature term in ``"distill"``.
+        feature_resize: how a student feature map of another height and width is matched to the teacher's
+            before the 1×1 projection: ``"pool"`` (adaptive average pooling), ``"interpolate"`` (bilinear) or
+            ``None`` (refuse, naming both shapes).
         freeze_through: the student layer up to which modules are frozen in ``"head"``.
         example_input: a batch of inputs (or an input shape without the batch dimension) for the dry forward.
         num_classes: classes, for accuracy; by default the ``out_features`` of the student's last ``nn.Linear``.
@@ -96,6 +99,7 @@ class DistillationModule(pl.LightningModule):
         ce_weight: float = 0.1,
         feature_pairs: Mapping[str, str] | str | None = None,
         feature_weight: float = 1.0,
+        feature_resize: str | None = None,
         freeze_through: str | None = None,
         example_input: Tensor | Sequence[int] | None = None,
         num_classes: int | None = None,
@@ -127,6 +131,8 @@ class DistillationModule(pl.LightningModule):
             raise ValueError(
                 f"`num_classes` must be an integer ≥ 1 (or None to read it from the student), got {num_classes!r}."
             )
+        if feature_resize not in (None, *RESIZE_MODES):
+            raise ValueError(f"`feature_resize` must be one of {RESIZE_MODES} or None, got {feature_resize!r}.")
         if isinstance(feature_pairs, str):
             feature_pairs = {feature_pairs: feature_pairs}
         pairs = dict(feature_pairs or {})
@@ -214,7 +220,10 @@ class DistillationModule(pl.LightningModule):
             )
             for name, teacher_name in self.feature_pairs.items():
                 adapter = build_adapter(
-                    student_shapes[name], teacher_shapes[teacher_name], pair=f"{name!r} -> {teacher_name!r}"
+                    student_shapes[name],
+                    teacher_shapes[teacher_name],
+                    pair=f"{name!r} -> {teacher_name!r}",
+                    resize=self.hparams.get("feature_resize"),
                 )
                 if adapter is not None:
                     self.adapters[_adapter_key(name)] = adapter.to(example_input.device)
@@ -222,7 +231,7 @@ class DistillationModule(pl.LightningModule):
             self.frozen_modules = dry_run(
                 modules_through, self.student, self.hparams["freeze_through"], example_input, given
             )
-            self._frozen = [self.student.get_submodule(name) for name in self.frozen_modules]
+            self._frozen = [resolve_layer(self.student, name) for name in self.frozen_modules]
             for module in self._frozen:
                 module.requires_grad_(False)
             self._enforce_frozen_modes()

@@ -1,6 +1,9 @@
 import pytest
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kd_probe.core.adapters import Resize
 from kd_probe.functional import build_adapter
 
 
@@ -26,3 +29,27 @@ def test_unadaptable_shapes_are_refused_with_both_shapes() -> None:
         build_adapter((4, 16, 8, 8), (4, 64, 4, 4))
     with pytest.raises(ValueError, match=r"cannot be adapted: student \(4, 16, 8, 8\), teacher \(4, 10\)"):
         build_adapter((4, 16, 8, 8), (4, 10), pair="'a' -> 'b'")
+
+
+@pytest.mark.parametrize("mode", ["pool", "interpolate"])
+def test_resize_matches_the_teachers_height_and_width_before_the_projection(mode: str) -> None:
+    adapter = build_adapter((2, 24, 8, 8), (2, 512, 2, 2), resize=mode)
+    assert isinstance(adapter, nn.Sequential) and isinstance(adapter[1], nn.Conv2d)
+    features = torch.randn(2, 24, 8, 8)
+    assert tuple(adapter(features).shape) == (2, 512, 2, 2)
+    resized = adapter[0](features)
+    if mode == "pool":  # each output cell is the mean of the 4×4 block it covers
+        torch.testing.assert_close(resized[:, :, 1, 0], features[:, :, 4:, :4].mean(dim=(2, 3)))
+    else:
+        torch.testing.assert_close(resized, F.interpolate(features, size=(2, 2), mode="bilinear", align_corners=False))
+    same_channels = build_adapter((2, 8, 3, 5), (2, 8, 6, 10), resize=mode)  # enlarging, no projection needed
+    assert isinstance(same_channels, Resize) and tuple(same_channels(torch.randn(2, 8, 3, 5)).shape) == (2, 8, 6, 10)
+
+
+def test_an_unknown_resize_mode_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"`feature_resize` must be one of \('pool', 'interpolate'\) or None, got 'nearest'"
+    ):
+        build_adapter((2, 8, 4, 4), (2, 8, 2, 2), resize="nearest")
+    with pytest.raises(ValueError, match=r"or pass `feature_resize='pool'`"):
+        build_adapter((2, 8, 4, 4), (2, 8, 2, 2))

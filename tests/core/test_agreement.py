@@ -1,10 +1,11 @@
 import copy
 import math
 import re
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kd_probe.core.agreement import (
     adversarial_transfer,
@@ -255,3 +256,60 @@ def test_max_batch_must_be_a_positive_integer(max_batch: object) -> None:
         predictions(net, x, max_batch=max_batch)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`batch_size` must be an integer ≥ 1 \(images per forward\), got 0\."):
         predictions(net, x, batch_size=0)
+
+
+class _Tokens(nn.Module):
+    """Feature maps ``[N, C, h, w]`` → tokens ``[N, 1 + h·w, C]`` (a class token first), as a ViT's embedding."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, channels))
+
+    def forward(self, maps: Tensor) -> Tensor:
+        return torch.cat([self.cls.expand(len(maps), -1, -1), maps.flatten(2).transpose(1, 2)], dim=1)
+
+
+class _TokenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.tokens = _Tokens(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = torch.tanh(self.tokens(self.conv(x)))
+        return self.head(tokens[:, 0] + tokens[:, 1:].mean(dim=1))
+
+
+def test_grad_cam_on_tokens_equals_grad_cam_on_the_feature_map_they_lay_out() -> None:
+    torch.manual_seed(0)
+    net, images, targets = _TokenNet(), torch.randn(4, 3, 8, 12), torch.tensor([0, 1, 2, 0])
+    expected = grad_cam(net, images, targets, layer="conv")
+    torch.testing.assert_close(grad_cam(net, images, targets, layer="tokens"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        grad_cam(net, images, targets, layer="tokens", prefix_tokens=1), expected, rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match=r"`layer`='tokens' outputs 25 tokens, which after dropping `prefix_tokens`=2"):
+        grad_cam(net, images, targets, layer="tokens", prefix_tokens=2)
+
+
+def test_compiled_models_give_the_eager_values_without_recompiling() -> None:
+    compilations = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Any:
+        compilations.append(graph)
+        return graph.forward
+
+    torch.manual_seed(0)
+    net = VGG(num_classes=3, widths=(4, 8))
+    compiled = torch.compile(net, backend=counting_backend)
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    compiled(images).sum().backward()  # the training graph
+    assert len(compilations) == 1
+    for layer in ("features.relu2", "_orig_mod.features.relu2"):
+        cams = grad_cam(compiled, images, labels, layer=layer)
+        torch.testing.assert_close(cams, grad_cam(net, images, labels, layer="features.relu2"), rtol=0, atol=0)
+    torch.testing.assert_close(ifgsm(compiled, images, labels, eps=0.1), ifgsm(net, images, labels, eps=0.1))
+    assert torch.equal(predictions(compiled, images), predictions(net, images))
+    compiled(images).sum().backward()
+    assert len(compilations) == 1  # no probe call traced, guarded or recompiled the training graph

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from kd_probe.core.layers import eval_forward
+from kd_probe.core.layers import eval_forward, unwrap_compiled
 from kd_probe.functional import capture_outputs, forward_until, modules_through, resolve_layer
 from kd_probe.models import VGG, ResNet
 
@@ -104,3 +104,61 @@ def test_forward_until_a_layer_that_never_runs_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"`layer`='unused' exists but did not run"):
         forward_until(net, "unused", torch.zeros(1, 2))
     assert all(not m._forward_hooks for m in net.modules())
+
+
+class _InPlaceAfterNorm(nn.Module):
+    """conv → bn → ReLU(inplace) → conv2 → bn2 → += identity → ReLU(inplace), as torchvision's BasicBlock."""
+
+    def __init__(self, inplace: bool = True) -> None:
+        super().__init__()
+        self.conv, self.conv2 = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        self.bn, self.bn2 = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+        self.relu = nn.ReLU(inplace=inplace)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn(self.conv(x)))))
+        out += x
+        return self.relu(out).mean(dim=(2, 3))
+
+
+def test_capture_outputs_keeps_what_the_layer_returned_when_a_later_op_is_in_place() -> None:
+    torch.manual_seed(0)
+    net = _InPlaceAfterNorm().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        expected_bn, expected_logits = net.bn(net.conv(x)), net(x)
+    with capture_outputs(net, ["bn", "bn2"]) as outputs, torch.no_grad():
+        logits = net(x)
+    assert (expected_bn < 0).any()  # the in-place ReLU would have overwritten these values
+    torch.testing.assert_close(outputs["bn"], expected_bn, rtol=0, atol=0)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)  # the forward itself is unchanged
+
+
+def test_gradients_with_respect_to_a_captured_output_are_those_of_the_layer_output() -> None:
+    torch.manual_seed(0)
+    net = _InPlaceAfterNorm().eval()
+    twin = _InPlaceAfterNorm(inplace=False).eval()
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    gradients = []
+    for model in (net, twin):
+        with capture_outputs(model, ["bn", "bn2"]) as outputs:
+            score = model(x).sum()
+            gradients.append(torch.autograd.grad(score, [outputs["bn"], outputs["bn2"]]))
+    for in_place, plain in zip(*gradients, strict=True):
+        torch.testing.assert_close(in_place, plain, rtol=0, atol=0)
+
+
+def test_compiled_models_are_probed_through_the_original_module() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1)
+    compiled = torch.compile(net, backend="eager")
+    assert unwrap_compiled(compiled) is net and unwrap_compiled(net) is net
+    assert resolve_layer(compiled, "features.conv1") is net.features.conv1
+    assert resolve_layer(compiled, "_orig_mod.features.conv1") is net.features.conv1
+    outer = nn.Sequential(torch.compile(net, backend="eager"))  # a compiled submodule
+    assert resolve_layer(outer, "0.features.conv1") is net.features.conv1
+    assert resolve_layer(outer, "0._orig_mod.features.conv1") is net.features.conv1
+    with pytest.raises(
+        ValueError, match=r"`layer`='features.cnv1' is not a module of VGG; close matches: 'features.conv1'"
+    ):
+        resolve_layer(compiled, "features.cnv1")

@@ -305,3 +305,22 @@ def test_check_can_abandon_the_work_and_the_model_is_restored(stop_at: int) -> N
         )
     assert caught.value is raised and len(calls) == stop_at
     _assert_same(before, _snapshot(net))
+
+
+def test_a_compiled_model_gives_the_eager_maps_without_recompiling() -> None:
+    compilations = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        compilations.append(graph)
+        return graph.forward
+
+    torch.manual_seed(0)
+    net, images = VGG(num_classes=3, widths=(4, 8)), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(net, backend=counting_backend)
+    compiled(images).sum().backward()
+    eager = estimate_sigma_maps(net, images, layer="features.relu2", **FAST)
+    for layer in ("features.relu2", "_orig_mod.features.relu2"):
+        maps = estimate_sigma_maps(compiled, images, layer=layer, **FAST)
+        torch.testing.assert_close(maps.sigma, eager.sigma, rtol=0, atol=0)
+    compiled(images).sum().backward()
+    assert len(compilations) == 1

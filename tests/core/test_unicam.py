@@ -144,7 +144,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"`layer`='features.relu2' does not run before `feature_layer_x`"):
         early(torch.randn(5, 3, 12, 12), torch.arange(5) % 2)
     flat = UniCAM(student, teacher, layer="head.flatten", feature_layer_x="head.fc", feature_layer_y="head.fc")
-    with pytest.raises(ValueError, match=r"`layer`='head.flatten' outputs shape \(5, 8\); UniCAM needs a conv"):
+    with pytest.raises(
+        ValueError, match=r"`layer`='head.flatten' outputs shape \(5, 8\); a class-activation map needs a feature map"
+    ):
         flat(torch.randn(5, 3, 12, 12), torch.arange(5) % 2)
 
 
@@ -225,3 +227,15 @@ def test_max_batch_must_be_a_positive_integer():
     unicam = UniCAM(student, teacher, layer="features.relu2")
     with pytest.raises(ValueError, match=r"`max_batch` must be an integer ≥ 1 \(images per forward\), got 0\."):
         unicam(torch.randn(5, 3, 12, 12), torch.arange(5) % 2, max_batch=0)
+
+
+def test_maps_at_a_token_layer_equal_the_maps_at_the_feature_map_it_lays_out() -> None:
+    from tests.core.test_agreement import _TokenNet
+
+    torch.manual_seed(0)
+    net, other = _TokenNet(), _TokenNet()
+    images, labels = torch.randn(6, 3, 8, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    on_maps = UniCAM(net, other, layer="conv", feature_layer_x="head")(images, labels)
+    on_tokens = UniCAM(net, other, layer="tokens", feature_layer_x="head", prefix_tokens=1)(images, labels)
+    torch.testing.assert_close(on_tokens.maps, on_maps.maps, rtol=0, atol=0)
+    assert on_tokens.score == on_maps.score

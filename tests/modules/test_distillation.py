@@ -163,6 +163,24 @@ def test_adapter_mismatch_is_refused_with_both_shapes() -> None:
         )
 
 
+@pytest.mark.parametrize("resize", ["pool", "interpolate"])
+def test_feature_resize_matches_spatial_sizes_before_the_projection(resize: str) -> None:
+    module = DistillationModule(
+        tiny_student(),
+        tiny_teacher(),
+        feature_pairs={"features.conv1": "layer2.0.conv2"},
+        feature_resize=resize,
+        example_input=(3, 16, 16),
+    )
+    adapter = module.adapters["features__conv1"]
+    assert [type(m).__name__ for m in adapter] == ["Resize", "Conv2d"] and adapter[0].mode == resize
+    batch = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and module.hparams["feature_resize"] == resize
+    loss.backward()
+    assert adapter[1].weight.grad is not None and adapter[1].weight.grad.abs().sum() > 0
+
+
 def test_unknown_layer_names_list_close_matches() -> None:
     with pytest.raises(
         ValueError,
