@@ -78,6 +78,8 @@ def grad_cam(
             if layer not in captured:
                 raise ValueError(f"`layer`={layer!r} exists but did not run in the forward of {type(model).__name__}.")
             activation = captured[layer]
+            if not isinstance(activation, Tensor):
+                raise ValueError(_not_a_tensor("layer", layer, activation))
             score = logits.gather(1, targets[chunk].view(-1, 1).to(logits.device)).sum()
             (gradient,) = torch.autograd.grad(score, activation)
             grid = partial(
@@ -217,6 +219,14 @@ def adversarial_transfer(
 def prediction_agreement(clean: Tensor, transformed: Tensor) -> float:
     """Invariance agreement (spec §2): the fraction of images whose top-1 prediction is unchanged."""
     return float((clean == transformed).float().mean())
+
+
+def _not_a_tensor(argument: str, layer: str, output: object) -> str:
+    """The sentence refusing a CAM layer whose output is not one tensor (e.g. ``nn.MultiheadAttention``'s tuple)."""
+    return (
+        f"`{argument}`={layer!r} returns a {type(output).__name__}, not a tensor; a class-activation map needs one "
+        "feature map or token tensor (name the block around it, or its output projection)."
+    )
 
 
 def _check_max_batch(value: object, name: str = "max_batch") -> None:

@@ -7,8 +7,10 @@ hooks are registered per call and removed in ``finally``.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ __all__ = [
     "output_shapes",
     "probing",
     "resolve_layer",
+    "run_capturing",
     "unwrap_compiled",
 ]
 
@@ -115,6 +118,40 @@ def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "
     finally:
         for handle in handles:
             handle.remove()
+
+
+def run_capturing(
+    model: nn.Module, names: Sequence[str], inputs: Tensor, *, argument: str = "layer"
+) -> tuple[Any, dict[str, Tensor]]:
+    """``model(inputs)`` and the outputs of the named modules (see :func:`capture_outputs`).
+
+    A ``torch.compile``d model ignores hooks added after its code was compiled without them; when a named
+    output is missing for that reason the forward is run again through the original module (same weights,
+    same values) and a warning says so once per model. A layer that does not run is an error.
+
+    Raises:
+        ValueError: a named module exists but did not run in the forward.
+    """
+    with capture_outputs(model, names, argument=argument) as outputs:
+        result = model(inputs)
+    eager = unwrap_compiled(model)
+    if any(name not in outputs for name in names) and eager is not model:
+        if not getattr(eager, "_kd_probe_eager_warned", False):
+            warnings.warn(
+                f"kd_probe: the compiled {type(eager).__name__} was compiled before the feature hooks were added, so "
+                "its compiled code ignores them; the forwards that need features run the original module (same "
+                "weights and values, eager speed). Compile it after building the DistillationModule to avoid this.",
+                stacklevel=2,
+            )
+            eager._kd_probe_eager_warned = True  # type: ignore[assignment]
+        with capture_outputs(eager, names, argument=argument) as outputs:
+            result = eager(inputs)
+    missing = [name for name in names if name not in outputs]
+    if missing:
+        raise ValueError(
+            f"`{argument}`={missing[0]!r} exists but did not run in the forward of {type(eager).__name__}."
+        )
+    return result, outputs
 
 
 class _StopForward(Exception):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_probe.core.agreement import _check_max_batch, _chunk_slices, weighted_activations
+from kd_probe.core.agreement import _check_max_batch, _chunk_slices, _not_a_tensor, weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
 from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer, unwrap_compiled
 from kd_probe.core.render import per_image_unit
@@ -208,6 +208,8 @@ class UniCAM:
                 f"`layer`={self.layer!r} does not run before `feature_layer_x`={self.feature_layer_x!r}, so the "
                 "features do not depend on its activations; name a layer at or before the features."
             )
+        if not isinstance(activation, Tensor):
+            raise ValueError(_not_a_tensor("layer", self.layer, activation))
         return features, activation
 
     def _score(self, fx: Tensor, fy: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

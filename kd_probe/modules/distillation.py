@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from kd_probe.core.adapters import RESIZE_MODES, build_adapter
 from kd_probe.core.batches import unpack_batch
-from kd_probe.core.layers import capture_outputs, modules_through, output_shapes, resolve_layer
+from kd_probe.core.layers import modules_through, output_shapes, resolve_layer, run_capturing
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.modules._checks import dry_run, example_batch
 from kd_probe.modules._optim import OptimizerOptions, check_number
@@ -325,12 +325,15 @@ class DistillationModule(pl.LightningModule):
         """Student logits and the loss terms of the current stage (``loss`` is their weighted sum)."""
         hp: Any = self.hparams
         self._enforce_frozen_modes()  # Lightning may have toggled modes: the teacher and frozen modules stay in eval
-        with capture_outputs(self.student, list(self.feature_pairs), argument="feature_pairs") as student_features:
-            logits = self.student(inputs)
+        logits, student_features = run_capturing(
+            self.student, list(self.feature_pairs), inputs, argument="feature_pairs"
+        )
         terms: dict[str, Tensor] = {}
         if self.teacher is not None and self.stage != "head":
-            with torch.no_grad(), capture_outputs(self.teacher, list(self.feature_pairs.values())) as teacher_features:
-                teacher_logits = self.teacher(inputs)
+            with torch.no_grad():
+                teacher_logits, teacher_features = run_capturing(
+                    self.teacher, list(self.feature_pairs.values()), inputs, argument="feature_pairs"
+                )
             if self.stage == "distill":
                 terms["loss_kd"] = logit_distillation_loss(logits, teacher_logits, hp.temperature)
             if self.feature_pairs:
