@@ -16,6 +16,8 @@ from typing_extensions import override
 
 from kd_probe._paths import write_atomically
 from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
+from kd_probe.callbacks._precision import check_precision, float32_probe
+from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.render import per_image_unit
 
 __all__ = [
@@ -117,7 +119,8 @@ class ProbeSchedule:
     """The epochs after which to probe: 0 is before the first optimizer step; ``e`` is after ``e`` epochs.
 
     ``epochs``: a list of epochs, or ``"paper"`` ([KP]'s 0, 2, 5, …, 150 scaled to ``max_epochs``);
-    ``every_n_epochs``: every n epochs (and 0). Neither: every epoch.
+    ``every_n_epochs``: every n epochs (and 0). Neither: every epoch. With ``max_steps`` and no ``max_epochs``
+    a list or ``every_n_epochs`` works (a last, partial epoch counts as an epoch); ``"paper"`` is refused.
     """
 
     def __init__(self, epochs: Sequence[int] | str | None, every_n_epochs: int | None) -> None:
@@ -138,8 +141,9 @@ class ProbeSchedule:
         if self.epochs == "paper":
             if max_epochs is None or max_epochs < 1:
                 raise ValueError(
-                    f"`epochs='paper'` scales the paper's checkpoints to the run's length and needs "
-                    f"Trainer(max_epochs=...) ≥ 1, got max_epochs={max_epochs!r}."
+                    f"`epochs='paper'` scales the paper's checkpoints to the run's length in epochs and needs "
+                    f"Trainer(max_epochs=...) ≥ 1, got max_epochs={max_epochs!r} (a run bounded by `max_steps` "
+                    "alone has no length in epochs: give `epochs=[...]` or `every_n_epochs` instead)."
                 )
             return sorted({min(max_epochs, round(e * max_epochs / 150)) for e in PAPER_EPOCHS})
         if isinstance(self.epochs, list):
@@ -159,7 +163,7 @@ def find_network(pl_module: pl.LightningModule, path: str | None) -> nn.Module:
     has one (``DistillationModule``), else the LightningModule itself."""
     if path is None:
         student = getattr(pl_module, "student", None)
-        return student if isinstance(student, nn.Module) else pl_module
+        return unwrap_compiled(student) if isinstance(student, nn.Module) else pl_module
     target: Any = pl_module
     for part in path.split("."):
         if not hasattr(target, part):
@@ -171,7 +175,7 @@ def find_network(pl_module: pl.LightningModule, path: str | None) -> nn.Module:
         target = getattr(target, part)
     if not isinstance(target, nn.Module):
         raise ValueError(f"`module`={path!r} is a {type(target).__name__}, not an nn.Module.")
-    return target
+    return unwrap_compiled(target)
 
 
 def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
@@ -202,7 +206,7 @@ def networks_by_role(pl_module: pl.LightningModule, **roles: str | nn.Module) ->
     found = []
     for role, value in roles.items():
         if isinstance(value, nn.Module):
-            found.append(value)
+            found.append(unwrap_compiled(value))
             continue
         network = getattr(pl_module, value, None)
         if not isinstance(network, nn.Module):
@@ -211,7 +215,7 @@ def networks_by_role(pl_module: pl.LightningModule, **roles: str | nn.Module) ->
                 f"`{role}`={value!r} is not a module attribute of {type(pl_module).__name__}; "
                 f"its child modules are {children}."
             )
-        found.append(network)
+        found.append(unwrap_compiled(network))
     return found
 
 
@@ -254,7 +258,9 @@ class BatchProbe(pl.Callback):
     it stopped). A probe is computed first (:meth:`measure`), then recorded as exactly one history entry
     (failed, with the reason, when computing raised), then published (:meth:`publish`: scalars, images, files),
     each side effect in its own guard: a probe problem never stops training. At the start of fit a dry run
-    (:meth:`estimate_cost`) says what a probe costs, and after the first epoch which share of an epoch."""
+    (:meth:`estimate_cost`) says what a probe costs, and after the first epoch which share of an epoch. Probes
+    compute in float32 with autocast off (a mixed-precision Trainer is noted once; a Trainer whose weights are
+    not float32, ``precision="bf16-true"``, is refused at the start of fit)."""
 
     description = "probe"
     knobs = "probe fewer images or less often (`every_n_epochs`)"
@@ -284,7 +290,8 @@ class BatchProbe(pl.Callback):
         """Probe now on this process: compute, append exactly one history entry, publish it."""
         shown = None
         try:
-            entry, shown = self.cost.timed(lambda: self.measure(trainer, pl_module, epoch))
+            with float32_probe():  # autocast off: the probe's numbers do not depend on the training precision
+                entry, shown = self.cost.timed(lambda: self.measure(trainer, pl_module, epoch))
         except Exception as error:  # a probe problem never stops training nor loses the history
             reason = failure_reason(error)
             rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({reason}); training continues.")
@@ -295,8 +302,12 @@ class BatchProbe(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_precision(trainer, self.side_effects.owner)  # every rank: a refused precision stops them all
         if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
-            self.side_effects.run(None, "estimating the cost", lambda: self.cost.expect(*self.estimate_cost(pl_module)))
+            with float32_probe():
+                self.side_effects.run(
+                    None, "estimating the cost", lambda: self.cost.expect(*self.estimate_cost(pl_module))
+                )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -29,6 +29,7 @@ from kd_probe.callbacks._common import (
 )
 from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
+from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.render import knowledge_point_panels
@@ -187,6 +188,7 @@ class KnowledgePointProbe(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_precision(trainer, self.side_effects.owner)  # every rank: refuse bf16 weights, note float32 once
         if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
             self.side_effects.run(None, "estimating the cost", self._estimate_cost, trainer, pl_module)
 
@@ -268,7 +270,7 @@ class KnowledgePointProbe(pl.Callback):
             return
         if self.schedule.includes(epoch, trainer.max_epochs):
             stop_check(trainer)()  # SIGTERM received: let Lightning shut down rather than start a probe
-            self.cost.timed(lambda: self.probe(trainer, pl_module, epoch))
+            self.cost.timed(float32_probe()(lambda: self.probe(trainer, pl_module, epoch)))
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
         """Probe now (every rank must call it under DDP): compute and gather (collectives, every rank), append
