@@ -39,7 +39,8 @@ def build_adapter(
 
     Shapes include the batch dimension. No adapter is needed when the shapes match. Feature maps
     ``[B, C, H, W]`` of equal spatial size get a 1×1 convolution ``C_s → C_t``; vectors ``[B, D]`` get
-    a linear layer ``D_s → D_t``. Feature maps of different spatial sizes are refused (both shapes in the
+    a linear layer ``D_s → D_t``, token sequences ``[B, T, D]`` of the same length a linear layer applied to each
+    token. Feature maps of different spatial sizes are refused (both shapes in the
     message) unless ``resize`` says how to match the student's height and width to the teacher's before the
     1×1 projection: ``"pool"`` (adaptive average pooling) or ``"interpolate"`` (bilinear), see :class:`Resize`.
 
@@ -81,7 +82,10 @@ def build_adapter(
         return resized if student_shape[1] == teacher_shape[1] else nn.Sequential(resized, projection)
     if len(student_shape) == 2 and len(teacher_shape) == 2:
         return nn.Linear(student_shape[1], teacher_shape[1])
+    if len(student_shape) == 3 and len(teacher_shape) == 3 and student_shape[1] == teacher_shape[1]:
+        return nn.Linear(student_shape[2], teacher_shape[2])  # the same tokens, another width: per token
     raise ValueError(
         f"features{where} cannot be adapted: student {student_shape}, teacher {teacher_shape}; expected "
-        "two feature maps [B, C, H, W] (of the same size, or with `feature_resize`) or two vectors [B, D]."
+        "two feature maps [B, C, H, W] (of the same size, or with `feature_resize`), two vectors [B, D] or two "
+        "token sequences [B, T, D] of the same length."
     )

@@ -53,3 +53,12 @@ def test_an_unknown_resize_mode_is_refused() -> None:
         build_adapter((2, 8, 4, 4), (2, 8, 2, 2), resize="nearest")
     with pytest.raises(ValueError, match=r"or pass `feature_resize='pool'`"):
         build_adapter((2, 8, 4, 4), (2, 8, 2, 2))
+
+
+def test_token_sequences_of_the_same_length_get_a_linear_layer_per_token() -> None:
+    adapter = build_adapter((2, 17, 32), (2, 17, 64))
+    assert isinstance(adapter, nn.Linear) and (adapter.in_features, adapter.out_features) == (32, 64)
+    tokens = torch.randn(2, 17, 32)
+    torch.testing.assert_close(adapter(tokens)[:, 3], adapter(tokens[:, 3]))
+    with pytest.raises(ValueError, match=r"student \(2, 17, 32\), teacher \(2, 65, 64\); expected .* token sequences"):
+        build_adapter((2, 17, 32), (2, 65, 64))
