@@ -5,6 +5,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from kd_probe import ShapesDataModule
@@ -37,3 +38,32 @@ def trainer(root: Path, **kw: Any) -> pl.Trainer:
     options: dict[str, Any] = dict(max_epochs=2, log_every_n_steps=1, accelerator="cpu", devices=1)
     options.update(kw)
     return tiny_trainer(root, **options)
+
+
+class RecordingLogger(Logger):
+    """Keeps every logged value with its step: ``{tag: [(step, value), ...]}`` (step -1 when none is given)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, list[tuple[int, float]]] = {}
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append((-1 if step is None else step, float(value)))
+
+    def series(self, tag: str) -> list[float]:
+        return [value for _, value in self.values.get(tag, [])]
+
+    def steps(self, tag: str) -> list[int]:
+        return [step for step, _ in self.values.get(tag, [])]

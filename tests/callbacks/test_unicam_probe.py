@@ -140,7 +140,9 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"`layers`='features.relu9' is not a module of VGG; close matches"):
         trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net(), tiny_net()), datamodule=data)
     probe = UniCAMProbe(data, layers=PAIRS, cam_layer="head.fc")
-    with pytest.raises(ValueError, match=r"`cam_layer`='head.fc' outputs shape \(1, 3\); a class-activation map needs a feature map"):
+    with pytest.raises(
+        ValueError, match=r"`cam_layer`='head.fc' outputs shape \(1, 3\); a class-activation map needs a feature map"
+    ):
         trainer(tmp_path, callbacks=[probe]).fit(DistillationModule(tiny_net(), tiny_net()), datamodule=data)
     probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
     with pytest.raises(ValueError, match=r"`teacher`='teacher' is not a module attribute of DistillationModule"):

@@ -6,38 +6,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kd_probe import WeightTrajectoryMonitor
+from tests.callbacks.conftest import RecordingLogger as _Recorder
 from tests.callbacks.conftest import trainer
-
-
-class _Recorder(Logger):
-    """Keeps every logged value: {tag: [(step, value), ...]}."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, list[tuple[int, float]]] = {}
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for key, value in metrics.items():
-            self.values.setdefault(key, []).append((step or 0, float(value)))
-
-    def series(self, tag: str) -> list[float]:
-        return [value for _, value in self.values.get(tag, [])]
 
 
 class _Drift(pl.LightningModule):
