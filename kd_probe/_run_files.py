@@ -76,6 +76,13 @@ class RunSummary:
     protocol: str | None = None
 
     @property
+    def sigma_method(self) -> str:
+        """The σ engine of the run's knowledge-point probe (``"faithful"`` when not recorded, as before it was)."""
+        settings = self.summary.get("settings")
+        method = settings.get("method", "faithful") if isinstance(settings, dict) else "faithful"
+        return method if isinstance(method, str) else "faithful"
+
+    @property
     def unicam(self) -> dict[str, Any] | None:
         """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
         if self._unicam is None:

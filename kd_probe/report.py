@@ -15,7 +15,8 @@ wrong, and report.md lists it under "Left out"; with no usable run left the comm
 Protocols are never averaged together: the runs of one report must share the ``protocol`` of their
 ``kd_probe_run.json`` ("hinton" or "paper"; runs without that file count as "not recorded"), else the report
 is refused with a sentence naming which runs have which protocol — report each protocol's runs on their
-own. Seeds pair a distilled with a baseline run, so two runs with the same role and seed are refused too,
+own. Likewise for the σ method of the knowledge-point probes ("faithful" or "secant", from the summary's
+settings). Seeds pair a distilled with a baseline run, so two runs with the same role and seed are refused too,
 naming both folders. report.md and the figures are written atomically (a temporary file in the same
 folder, then ``os.replace``): a reader never sees half a report.
 """
@@ -170,16 +171,17 @@ def _check_one_run_per_seed(runs: Sequence[RunSummary]) -> None:
 
 
 def _check_one_protocol(runs: Sequence[RunSummary]) -> None:
-    """A ``ReportError`` naming which runs have which protocol when they do not all share one."""
-    protocols: dict[str, list[str]] = {}
-    for run in runs:
-        protocols.setdefault(run.protocol or "not recorded", []).append(str(run.path))
-    if len(protocols) > 1:
-        groups = "; ".join(f"{protocol}: {', '.join(paths)}" for protocol, paths in protocols.items())
-        raise ReportError(
-            f"the runs have different protocols ({groups}) and are never averaged together; report each "
-            "protocol's runs on their own."
-        )
+    """A ``ReportError`` naming which runs have which protocol (or σ method) when they do not all share one."""
+    for what, value_of in (("protocols", lambda r: r.protocol), ("σ methods", lambda r: r.sigma_method)):
+        groups: dict[str, list[str]] = {}
+        for run in runs:
+            groups.setdefault(value_of(run) or "not recorded", []).append(str(run.path))
+        if len(groups) > 1:
+            named = "; ".join(f"{value}: {', '.join(paths)}" for value, paths in groups.items())
+            raise ReportError(
+                f"the runs have different {what} ({named}) and are never averaged together; report each "
+                f"group's runs on their own."
+            )
 
 
 def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
@@ -216,7 +218,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
         "# kd_probe report",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(_cell(r.name) for r in runs)}; protocol: "
-        f"{runs[0].protocol or 'not recorded'}.",
+        f"{runs[0].protocol or 'not recorded'}; σ maps: {runs[0].sigma_method}.",
         "",
     ]
     if left_out:

@@ -238,11 +238,24 @@ def test_runs_of_different_protocols_are_refused(runs: Path, capsys: pytest.Capt
     assert err == (
         f"kd-probe report: the runs have different protocols (hinton: {runs / 'baseline'}, {runs / 'distilled'}; "
         f"paper: {runs / 'baseline-s1'}, {runs / 'distilled-s1'}; not recorded: {runs / 'baseline-s2'}) and are "
-        "never averaged together; report each protocol's runs on their own."
+        "never averaged together; report each group's runs on their own."
     )
     assert not (runs / "report.md").exists()
     assert main(["report", str(runs / "distilled-s1"), str(runs / "baseline-s1"), "--no-figures"]) == 0
-    assert "protocol: paper." in (runs / "distilled-s1" / "report.md").read_text()
+    assert "protocol: paper; σ maps: faithful." in (runs / "distilled-s1" / "report.md").read_text()
+
+
+def test_runs_of_different_sigma_methods_are_refused(runs: Path, capsys: pytest.CaptureFixture) -> None:
+    summary_file = runs / "distilled" / "kd_probe_summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["settings"]["method"] = "secant"
+    summary_file.write_text(json.dumps(summary))
+    assert main(["report", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kd-probe report: the runs have different σ methods (faithful: {runs / 'baseline'}; secant: "
+        f"{runs / 'distilled'}) and are never averaged together; report each group's runs on their own."
+    )
 
 
 def test_two_runs_with_one_role_and_seed_are_refused(runs: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from kd_probe.core.knowledge_points import downsample_mask
 from kd_probe.core.layers import eval_forward, module_device, resolve_layer
-from kd_probe.core.sigma import _check_int
+from kd_probe.core.sigma import METHODS, _check_int
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
 __all__ = [
@@ -42,8 +42,13 @@ def _positive_number(name: str, value: object, *, zero: bool = False) -> None:
 def check_sigma_options(options: Mapping[str, Any]) -> None:
     """The σ options of ``KnowledgePointProbe`` (see :func:`~kd_probe.estimate_sigma_maps`), checked at
     construction: a setup dry run uses one sample and one step, so it would not catch ``samples=0``."""
-    for name in ("samples", "steps"):
-        if name in options:
+    method = options.get("method", "faithful")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    if options.get("passes") is not None and method != "secant":
+        raise ValueError(f"`passes`={options['passes']!r} applies to method='secant' only, got method={method!r}.")
+    for name in ("samples", "steps", "passes", "patience"):
+        if options.get(name) is not None:
             _check_int(name, options[name], 1)
     if "grid" in options:
         _check_int("grid", options["grid"], 1)

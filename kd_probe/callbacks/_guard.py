@@ -144,12 +144,12 @@ def _duration(seconds: float) -> str:
 class ProbeProgress:
     """A tqdm bar for a long probe on rank zero when the Trainer shows progress; a no-op otherwise."""
 
-    def __init__(self, trainer: pl.Trainer, description: str, total: int) -> None:
+    def __init__(self, trainer: pl.Trainer, description: str, total: int, unit: str = "step") -> None:
         self.bar: Any = None
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, unit="step")
+            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, unit=unit)
 
     def __enter__(self) -> Any:
         def tick(done: int, _total: int) -> None:

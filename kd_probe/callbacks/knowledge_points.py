@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from kd_probe.callbacks._common import (
 from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
+from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
 from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.render import knowledge_point_panels
@@ -50,6 +49,9 @@ _SIGMA_OPTIONS = (
     "max_batch",
     "channels_last",
     "fold_batchnorm",
+    "method",
+    "passes",
+    "patience",
 )
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
@@ -177,7 +179,12 @@ class KnowledgePointProbe(pl.Callback):
         resolve_layer(network, self.layer)
         check_knowledge_point_setup(network, self.images, self.layer)
         self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
-        dry_run = {**self.sigma_options, "samples": 1, "steps": 1}
+        dry_run = {
+            **self.sigma_options,
+            "samples": 1,
+            "steps": 1,
+            **({"passes": 1} if "passes" in self.sigma_options else {}),
+        }
         device = module_device(network)
         estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
         tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
@@ -193,28 +200,9 @@ class KnowledgePointProbe(pl.Callback):
             self.side_effects.run(None, "estimating the cost", self._estimate_cost, trainer, pl_module)
 
     def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """A dry run of 4 σ steps on one forward group of probe images, timed per step (after a warm-up step),
-        scaled to this rank's images and the real number of steps."""
         network = find_network(pl_module, self.module_path)
-        device = module_device(network, pl_module.device)
-        defaults = inspect.signature(estimate_sigma_maps).parameters
-        steps = int(self.sigma_options.get("steps", defaults["steps"].default))
-        samples = int(self.sigma_options.get("samples", defaults["samples"].default))
-        max_batch = self.sigma_options.get("max_batch") or (4096 if device.type == "cuda" else 256)
-        count, per_rank = self.images.shape[0], math.ceil(self.images.shape[0] / trainer.world_size)
-        group = min(per_rank, max(1, max_batch // samples))  # images that share one forward
-        ticks: list[float] = []
-        start = time.perf_counter()
-        options = {**self.sigma_options, "steps": 4}
-        tick = lambda *_: ticks.append(time.perf_counter())  # noqa: E731
-        estimate_sigma_maps(network, self.images[:group].to(device), layer=self.layer, progress=tick, **options)
-        per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
-        fixed = max(ticks[0] - start - per_step, 0.0)  # σ_f and the images' reference features
-        processes = f" on each of {trainer.world_size} processes" if trainer.world_size > 1 else ""
-        self.cost.expect(
-            math.ceil(per_rank / group) * (steps * per_step + fixed),
-            f"{count} images, {samples} samples × {steps} steps{processes}",
-        )
+        images = self.images.to(module_device(network, pl_module.device))
+        self.cost.expect(*estimate_sigma_cost(network, images, self.layer, self.sigma_options, trainer.world_size))
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -284,11 +272,13 @@ class KnowledgePointProbe(pl.Callback):
             "epoch": epoch,
             "global_step": trainer.global_step,
             "distance": self.path.distance,
+            "method": sigma_work(self.sigma_options)[0],
             "failed": None,
         }
         fields: dict[str, Tensor] = {}
         try:
-            with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", self.sigma_options.get("steps", 80)) as tick:
+            _, units, unit = sigma_work(self.sigma_options)
+            with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", units, unit) as tick:
                 maps = estimate_sigma_maps(
                     network,
                     self.images[local].to(device),
@@ -417,11 +407,21 @@ class KnowledgePointProbe(pl.Callback):
             "module": self.module_path,
             "name": self.name,
             "images": int(self.images.shape[0]),
-            "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
+            "settings": self.settings,
             "history_file": self.history_path(trainer).name,
         }
         path = run_folder(trainer) / self._file_name("kd_probe_summary", "json")
         write_summary(path, self.history, self.foreground, extra)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The σ options (with the method, also when defaulted), threshold and baseline, as recorded."""
+        return {
+            "method": sigma_work(self.sigma_options)[0],
+            **self.sigma_options,
+            "threshold": self.threshold,
+            "baseline": self.baseline,
+        }
 
     def _file_name(self, stem: str, extension: str) -> str:
         return f"{stem}{'_' + self.name if self.name else ''}.{extension}"
@@ -436,7 +436,7 @@ class KnowledgePointProbe(pl.Callback):
             "layer": self.layer,
             "module": self.module_path,
             "name": self.name,
-            "settings": {**self.sigma_options, "threshold": self.threshold, "baseline": self.baseline},
+            "settings": self.settings,
             "foreground": self.foreground,
             "masks": self.masks,
             "images": self.images[: max(self.log_images, 8)],

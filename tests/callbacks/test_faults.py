@@ -232,7 +232,7 @@ def test_the_expected_cost_is_logged_with_its_numbers(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     details = {
-        "knowledge_points": r"6 images, 4 samples × 25 steps",
+        "knowledge_points": r"6 images, faithful, 4 samples × 25 steps",
         "agreement": r"6 images: a student Grad-CAM and 3 forward passes each",
         "unicam": r"6 images: a student forward and two UniCAM passes",
     }

@@ -1,0 +1,225 @@
+"""What both σ engines share: the units, the entropy, the per-image noise seeds, the result, and the §1.2
+recurrence itself (clamp, record, SGD step, step-59 stop/boost, closest-to-target selection).
+
+The faithful engine drives the recurrence with gradients sampled from the model at every step; the secant
+engine (spec §1.8) drives the same recurrence with the gradient of a quadratic surrogate fitted to a few
+sampled gradients. Pure torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "BOOST_STEPS",
+    "METHODS",
+    "SIGMA_INIT",
+    "SIGMA_RANGE",
+    "Selected",
+    "SigmaMaps",
+    "check_int",
+    "entropy_gradient",
+    "gaussian_entropy",
+    "image_generator",
+    "recurrence",
+    "upsample_units",
+]
+
+SIGMA_INIT = 0.01  # σ at the start of the optimisation, and the uniform σ of the normaliser σ_f (spec §1.2)
+SIGMA_RANGE = (1e-3, 1.0)  # σ is clamped to this range before every step (spec §1.2)
+BOOST_STEPS = 20  # λ is boosted for the last 20 steps when the target entropy was not exceeded (spec §1.2)
+METHODS = ("faithful", "secant")
+_ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
+
+
+@dataclass(frozen=True)
+class SigmaMaps:
+    """Result of :func:`~kd_probe.estimate_sigma_maps`; every tensor's first dimension is the image.
+
+    Attributes:
+        sigma: ``[N, grid, grid]`` the selected noise scales σ_i (normalised-pixel units).
+        entropy: ``[N, grid, grid]`` ``H_i = log σ_i + ½·log(2πe)``, nats per dimension (spec §1.2).
+        mean_entropy: ``[N]`` ``Ĥ``, the mean of ``entropy`` over units (closest recorded value to the target).
+        reached_target: ``[N]`` bool, ``Ĥ`` exceeded the target entropy at some recorded step.
+        boosted: ``[N]`` bool, λ was multiplied by ``boost`` for the last 20 steps.
+        sigma_f: ``[N]`` the normaliser ``σ_f`` (feature change under uniform σ = 0.01).
+        effective: ``[N]`` bool, ``σ_f > 0`` (``False``: dead features, the map carries no information).
+        step: ``[N]`` long, the index of the selected iterate (0 = the initial σ).
+        method: ``"faithful"`` (spec §1.2) or ``"secant"`` (spec §1.8), the engine that made the maps.
+    """
+
+    sigma: Tensor
+    entropy: Tensor
+    mean_entropy: Tensor
+    reached_target: Tensor
+    boosted: Tensor
+    sigma_f: Tensor
+    effective: Tensor
+    step: Tensor
+    method: str = field(default="faithful")
+
+    def __len__(self) -> int:
+        return self.sigma.shape[0]
+
+    def to(self, device: torch.device | str) -> SigmaMaps:
+        """The same maps with every tensor moved to ``device``."""
+        return SigmaMaps(**{name: value.to(device) for name, value in self.tensors().items()}, method=self.method)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The per-image fields, by name (everything but ``method``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method"}
+
+    @staticmethod
+    def cat(parts: Sequence[SigmaMaps]) -> SigmaMaps:
+        """Concatenate results along the image dimension (e.g. shards gathered from several processes)."""
+        if not parts:
+            raise ValueError("`parts` must hold at least one SigmaMaps.")
+        methods = sorted({part.method for part in parts})
+        if len(methods) > 1:
+            raise ValueError(f"`parts` were made by different methods {methods}; maps of one method only.")
+        names = parts[0].tensors()
+        return SigmaMaps(**{n: torch.cat([p.tensors()[n] for p in parts]) for n in names}, method=methods[0])
+
+
+def gaussian_entropy(sigma: Tensor) -> Tensor:
+    """Differential entropy of one Gaussian dimension, ``H_i = log σ_i + ½·log(2πe)`` in nats (spec §1.2).
+
+    Example::
+
+        >>> round(gaussian_entropy(torch.tensor(0.01)).item(), 4)
+        -3.1862
+    """
+    return torch.log(sigma) + _ENTROPY_CONSTANT
+
+
+def entropy_gradient(sigma: Tensor, lam: Tensor) -> Tensor:
+    """Gradient with respect to σ ``[n, grid, grid]`` of the entropy term ``−λ·Ĥ(σ)`` of spec §1.2, one ``λ``
+    per image (``Ĥ`` is the mean over units, so each unit gets ``−λ / (grid² σ_i)``)."""
+    leaf = sigma.detach().requires_grad_(True)
+    with torch.enable_grad():
+        term = -(lam * gaussian_entropy(leaf).mean(dim=(1, 2))).sum()
+        (gradient,) = torch.autograd.grad(term, leaf)
+    return gradient
+
+
+def upsample_units(sigma: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-upsample unit maps ``[..., grid, grid]`` to pixels ``[..., 1, H, W]`` (spec §1.1).
+
+    Pixel ``(y, x)`` belongs to unit ``(⌊y·grid/H⌋, ⌊x·grid/W⌋)``; σ is shared over the channels.
+    """
+    lead = sigma.shape[:-2]
+    flat = sigma.reshape(-1, 1, *sigma.shape[-2:])
+    return F.interpolate(flat, size=size, mode="nearest").reshape(*lead, 1, *size)
+
+
+def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The noise generator of image ``index``: seeded by ``(seed, index)`` only, so an image's noise never
+    depends on the batch it is in, the order of the batch or the number of processes (spec §4)."""
+    check_int("seed", seed, 0)
+    check_int("index", index, 0)
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
+    return generator
+
+
+@dataclass(frozen=True)
+class Selected:
+    """What :func:`recurrence` selects per image (spec §1.2)."""
+
+    sigma: Tensor
+    mean_entropy: Tensor
+    reached_target: Tensor
+    boosted: Tensor
+    step: Tensor
+
+
+def recurrence(
+    gradient: Callable[[list[int], Tensor, Tensor], Tensor],
+    *,
+    count: int,
+    grid: int,
+    steps: int,
+    lr: float,
+    lam: float,
+    target: float,
+    boost: float,
+    patience: int | None = None,
+    like: Tensor,
+    progress: Callable[[int, int], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Selected:
+    """The recurrence of spec §1.2 for ``count`` independent images, driven by ``gradient(positions, σ, λ)``
+    (the loss gradient of the images at ``positions``, their σ rows and λ values in that order).
+
+    σ starts at 0.01 and is clamped to [1e-3, 1] before every step; ``(σ, Ĥ)`` is recorded before every
+    update (plain SGD, ``lr``). At step ``steps − 21`` an image whose ``Ĥ`` has exceeded ``target`` stops; the
+    others go on with λ multiplied by ``boost``. With ``patience = k`` an image also stops once its ``Ĥ`` has
+    exceeded the target and ``|Ĥ − target|`` has grown for ``k`` consecutive recorded steps (later iterates are
+    farther from the target while Ĥ keeps moving away). The selected iterate is the recorded one closest to
+    the target. ``like`` gives the dtype and device.
+    """
+    device, dtype = like.device, like.dtype
+    sigma = torch.full((count, grid, grid), SIGMA_INIT, dtype=dtype, device=device)
+    recorded_sigma = torch.empty((steps, count, grid, grid), dtype=dtype, device=device)
+    recorded_entropy = torch.full((steps, count), math.nan, dtype=dtype, device=device)
+    lams = torch.full((count,), float(lam), dtype=dtype, device=device)
+    boosted = torch.zeros(count, dtype=torch.bool, device=device)
+    passed = torch.zeros(count, dtype=torch.bool, device=device)
+    moving_away = torch.zeros(count, dtype=torch.long, device=device)
+    active = list(range(count))
+    check_step = steps - BOOST_STEPS - 1
+    reported = 0
+    for step in range(steps):
+        if not active:
+            break
+        if check is not None:
+            check()
+        sigma[active] = sigma[active].clamp(*SIGMA_RANGE)
+        recorded_sigma[step, active] = sigma[active]
+        recorded_entropy[step, active] = gaussian_entropy(sigma[active]).mean(dim=(1, 2))
+        if patience is not None and step > 0:
+            distance = (recorded_entropy[step] - target).abs()
+            farther = passed & (distance > (recorded_entropy[step - 1] - target).abs())
+            moving_away = torch.where(farther, moving_away + 1, torch.zeros_like(moving_away))
+        passed |= recorded_entropy[step].nan_to_num(-math.inf) > target
+        if patience is not None:
+            active = [p for p in active if moving_away[p] < patience]
+        if active:
+            sigma[active] = torch.add(sigma[active], gradient(active, sigma[active], lams[active]), alpha=-lr)
+        if step == check_step:
+            boosted = ~passed
+            lams[boosted] *= boost
+            active = [p for p in active if boosted[p]]
+        reported = step + 1
+        if progress is not None:
+            progress(reported, steps)
+    if progress is not None and reported < steps:  # every image stopped early: the work is done
+        progress(steps, steps)
+    distance = (recorded_entropy - target).abs().nan_to_num(math.inf)
+    selected = distance.argmin(dim=0)
+    images = torch.arange(count, device=device)
+    return Selected(
+        sigma=recorded_sigma[selected, images],
+        mean_entropy=recorded_entropy[selected, images],
+        reached_target=passed,
+        boosted=boosted,
+        step=selected,
+    )
+
+
+def check_int(name: str, value: object, lower: int, expected: str = "", *, upper: int | None = None) -> None:
+    """An integer option ≥ ``lower`` (and ≤ ``upper``), else one sentence naming it and the value."""
+    valid = False
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        valid = int(value) >= lower and (upper is None or int(value) <= upper)
+    if not valid:
+        extra = f", {expected}" if expected else ""
+        raise ValueError(f"`{name}` must be an integer ≥ {lower}{extra}, got {value!r}.")

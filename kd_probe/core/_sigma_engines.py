@@ -1,0 +1,239 @@
+"""The two σ engines: faithful (spec §1.2, a sampled gradient at every step) and secant (spec §1.8, a
+quadratic surrogate fitted to a few sampled gradients), over a set of independent images. Pure torch.
+
+Both draw the noise of image ``i`` from its own generator (:func:`image_generator`, seeded by the image's
+global index), in the same order whatever the batch, so batching, order and sharding never change a map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from kd_probe.core._feature_graph import FeatureFunction
+from kd_probe.core._sigma_common import (
+    SIGMA_INIT,
+    Selected,
+    SigmaMaps,
+    entropy_gradient,
+    gaussian_entropy,
+    image_generator,
+    recurrence,
+    upsample_units,
+)
+
+__all__ = ["SampledObjective", "faithful_maps", "secant_maps"]
+
+
+class SampledObjective:
+    """The feature term of spec §1.2 sampled with per-image noise: ``Σ`` over noise samples and feature elements
+    of ``(g(x + σ⊙ε) − g(x))²`` and its gradient with respect to σ, at most ``max_batch`` perturbed images per
+    forward (gradients accumulated over chunks)."""
+
+    def __init__(
+        self,
+        features: FeatureFunction,
+        images: Tensor,
+        indices: list[int],
+        grid: int,
+        samples: int,
+        seed: int,
+        max_batch: int,
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        self.features, self.images, self.grid, self.samples, self.check = features, images, grid, samples, check
+        self.size = (images.shape[-2], images.shape[-1])
+        self.generators = [image_generator(seed, index, images.device) for index in indices]
+        self.group = max(1, max_batch // samples)  # whole images per forward
+        self.rows = min(samples, max_batch)  # noise samples per image per forward
+        count = images.shape[0]
+        with torch.no_grad():
+            # one image per forward: a batch of one gives the same clean feature however the images are batched
+            self.clean = torch.cat([features(images[i : i + 1]) for i in range(count)])
+        broken = ~torch.isfinite(self.clean.flatten(1)).all(dim=1)
+        if broken.any():
+            raise FloatingPointError(
+                f"the feature at `layer`={features.layer!r} is NaN or infinite for {int(broken.sum())} of {count} "
+                "images (a diverged model?); no σ map can be estimated."
+            )
+        self.numel = self.clean[0].numel()
+
+    def _noise(self, positions: list[int]) -> Tensor:
+        """One draw of noise ``[len(positions), M, C, H, W]``, each image from its own generator."""
+        shape = (self.samples, *self.images.shape[1:])
+        dtype, device = self.images.dtype, self.images.device
+        return torch.stack(
+            [torch.randn(shape, generator=self.generators[p], dtype=dtype, device=device) for p in positions]
+        )
+
+    def _chunks(self, positions: list[int]) -> Iterator[tuple[list[int], Tensor, slice]]:
+        """Groups of images with their noise, and the sample slices that fit in ``max_batch`` rows; ``check``
+        runs before each is handed out (so before each chunk's forward)."""
+        for start in range(0, len(positions), self.group):
+            group = positions[start : start + self.group]
+            noise = self._noise(group)
+            for first in range(0, self.samples, self.rows):
+                if self.check is not None:
+                    self.check()
+                yield group, noise, slice(first, first + self.rows)
+
+    def squared_error(self, group: list[int], sigma: Tensor, noise: Tensor) -> Tensor:
+        """Per image of ``group``: Σ over its noise samples and feature elements of ``(g(x + σ⊙ε) − g(x))²``."""
+        count, rows = noise.shape[:2]
+        perturbed = self.images[group].unsqueeze(1) + upsample_units(sigma, self.size).unsqueeze(1) * noise
+        feature = self.features(perturbed.reshape(count * rows, *noise.shape[2:])).unflatten(0, (count, rows))
+        return (feature - self.clean[group].unsqueeze(1)).square().flatten(2).sum(dim=2).sum(dim=1)
+
+    def normaliser(self) -> Tensor:
+        """``σ_f`` of every image: the mean squared feature change under uniform σ = 0.01 (spec §1.2)."""
+        total = torch.zeros(self.images.shape[0], dtype=self.images.dtype, device=self.images.device)
+        with torch.no_grad():
+            for group, noise, rows in self._chunks(list(range(self.images.shape[0]))):
+                sigma = torch.full(
+                    (len(group), self.grid, self.grid), SIGMA_INIT, dtype=total.dtype, device=total.device
+                )
+                total[group] += self.squared_error(group, sigma, noise[:, rows])
+        return total / (self.samples * self.numel)
+
+    def feature_gradient(
+        self, positions: list[int], sigma: Tensor, weight: Tensor, into: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """For the images at ``positions`` (σ rows in that order): the summed squared error ``[n]`` (detached)
+        and the gradient of ``Σ_p weight_p · error_p`` with respect to σ ``[n, grid, grid]`` (one fresh draw of
+        noise per image), added chunk by chunk to ``into`` when given."""
+        error = torch.zeros(len(positions), dtype=sigma.dtype, device=sigma.device)
+        gradient = torch.zeros_like(sigma) if into is None else into
+        where = {p: i for i, p in enumerate(positions)}
+        with torch.enable_grad():
+            for group, noise, rows in self._chunks(positions):
+                rows_of = [where[p] for p in group]
+                part = sigma[rows_of].detach().requires_grad_(True)
+                chunk_error = self.squared_error(group, part, noise[:, rows])
+                (grad_part,) = torch.autograd.grad((chunk_error * weight[rows_of]).sum(), part)
+                gradient[rows_of] += grad_part
+                error[rows_of] += chunk_error.detach()
+        return error, gradient
+
+
+def faithful_maps(
+    objective: SampledObjective,
+    *,
+    steps: int,
+    lr: float,
+    lam: float,
+    target: float,
+    boost: float,
+    patience: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> SigmaMaps:
+    """Spec §1.2: ``σ_f`` from its own draw of noise, then every step of the recurrence on a fresh sampled
+    gradient of ``MSE(g(x'), g(x)) / σ_f − λ·Ĥ(σ)``."""
+    sigma_f = objective.normaliser()
+    effective = sigma_f > 0
+    # weight of each image's summed squared error: 1 / (M · numel(g) · σ_f), 0 for non-effective images
+    safe = torch.where(effective, sigma_f, torch.ones_like(sigma_f))
+    weight = torch.where(effective, 1.0 / (objective.samples * objective.numel * safe), torch.zeros_like(safe))
+
+    def gradient(positions: list[int], sigma: Tensor, lams: Tensor) -> Tensor:
+        total = entropy_gradient(sigma, lams)
+        live = [i for i, p in enumerate(positions) if effective[p]]  # dead features: only the entropy term
+        if live:
+            live_positions = [positions[i] for i in live]
+            _, total[live] = objective.feature_gradient(
+                live_positions, sigma[live], weight[live_positions], total[live]
+            )
+        return total
+
+    selected = recurrence(
+        gradient,
+        count=len(sigma_f),
+        grid=objective.grid,
+        steps=steps,
+        lr=lr,
+        lam=lam,
+        target=target,
+        boost=boost,
+        patience=patience,
+        like=sigma_f,
+        progress=progress,
+        check=objective.check,
+    )
+    return _maps(selected, sigma_f, effective, "faithful")
+
+
+def secant_maps(
+    objective: SampledObjective,
+    *,
+    passes: int,
+    steps: int,
+    lr: float,
+    lam: float,
+    target: float,
+    boost: float,
+    patience: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> SigmaMaps:
+    """Spec §1.8, the secant estimator. Pass 1 samples the feature term and its gradient ``G`` at uniform
+    σ = 0.01 (``σ_f`` comes from the same draw); each later pass samples ``G`` again at the map the recurrence
+    selected from the passes so far. Each pass gives per-unit coefficients ``a_i = G_i / (2 σ_i)`` of a quadratic
+    surrogate ``Σ_i a_i σ_i²`` of the normalised feature term (``G`` is the gradient of ``MSE / σ_f``); the
+    coefficients are averaged over passes (a negative average, sampling noise on a unit the feature ignores,
+    counts as 0) and the exact recurrence of §1.2 runs element-wise on the surrogate."""
+    count = objective.images.shape[0]
+    positions = list(range(count))
+    sigma = torch.full(
+        (count, objective.grid, objective.grid),
+        SIGMA_INIT,
+        dtype=objective.images.dtype,
+        device=objective.images.device,
+    )
+    scale = torch.full((count,), 1.0 / (objective.samples * objective.numel), dtype=sigma.dtype, device=sigma.device)
+    error, raw = objective.feature_gradient(positions, sigma, scale)  # gradient of the MSE, not yet / σ_f
+    sigma_f = error * scale
+    effective = sigma_f > 0
+    inverse = torch.where(effective, 1.0 / torch.where(effective, sigma_f, torch.ones_like(sigma_f)), 0.0)
+    total = raw * inverse[:, None, None] / (2 * sigma)
+    selected = None
+    for done in range(1, passes + 1):
+        if done > 1:
+            _, raw = objective.feature_gradient(positions, sigma, scale * inverse)
+            total += raw / (2 * sigma)
+        coefficients = (total / done).clamp(min=0)
+
+        def gradient(rows: list[int], sigma_rows: Tensor, lams: Tensor, a: Tensor = coefficients) -> Tensor:
+            return entropy_gradient(sigma_rows, lams) + 2 * a[rows] * sigma_rows
+
+        selected = recurrence(
+            gradient,
+            count=count,
+            grid=objective.grid,
+            steps=steps,
+            lr=lr,
+            lam=lam,
+            target=target,
+            boost=boost,
+            patience=patience,
+            like=sigma_f,
+            check=objective.check,
+        )
+        sigma = selected.sigma
+        if progress is not None:
+            progress(done, passes)
+    assert selected is not None  # passes ≥ 1
+    return _maps(selected, sigma_f, effective, "secant")
+
+
+def _maps(selected: Selected, sigma_f: Tensor, effective: Tensor, method: str) -> SigmaMaps:
+    return SigmaMaps(
+        sigma=selected.sigma,
+        entropy=gaussian_entropy(selected.sigma),
+        mean_entropy=selected.mean_entropy,
+        reached_target=selected.reached_target,
+        boosted=selected.boosted,
+        sigma_f=sigma_f,
+        effective=effective,
+        step=selected.step,
+        method=method,
+    )
