@@ -46,6 +46,10 @@ def kp(**kw: Any) -> KnowledgePointProbe:
 
 
 KNOWLEDGE_POINT_CASES = [
+    bad("method-unknown", lambda: kp(method="fast"), ValueError, "method", "fast"),
+    bad("passes-faithful", lambda: kp(passes=2), ValueError, "passes", 2),
+    bad("passes-0", lambda: kp(method="secant", passes=0), ValueError, "passes", 0),
+    bad("patience-0", lambda: kp(patience=0), ValueError, "patience", 0),
     bad("images-list", lambda: kp(images=[1, 2]), ValueError, "images", "list"),
     bad("images-3d", lambda: kp(images=IMAGES[0]), ValueError, "images", IMAGES, "3-D", "(3, 16, 16)"),
     bad("images-uint8", lambda: kp(images=UINT8), ValueError, "images", UINT8, "torch.uint8", "images.float() / 255"),

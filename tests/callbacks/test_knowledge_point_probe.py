@@ -245,18 +245,33 @@ def test_bad_input_is_refused_at_setup(tmp_path: Path, kwargs: dict, trainer_kwa
     assert probe.history == []
 
 
-def _fit_for_history(folder: Path, **trainer_kwargs: object) -> dict:
+SECANT = dict(method="secant", grid=4, samples=8, passes=2)
+
+
+def _fit_for_history(folder: Path, sigma: dict | None = None, **trainer_kwargs: object) -> dict:
     data = tiny_data()
-    probe = KnowledgePointProbe(data, layer="features.conv2", **PROBE)
+    probe = KnowledgePointProbe(data, layer="features.conv2", **(sigma or PROBE))
     module = DistillationModule(tiny_net(batch_norm=False), lr=1e-30)  # updates far below one ulp: weights fixed
     trainer(folder, callbacks=[probe], logger=CSVLogger(folder), **trainer_kwargs).fit(module, datamodule=data)
     return torch.load(folder / "lightning_logs" / "version_0" / "kd_probe_history.pt", weights_only=False)
 
 
+def test_a_secant_probe_records_its_method_in_the_history_and_the_summary(tmp_path: Path) -> None:
+    history = _fit_for_history(tmp_path, SECANT)
+    assert [e["method"] for e in history["entries"]] == ["secant"] * 3 and not any(
+        e["failed"] for e in history["entries"]
+    )
+    assert history["settings"]["method"] == "secant" and history["settings"]["passes"] == 2
+    summary = json.loads((tmp_path / "lightning_logs" / "version_0" / "kd_probe_summary.json").read_text())
+    assert summary["settings"]["method"] == "secant"
+    assert _fit_for_history(tmp_path / "faithful")["settings"]["method"] == "faithful"  # recorded when defaulted
+
+
 @pytest.mark.slow
-def test_ddp_on_two_processes_gives_the_single_process_history(tmp_path: Path) -> None:
-    single = _fit_for_history(tmp_path / "single")
-    ddp = _fit_for_history(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+@pytest.mark.parametrize("sigma", [PROBE, SECANT], ids=["faithful", "secant"])
+def test_ddp_on_two_processes_gives_the_single_process_history(tmp_path: Path, sigma: dict) -> None:
+    single = _fit_for_history(tmp_path / "single", sigma)
+    ddp = _fit_for_history(tmp_path / "ddp", sigma, strategy="ddp_spawn", devices=2)
     assert [e["epoch"] for e in ddp["entries"]] == [0, 1, 2]
     assert [e["global_step"] for e in ddp["entries"]] == [0, 2, 4]  # two processes: half the batches each
     for a, b in zip(ddp["entries"], single["entries"], strict=True):  # global steps differ: half the batches
