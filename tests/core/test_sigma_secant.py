@@ -131,9 +131,9 @@ def test_the_early_stop_selects_the_iterate_of_the_full_run(model: str) -> None:
         net = VGG(3, widths=(4, 8), convs_per_stage=1) if model == "vgg" else ResNet(3, widths=(4, 8))
         images, layer = _images(4), "features.relu2" if model == "vgg" else "layer2.0.relu2"
     options = dict(layer=layer, grid=8, samples=8)
-    full = estimate_sigma_maps(net, images, **options)
+    full = estimate_sigma_maps(net, images, patience=None, **options)  # every image to step 59, as the paper
     steps_run: list[int] = []
-    for patience in (1, 3):
+    for patience in (1, 3):  # 3 is the default
         stopped = estimate_sigma_maps(
             net, images, patience=patience, **options, progress=lambda d, t: steps_run.append(d)
         )
