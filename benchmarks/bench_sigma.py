@@ -1,21 +1,34 @@
-"""Speed of the σ-map engine against the straightforward per-image oracle, and against the machine.
+"""The σ-map engine measured three ways, each a section of one run (``--sections``, default: fidelity early-stop).
 
-Measured side by side in one run, interleaved in rounds (a block of images through the oracle, the same
-block through the library, then a pure convolution), so drifts of a shared machine hit every side alike:
+**fidelity** — the fast ``method="secant"`` (spec §1.8) and cheaper faithful runs against the paper's faithful
+96-sample maps (spec §1.2, ``patience=None``), on a trained VGG of the demo, the same VGG at its initialisation
+and a trained ResNet (``benchmarks/_sigma_models.py``), ``--images`` held-out probe images of the built-in shapes.
+Per model, every method runs on the same block of images in turn (``--block`` images per round, the order
+rotated each round), so a shared machine's drifts hit every method alike; the per-image noise seeding makes the
+blocked maps identical to one batch. Per method: wall time per map and the speed ratio to faithful-96 (the mean
+of its two seeds' times, measured in the same run), and against the faithful-96 seed-0 maps: the Pearson
+correlation of the entropy maps (all units of all images pooled), the IoU of the knowledge-point maps at
+b = 0.1/0.2/0.3/0.5 (``count_knowledge_points`` with the probe set's masks and the dataset baseline, boolean
+maps pooled over images), ``|Δ fg_ratio|`` at b = 0.2 and the mean ``|Δ selected step|``. The noise floor is
+faithful-96 with seed 1 against seed 0 on the same metrics. Goals: a secant preset ≥ 10× faithful-96 with
+IoU(0.2) ≥ the noise floor's − 0.01; a faster preset ≥ 20× with IoU(0.2) ≥ 0.88 on the trained VGG.
 
-- ``oracle``: :func:`benchmarks.sigma_oracle.oracle_sigma_maps`, spec §1.2 written the obvious way (one
-  image at a time, full forward with a hook, ``torch.optim.SGD`` on σ);
-- ``library``: :func:`kd_probe.estimate_sigma_maps` (images batched, forward stopped at the layer,
-  channels-last inputs, only the input gradient computed);
-- ``conv``: the machine's convolution throughput, a 64→64 3×3 convolution forward on 32×32 channels-last
-  inputs, batch 128.
+**early-stop** — faithful-96 with ``patience=k`` against ``patience=None`` (run to step 59/79 as the paper) on
+``--stop-images`` images, seeds ``--stop-seeds``, each model: how many images' selected step and map differ,
+and the speed gain (``patience=None`` time over ``patience=k`` time, interleaved per seed).
 
-Both produce the same maps from the same per-image noise; the table shows how close they are. The
-library's GFLOP/s counts the convolution/linear FLOPs of the forwards to the layer and the input-gradient
-backwards it ran (``torch.utils.flop_counter``), over its wall time.
+**speed** — the engine against the straightforward per-image oracle
+(:func:`benchmarks.sigma_oracle.oracle_sigma_maps`, spec §1.2 written the obvious way: one image at a time,
+full forward with a hook, ``torch.optim.SGD`` on σ) and the machine (a 64→64 3×3 convolution forward on
+32×32 channels-last inputs, batch 128), interleaved in rounds of ``--block`` images on the trained VGG at
+``--layers``. Both produce the same maps from the same per-image noise; the table shows how close they are;
+the library's GFLOP/s counts the convolution/linear FLOPs of the forwards to the layer and the
+input-gradient backwards it ran (``torch.utils.flop_counter``) over its wall time. Goals (2-core CPU):
+library ≥ 2× the oracle's maps/s with identical maps; library ≥ 40 % of the conv throughput.
 
-Goals (2-core CPU): library ≥ 2× the oracle's maps/s with identical maps; library ≥ 40 % of the conv
-throughput. Run: ``python benchmarks/bench_sigma.py [--device cuda] [--images 32] [--samples 96]``.
+Run: ``python benchmarks/bench_sigma.py [--sections fidelity early-stop speed] [--images 16] [--device cuda]``
+(writes nothing; about 11 minutes on an idle 2-core CPU with the defaults — fidelity ≈ 5, early stop ≈ 5 —, the
+speed section ≈ 5 more; several times longer on a shared machine).
 """
 
 from __future__ import annotations
@@ -25,19 +38,23 @@ import copy
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `benchmarks.sigma_oracle`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `benchmarks.*`
 
+from benchmarks._sigma_models import MODELS, ProbedModel, probe_images, probed_models, shapes_data, trained_vgg
 from benchmarks.sigma_oracle import oracle_sigma_maps
-from kd_probe import ShapesDataModule, count_knowledge_points, estimate_sigma_maps
+from kd_probe import SigmaMaps, count_knowledge_points, estimate_sigma_maps
 from kd_probe.core.sigma import BOOST_STEPS, gaussian_entropy
 from kd_probe.functional import forward_until
-from kd_probe.models import VGG
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.5)  # b of the knowledge-point IoUs; b = 0.2 is the paper's and the goals'
+REFERENCE, FLOOR = "faithful-96", "faithful-96 seed 1"
 
 
 def _sync(device: torch.device) -> None:
@@ -46,11 +63,205 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(device: torch.device, work: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    seconds, _, result = _clocked(device, work, *args, **kwargs)
+    return seconds, result
+
+
+def _clocked(device: torch.device, work: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, float, Any]:
+    """Wall seconds, this process's CPU seconds, and the result of ``work(*args, **kwargs)``."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = work(*args, **kwargs)
     _sync(device)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu_start, result
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+
+
+@dataclass
+class Method:
+    """One way of making σ maps: its label, the options of ``estimate_sigma_maps``, and what it measured."""
+
+    label: str
+    options: dict[str, Any]
+    rounds: list[float] = field(default_factory=list)  # wall seconds of each round
+    cpu: float = 0.0  # CPU seconds of this process, all rounds
+    parts: list[SigmaMaps] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.rounds)
+
+    def maps(self) -> SigmaMaps:
+        return SigmaMaps.cat([part.to("cpu") for part in self.parts])
+
+
+def _methods(args: argparse.Namespace) -> list[Method]:
+    methods = [Method(REFERENCE, dict(method="faithful", samples=96, seed=0))]
+    methods.append(Method(FLOOR, dict(method="faithful", samples=96, seed=1)))
+    methods += [Method(f"faithful-{s}", dict(method="faithful", samples=s)) for s in args.faithful if s != 96]
+    for preset in args.presets:
+        passes, samples = (int(part) for part in preset.lower().split("x"))
+        methods.append(Method(f"secant {passes}x{samples}", dict(method="secant", passes=passes, samples=samples)))
+    return methods
+
+
+def _warm_up(probed: ProbedModel, images: torch.Tensor) -> None:
+    """Pay the one-off costs (allocator, kernel selection) outside the timings."""
+    for method in ("faithful", "secant"):
+        estimate_sigma_maps(probed.model, images[:1], layer=probed.layer, method=method, samples=8, steps=2)
+
+
+def _agreement(reference: SigmaMaps, other: SigmaMaps, masks: torch.Tensor) -> dict[str, float]:
+    """Pearson of the entropy maps, knowledge-point IoU per b, |Δ fg_ratio| (b = 0.2), mean |Δ step|."""
+    both = reference.effective & other.effective
+    pair = torch.stack([reference.entropy[both].flatten(), other.entropy[both].flatten()]).double()
+    result = {"pearson": float(torch.corrcoef(pair)[0, 1])}
+    for b in THRESHOLDS:
+        a = count_knowledge_points(reference.entropy, masks, threshold=b, effective=reference.effective)
+        c = count_knowledge_points(other.entropy, masks, threshold=b, effective=other.effective)
+        union = int((a.points | c.points).sum())
+        result[f"iou{b}"] = int((a.points & c.points).sum()) / union if union else 1.0
+        if b == 0.2:
+            result["fg"] = abs(a.fg_ratio - c.fg_ratio)
+    result["step"] = float((reference.step - other.step).abs().double().mean())
+    return result
+
+
+def _fidelity(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace) -> dict:
+    device = images.device
+    methods = _methods(args)
+    common = dict(layer=probed.layer, lam=probed.lam, patience=None)
+    _warm_up(probed, images)
+    for round_, first in enumerate(range(0, images.shape[0], args.block)):
+        block = images[first : first + args.block]
+        indices = list(range(first, first + block.shape[0]))
+        shift = round_ % len(methods)
+        for method in methods[shift:] + methods[:shift]:  # rotate the order each round
+            options = {**common, **method.options}
+            elapsed, cpu, maps = _clocked(device, estimate_sigma_maps, probed.model, block, indices=indices, **options)
+            method.rounds.append(elapsed)
+            method.cpu += cpu
+            method.parts.append(maps)
+        print(f"  {probed.name}: images 0-{first + block.shape[0] - 1} done", flush=True)
+
+    reference = methods[0].maps()
+    reference_rounds = [(a + b) / 2 for a, b in zip(methods[0].rounds, methods[1].rounds, strict=True)]
+    reference_cpu = (methods[0].cpu + methods[1].cpu) / 2
+    count = images.shape[0]
+    rows = {}
+    print(
+        f"\n{probed.name}: layer {probed.layer}, λ {probed.lam:g}, val accuracy {probed.accuracy:.2f}, "
+        f"{count} images; reference faithful-96 seed 0 (patience=None), its selected step "
+        f"{float(reference.step.double().mean()):.1f} on average; ratio = faithful-96 time (mean of both seeds) / "
+        "time, over all rounds (range: the rounds' own ratios; CPU: the same ratio of this process's CPU time, "
+        "steadier on a shared machine)"
+    )
+    head = "".join(f"{'IoU b=' + format(b, 'g'):>10}" for b in THRESHOLDS)
+    print(
+        f"{'method':<20}{'s/map':>8}{'ratio':>7}{'range':>12}{'CPU':>6}{'Pearson':>9}{head}{'|Δfg|':>7}{'|Δstep|':>8}"
+    )
+    for method in methods:
+        per_round = [r / m for r, m in zip(reference_rounds, method.rounds, strict=True)]
+        row = {
+            "seconds": method.seconds / count,
+            "ratio": sum(reference_rounds) / method.seconds,
+            "low": min(per_round),
+            "high": max(per_round),
+            "cpu": reference_cpu / method.cpu,
+        }
+        if method.label != REFERENCE:
+            row.update(_agreement(reference, method.maps(), masks))
+        rows[method.label] = row
+        if method.label == REFERENCE:
+            metrics = f"{'(reference)':>12}"
+        else:
+            ious = "".join(f"{row[f'iou{b}']:>10.3f}" for b in THRESHOLDS)
+            metrics = f"{row['pearson']:>9.4f}{ious}{row['fg']:>7.3f}{row['step']:>8.1f}"
+        spread = f"{row['low']:.1f}-{row['high']:.1f}"
+        print(f"{method.label:<20}{row['seconds']:>8.3f}{row['ratio']:>7.1f}{spread:>12}{row['cpu']:>6.1f}{metrics}")
+    floor = rows[FLOOR]["iou0.2"]
+    secant = {label: row for label, row in rows.items() if label.startswith("secant")}
+    meets = [label for label, row in secant.items() if row["ratio"] >= 10 and row["iou0.2"] >= floor - 0.01]
+    print(f"goal 1 (secant ≥ 10×, IoU(0.2) ≥ noise floor {floor:.3f} − 0.01): {', '.join(meets) or 'none'}")
+    if probed.name == "trained-vgg":
+        fast = [label for label, row in secant.items() if row["ratio"] >= 20 and row["iou0.2"] >= 0.88]
+        print(f"goal 2 (secant ≥ 20×, IoU(0.2) ≥ 0.88 on the trained VGG): {', '.join(fast) or 'none'}")
+    print(flush=True)
+    return rows
+
+
+def _markdown(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    names = list(results)
+    print("Fidelity against faithful-96 (markdown): speed ratio × / knowledge-point IoU at b = 0.2 / entropy Pearson")
+    print("| method | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label in results[names[0]]:
+        cells = []
+        for name in names:
+            row = results[name][label]
+            cells.append(
+                f"{row['ratio']:.1f}× (reference)"
+                if label == REFERENCE
+                else f"{row['ratio']:.1f}× / {row['iou0.2']:.3f} / {row['pearson']:.4f}"
+            )
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print(flush=True)
+
+
+# -------------------------------------------------------------------------------------------- early stop
+
+
+def _early_stop(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace) -> dict:
+    device = images.device
+    common = dict(layer=probed.layer, lam=probed.lam, method="faithful", samples=96)
+    seconds = {k: 0.0 for k in [None, *args.patience]}
+    cpu_seconds = dict.fromkeys(seconds, 0.0)
+    differ = {k: {"step": 0, "map": 0, "points": 0, "sigma": 0.0} for k in args.patience}
+    _warm_up(probed, images)
+    for turn, seed in enumerate(args.stop_seeds):
+        runs = {}
+        order = list(seconds)
+        for k in order[turn % len(order) :] + order[: turn % len(order)]:  # rotate the order each seed
+            elapsed, cpu, maps = _clocked(
+                device, estimate_sigma_maps, probed.model, images, seed=seed, patience=k, **common
+            )
+            seconds[k] += elapsed
+            cpu_seconds[k] += cpu
+            runs[k] = maps.to("cpu")
+        full = runs[None]
+        full_points = count_knowledge_points(full.entropy, masks, effective=full.effective).points
+        for k in args.patience:
+            early = runs[k]
+            points = count_knowledge_points(early.entropy, masks, effective=early.effective).points
+            differ[k]["step"] += int((early.step != full.step).sum())
+            differ[k]["map"] += int((early.sigma != full.sigma).flatten(1).any(1).sum())
+            differ[k]["points"] += int((points != full_points).flatten(1).any(1).sum())
+            differ[k]["sigma"] = max(differ[k]["sigma"], float((early.sigma - full.sigma).abs().max()))
+        print(f"  {probed.name}: seed {seed} done", flush=True)
+    total = images.shape[0] * len(args.stop_seeds)
+    print(
+        f"\n{probed.name}: faithful-96, patience=k against patience=None, {images.shape[0]} images × seeds "
+        f"{args.stop_seeds} = {total} maps; patience=None: {seconds[None] / total:.3f} s/map"
+    )
+    print(
+        f"{'patience':<10}{'step differs':>14}{'map differs':>13}{'points differ':>15}{'max |Δσ|':>10}{'gain':>8}{'CPU':>7}"
+    )
+    for k in args.patience:
+        row = differ[k]
+        print(
+            f"{k:<10}{row['step']:>9}/{total:<4}{row['map']:>8}/{total:<4}{row['points']:>10}/{total:<4}"
+            f"{row['sigma']:>10.1e}{seconds[None] / seconds[k]:>7.2f}×{cpu_seconds[None] / cpu_seconds[k]:>6.2f}×"
+        )
+    print(flush=True)
+    return {
+        k: {**differ[k], "gain": seconds[None] / seconds[k], "cpu": cpu_seconds[None] / cpu_seconds[k], "total": total}
+        for k in args.patience
+    }
+
+
+# ------------------------------------------------------------------------------------------------- speed
 
 
 def _row_flops(model: torch.nn.Module, layer: str, images: torch.Tensor) -> float:
@@ -77,24 +288,22 @@ def _conv_gflops(device: torch.device, seconds: float = 1.0) -> float:
     return 2 * 128 * 32 * 32 * 64 * 64 * 9 * runs / elapsed / 1e9
 
 
-def _compare(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    layer: str,
-    args: argparse.Namespace,
-    device: torch.device,
+def _speed(
+    model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, layer: str, args: argparse.Namespace
 ) -> None:
+    device = images.device
     options = dict(layer=layer, grid=args.grid, samples=args.samples, steps=args.steps)
     times = {"oracle": 0.0, "library": 0.0}
     conv_rates, oracle_parts, library_parts = [], [], []
-    for first in range(0, args.images, args.block):
+    for first in range(0, images.shape[0], args.block):
         block = images[first : first + args.block]
         elapsed, result = _timed(device, oracle_sigma_maps, model, block, first_index=first, **options)
         times["oracle"] += elapsed
         oracle_parts.append(result)
         indices = list(range(first, first + block.shape[0]))
-        elapsed, maps = _timed(device, estimate_sigma_maps, model, block, indices=indices, **options)
+        elapsed, maps = _timed(
+            device, estimate_sigma_maps, model, block, indices=indices, method="faithful", patience=None, **options
+        )
         times["library"] += elapsed
         library_parts.append(maps)
         conv_rates.append(_conv_gflops(device))
@@ -106,13 +315,12 @@ def _compare(
 
     oracle_sigma = torch.cat([part[0] for part in oracle_parts]).cpu()
     oracle_steps = torch.cat([part[1] for part in oracle_parts])
-    maps = [m.to("cpu") for m in library_parts]
-    sigma = torch.cat([m.sigma for m in maps])
-    steps_run = torch.where(torch.cat([m.boosted for m in maps]), args.steps, args.steps - BOOST_STEPS)
-    rows = args.images * args.samples + int(steps_run.sum()) * args.samples  # σ_f samples + optimisation
+    maps = SigmaMaps.cat([m.to("cpu") for m in library_parts])
+    steps_run = torch.where(maps.boosted, args.steps, args.steps - BOOST_STEPS)
+    count = images.shape[0]
+    rows = count * args.samples + int(steps_run.sum()) * args.samples  # σ_f samples + optimisation
     flops = rows * _row_flops(model, layer, images)
     conv = sorted(conv_rates)[len(conv_rates) // 2]
-    count = args.images
     print(f"\nlayer {layer}: {flops / rows / 1e6:.1f} MFLOP per perturbed image (forward + input gradient)")
     print(f"{'':<12}{'maps/s':>10}{'s/map':>10}{'GFLOP/s':>10}")
     for name in ("oracle", "library"):
@@ -122,62 +330,77 @@ def _compare(
         f"conv throughput (64->64 3x3, 32x32, batch 128, median of rounds): {conv:.1f} GFLOP/s; "
         f"library reaches {100 * flops / times['library'] / 1e9 / conv:.0f} %   (goal >= 40 %)"
     )
-    entropy, oracle_entropy = gaussian_entropy(sigma), gaussian_entropy(oracle_sigma)
-    same_steps = int((torch.cat([m.step for m in maps]) == oracle_steps).sum())
+    entropy, oracle_entropy = maps.entropy, gaussian_entropy(oracle_sigma)
+    same_steps = int((maps.step == oracle_steps).sum())
     a = count_knowledge_points(entropy, masks).points
     b = count_knowledge_points(oracle_entropy, masks).points
     same_points = int((a == b).flatten(1).all(1).sum())
     print(
-        f"same maps: max |d sigma| = {float((sigma - oracle_sigma).abs().max()):.2e}, "
+        f"same maps: max |d sigma| = {float((maps.sigma - oracle_sigma).abs().max()):.2e}, "
         f"max |d H| = {float((entropy - oracle_entropy).abs().max()):.2e} nats, selected step equal "
         f"{same_steps}/{count}, knowledge points equal {same_points}/{count}\n",
         flush=True,
     )
 
 
+# -------------------------------------------------------------------------------------------------- main
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--block", type=int, default=8, help="images per interleaved round")
-    parser.add_argument("--samples", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--grid", type=int, default=16)
-    parser.add_argument(
-        "--layers",
+    add = parser.add_argument
+    add("--sections", nargs="+", choices=("fidelity", "early-stop", "speed"), default=["fidelity", "early-stop"])
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    add("--epochs", type=int, default=5, help="training epochs of the trained VGG and the ResNet")
+    add("--images", type=int, default=12, help="probe images of the fidelity and speed sections")
+    add("--block", type=int, default=4, help="images per interleaved round")
+    add("--faithful", nargs="+", type=int, default=[96, 32, 16, 8], help="faithful sample counts")
+    add(
+        "--presets",
         nargs="+",
-        default=["features.bn6", "features.bn4"],
-        help="probed layers (default: the last conv block's pre-ReLU output, as the paper, and a middle one)",
+        default=["2x384", "2x256", "3x256", "2x192", "1x384", "1x192"],
+        help="secant presets PASSESxSAMPLES",
     )
-    parser.add_argument(
-        "--epochs", type=int, default=2, help="train the CNN briefly first, so BatchNorm is not the identity"
-    )
+    add("--stop-images", type=int, default=4, help="images of the early-stop section")
+    add("--stop-seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--patience", nargs="+", type=int, default=[1, 2, 3, 5])
+    add("--samples", type=int, default=96, help="speed section: samples per step")
+    add("--steps", type=int, default=80, help="speed section: steps")
+    add("--grid", type=int, default=16, help="speed section: units per side")
+    add("--layers", nargs="+", default=["features.bn6", "features.bn4"], help="speed section: probed VGG layers")
     args = parser.parse_args()
+
     device = torch.device(args.device)
-    data = ShapesDataModule(num_classes=6, image_size=32, train_size=1024, probe_size=args.images, batch_size=64)
-    model = _trained_model(data, args.epochs, device)
-    images = torch.stack([data.probe_set[i][0] for i in range(args.images)]).to(device)
-    masks = torch.stack([data.probe_set[i][2] for i in range(args.images)])
+    count = max(args.images, args.stop_images)
+    data = shapes_data(probe_size=count)
+    images, masks = probe_images(data, count, device)
     print(
-        f"device={device}, threads={torch.get_num_threads()}; VGG(16,32,64)x2 trained {args.epochs} epochs; "
-        f"{args.images} built-in images 32x32 px; grid {args.grid}, samples {args.samples}, steps {args.steps}"
+        f"device={device}, threads={torch.get_num_threads()}; built-in shapes 32x32 px, grid 16, steps 80; "
+        f"trained networks: {args.epochs} epochs of AdamW on {len(data.train_set)} images",
+        flush=True,
     )
-    for layer in args.layers:
-        _compare(model, images, masks, layer, args, device)
-
-
-def _trained_model(data: ShapesDataModule, epochs: int, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = VGG(num_classes=6, widths=(16, 32, 64), convs_per_stage=2).to(device)
-    data.setup("fit")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        for images, labels, _ in data.train_dataloader():
-            loss = torch.nn.functional.cross_entropy(model(images.to(device)), labels.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    models = probed_models(data, args.models, args.epochs, device) if set(args.sections) - {"speed"} else []
+    if "fidelity" in args.sections:
+        print(f"\n== fidelity: {args.images} images, rounds of {args.block}\n", flush=True)
+        results = {p.name: _fidelity(p, images[: args.images], masks[: args.images], args) for p in models}
+        _markdown(results)
+    if "early-stop" in args.sections:
+        print(f"\n== early stop: {args.stop_images} images, seeds {args.stop_seeds}\n", flush=True)
+        stops = {p.name: _early_stop(p, images[: args.stop_images], masks[: args.stop_images], args) for p in models}
+        for k in args.patience:
+            differs = sum(stop[k]["step"] for stop in stops.values())
+            total = sum(stop[k]["total"] for stop in stops.values())
+            gains = ", ".join(
+                f"{name} {stop[k]['gain']:.2f}× (CPU {stop[k]['cpu']:.2f}×)" for name, stop in stops.items()
+            )
+            print(f"patience={k}: selected step differs in {differs}/{total} maps; speed gain {gains}")
+    if "speed" in args.sections:
+        trained = [p.model for p in models if p.name == "trained-vgg"]
+        model = trained[0] if trained else trained_vgg(data, args.epochs, device)
+        print(f"\n== speed: oracle against library, trained VGG, {args.images} images, samples {args.samples}\n")
+        for layer in args.layers:
+            _speed(model, images[: args.images], masks[: args.images], layer, args)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def estimate_sigma_maps(
             for ``patience`` consecutive steps (its later iterates, farther from the target, are not selected
             while Ĥ keeps moving away); ``None`` runs every image to step ``steps − 21`` (or to the end when
             boosted), as the paper. Measured on trained and random VGGs and a ResNet (``benchmarks/bench_sigma.py
-            --section early-stop``), patience 1–5 never changed a selected iterate, and saves 1.2–1.8× of the
+            --sections early-stop``), patience 1–5 never changed a selected iterate, and saves 1.2–1.8× of the
             faithful engine's time; 3 keeps a margin against a wiggling Ĥ.
         progress: called as ``progress(done, total)`` after every step (faithful: ``total = steps``) or every
             pass (secant: ``total = passes``).
