@@ -303,6 +303,7 @@ _CHILD = textwrap.dedent(
                 time.sleep(60)  # killed here, while the probe runs
             if epoch == 1 and mode in ("sigterm", "sigint"):
                 self.sigma_options["steps"] = 100000  # minutes of work, unless the signal stops it
+                self.sigma_options["patience"] = None  # no early stop: every step runs
                 number = signal.SIGTERM if mode == "sigterm" else signal.SIGINT
                 def send():
                     record["sent"] = time.perf_counter()
