@@ -2,9 +2,11 @@
 
 Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). It trains a teacher, then a distilled student and a
 from-scratch baseline with the same architecture, data, seed and schedule; every student run carries a
-``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. Logs go to ``runs/<experiment>/<run>``, so
-``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md`` in that folder says whether the
-knowledge-point paper's three hypotheses hold for this run.
+``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. The
+knowledge-point probe makes its σ maps with the secant method (spec §1.8) on 40 held-out images, at less cost
+than the faithful method on 10 (``--method faithful``); ``--full`` uses the paper's faithful settings. Logs go
+to ``runs/<experiment>/<run>``, so ``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md``
+in that folder says whether the knowledge-point paper's three hypotheses hold for this run.
 
 ``<experiment>`` is one safe path component. A folder that already holds a demo's runs is refused before
 anything trains (a second run would append to every TensorBoard curve); ``--overwrite`` first removes what the
@@ -30,13 +32,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Subset
 
-from kd_probe._paths import check_name
+from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
 from kd_probe.models import VGG
 from kd_probe.modules import DistillationModule, run_two_phase
 
-__all__ = ["DemoResult", "RunResult", "add_arguments", "main", "run_demo"]
+__all__ = ["DemoResult", "RunResult", "add_arguments", "check_arguments", "main", "run_demo"]
 
 RUN_FILE = "kd_probe_run.json"  # role, seed, protocol and test accuracy of one run, read by the report
 RUN_FOLDER = re.compile(r"teacher|(distilled|baseline)(-s\d+)?")  # the run folders the demo writes
@@ -61,99 +63,11 @@ class DemoResult:
     seconds: float
     report_path: Path | None = None
     report_text: str = field(default="", repr=False)
+    probe_seconds: float = 0.0  # spent in the knowledge-point probes (σ maps, counts, logging)
 
     def accuracy(self, role: str) -> float:
         values = [run.accuracy for run in self.runs if run.role == role]
         return sum(values) / len(values)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _experiment(text: str) -> str:
-    try:
-        return check_name(text, "--experiment")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
-    add = parser.add_argument
-    add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
-    add(
-        "--experiment",
-        type=_experiment,
-        default="demo",
-        help="experiment name, one folder name: logs go to OUT/EXPERIMENT/<run>",
-    )
-    add("--overwrite", action="store_true", help="remove the runs and report of an earlier demo in OUT/EXPERIMENT")
-    add(
-        "--protocol",
-        choices=("hinton", "paper"),
-        default="hinton",
-        help="hinton: logit KD into a smaller student; paper: [KP]'s two-phase feature mimicking, one architecture",
-    )
-    add("--seed", type=int, default=0, help="seed of the data and of the first run")
-    add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
-    add("--epochs", type=_positive, default=None, help="epochs of the students (default 10; 30 with --full)")
-    add("--teacher-epochs", type=_positive, default=None, help="epochs of the teacher (default 10; 20 with --full)")
-    add("--num-classes", type=int, default=6, help="shape classes (2-8)")
-    add("--image-size", type=int, default=32, help="image side in pixels")
-    add("--train-size", type=_positive, default=None, help="training images (default 4000; 5000 with --full)")
-    add(
-        "--background-bias",
-        type=float,
-        default=0.2,
-        help="probability that the background is tied to the class (a shortcut)",
-    )
-    add("--probe-images", type=_positive, default=None, help="held-out probe images (default 10; 32 with --full)")
-    add("--samples", type=_positive, default=None, help="noise samples per σ step (default 16; 96 with --full)")
-    add("--full", action="store_true", help="a longer, more faithful run (paper settings for the probe)")
-    add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
-    return parser
-
-
-@dataclass
-class _Plan:
-    epochs: int
-    teacher_epochs: int
-    train_size: int
-    probe_images: int
-    samples: int
-    steps: int
-    grid: int
-    teacher_widths: tuple[int, ...]
-    student_widths: tuple[int, ...]
-    schedule: list[int] | str
-    unicam_images: int = 64
-
-    @property
-    def layer(self) -> str:
-        return f"features.bn{2 * len(self.student_widths)}"  # the last convolution's pre-ReLU output
-
-
-def _plan(args: argparse.Namespace) -> _Plan:
-    if args.quick:
-        return _Plan(1, 1, 256, 4, 4, 25, 8, (8, 16), (4, 8), [0, 1], unicam_images=16)
-    epochs = args.epochs or (30 if args.full else 10)
-    small = (16, 32, 64)
-    return _Plan(
-        epochs=epochs,
-        teacher_epochs=args.teacher_epochs or (20 if args.full else 10),
-        train_size=args.train_size or (5000 if args.full else 4000),
-        probe_images=args.probe_images or (32 if args.full else 10),
-        samples=args.samples or (96 if args.full else 16),
-        steps=80,
-        grid=16,
-        teacher_widths=small if args.protocol == "paper" else (32, 64, 128),
-        student_widths=small,
-        schedule="paper" if args.full else sorted({0, 1, 2, 3, epochs // 2, 3 * epochs // 4, epochs}),
-    )
 
 
 def _logger(log_dir: Path, run: str) -> TensorBoardLogger:
@@ -174,14 +88,13 @@ def _trainer_options(quick: bool) -> dict[str, Any]:
     )
 
 
-def _probes(plan: _Plan, data: ShapesDataModule, seed: int) -> list[pl.Callback]:
-    probe = KnowledgePointProbe(
-        data, layer=plan.layer, epochs=plan.schedule, grid=plan.grid, samples=plan.samples, steps=plan.steps, seed=seed
-    )
-    return [probe, WeightTrajectoryMonitor()]
+def _probes(plan: Plan, data: ShapesDataModule, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
+    probe = KnowledgePointProbe(data, epochs=plan.schedule, seed=seed, **sigma_options(plan))
+    clocks.append(ProbeClock(probe))
+    return [probe, clocks[-1], WeightTrajectoryMonitor()]
 
 
-def _agreement(plan: _Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
+def _agreement(plan: Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
     """[WK]'s agreement with the teacher, for distilled and baseline students alike (teacher given directly)."""
     return AgreementProbe(
         data,
@@ -192,7 +105,7 @@ def _agreement(plan: _Plan, data: ShapesDataModule, teacher: Any, seed: int) -> 
     )
 
 
-def _unicam(plan: _Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
+def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     """[UC]'s FSS/RS at the end of every stage and UniCAM maps at the last convolution, on held-out validation
     images (distance correlations are batch statistics: more images than the knowledge-point probe's)."""
     stages = [f"features.relu{2 * (stage + 1)}" for stage in range(len(plan.student_widths))]
@@ -202,7 +115,7 @@ def _unicam(plan: _Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     )
 
 
-def _record(run: RunResult, protocol: str, plan: _Plan) -> RunResult:
+def _record(run: RunResult, protocol: str, plan: Plan) -> RunResult:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "run": run.name,
@@ -277,11 +190,13 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     Raises:
         FileExistsError: ``OUT/EXPERIMENT`` holds an earlier demo and ``args.overwrite`` is off (nothing is
             trained).
+        ValueError: the options contradict each other (``--passes`` without the secant method); nothing is
+            trained or removed.
     """
     start = time.perf_counter()
+    plan = make_plan(args)
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
-    plan = _plan(args)
     sizes = (plan.train_size, 64, 64) if args.quick else (plan.train_size, 1000, 1000)
     data = ShapesDataModule(
         num_classes=args.num_classes,
@@ -297,6 +212,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     log_dir = args.out / args.experiment
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
     total = 1 + 2 * args.seeds
+    clocks: list[ProbeClock] = []
 
     print(f"[1/{total}] teacher: VGG{plan.teacher_widths}×2 convs, {plan.teacher_epochs} epochs")
     pl.seed_everything(args.seed, verbose=False)
@@ -322,11 +238,14 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         student = VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2)
         name = f"distilled{suffix}"
         if args.protocol == "paper":
-            accuracy = _two_phase(student, teacher.student, data, log_dir, name, plan, seed, options, args.quick)
+            probes = _probes(plan, data, seed, clocks)
+            accuracy = _two_phase(
+                student, teacher.student, data, log_dir, name, plan, seed, probes, options, args.quick
+            )
         else:
             module = DistillationModule(student, teacher.student, **options)
             callbacks = [
-                *_probes(plan, data, seed),
+                *_probes(plan, data, seed, clocks),
                 _agreement(plan, data, teacher.student, seed),
                 _unicam(plan, data, teacher.student),
             ]
@@ -342,7 +261,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         module = DistillationModule(VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2), **options)
         name = f"baseline{suffix}"
         callbacks = [
-            *_probes(plan, data, seed),
+            *_probes(plan, data, seed, clocks),
             _agreement(plan, data, teacher.student, seed),
             _unicam(plan, data, teacher.student),
         ]
@@ -357,7 +276,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     from kd_probe.report import write_report
 
     report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir)
-    return DemoResult(runs, log_dir, time.perf_counter() - start, report_path, text)
+    seconds = time.perf_counter() - start
+    return DemoResult(runs, log_dir, seconds, report_path, text, sum(clock.seconds for clock in clocks))
 
 
 def _test(trainer: pl.Trainer, module: pl.LightningModule, data: ShapesDataModule) -> float:
@@ -371,8 +291,9 @@ def _two_phase(
     data: ShapesDataModule,
     log_dir: Path,
     name: str,
-    plan: _Plan,
+    plan: Plan,
     seed: int,
+    probes: list[pl.Callback],
     options: dict[str, Any],
     quick: bool,
 ) -> float:
@@ -386,7 +307,7 @@ def _two_phase(
         mimic_epochs=plan.epochs,
         head_epochs=head_epochs,
         trainer_options=_trainer_options(quick),
-        mimic_callbacks=[*_probes(plan, data, seed), _unicam(plan, data, teacher)],
+        mimic_callbacks=[*probes, _unicam(plan, data, teacher)],
         head_callbacks=[_agreement(plan, data, teacher, seed)],
         mimic_trainer_options={"logger": _logger(log_dir, name)},
         head_trainer_options={"logger": _logger(log_dir / name, "head")},
@@ -399,6 +320,7 @@ def main(argv: list[str] | None = None) -> DemoResult:
     """Entry point of ``python -m kd_probe.demo``."""
     parser = add_arguments(argparse.ArgumentParser(prog="kd-probe demo", description=__doc__))
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     try:
         result = run_demo(args)
     except FileExistsError as error:
@@ -414,7 +336,8 @@ def report(result: DemoResult) -> DemoResult:
     if result.report_text:
         print(f"\n{result.report_text}")
         print(f"Report written to {result.report_path}")
-    print(f"\nDone in {result.seconds:.0f} s. Watch the curves with:\n  tensorboard --logdir {result.log_dir}")
+    probes = f" ({result.probe_seconds:.0f} s of it in the knowledge-point probes)" if result.probe_seconds else ""
+    print(f"\nDone in {result.seconds:.0f} s{probes}. Watch the curves with:\n  tensorboard --logdir {result.log_dir}")
     return result
 
 

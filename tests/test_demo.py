@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -11,7 +13,10 @@ import pytest
 import torch
 
 from kd_probe import __version__
+from kd_probe._demo_plan import Plan, add_arguments, make_plan, sigma_options
 from kd_probe.cli import main
+from kd_probe.demo import main as demo_main
+from kd_probe.demo import run_demo
 from kd_probe.report import METRICS, UNICAM, _format
 
 
@@ -37,7 +42,10 @@ def test_demo_trains_probes_and_reports(quick_demo: tuple[Path, str]) -> None:
         assert json.loads((folder / run / "kd_probe_run.json").read_text())["role"] == run
     for run in ("distilled", "baseline"):
         assert (folder / run / "kd_probe_summary.json").exists() and (folder / run / "kd_probe_history.pt").exists()
+        settings = json.loads((folder / run / "kd_probe_summary.json").read_text())["settings"]
+        assert (settings["method"], settings["passes"], settings["samples"]) == ("secant", 2, 8)
     assert not (folder / "teacher" / "kd_probe_summary.json").exists()
+    assert re.search(r"Done in \d+ s \(\d+ s of it in the knowledge-point probes\)", out)
 
 
 @pytest.mark.slow
@@ -287,3 +295,64 @@ def test_overwrite_reruns_the_demo_with_fresh_event_files(quick_demo: tuple[Path
         assert len(new) == len(old[run]) and not set(new) & set(old[run]), run
     report = (folder / "report.md").read_text()
     assert (folder / "notes.txt").read_text() == "mine" and "## The paper's hypotheses" in report
+    for run in ("distilled", "baseline"):  # deterministic: the same knowledge points and metrics again
+        again = json.loads((folder / run / "kd_probe_summary.json").read_text())
+        first = json.loads((quick_demo[0] / run / "kd_probe_summary.json").read_text())
+        assert again == first, run
+
+
+def _plan(*argv: str) -> Plan:
+    return make_plan(add_arguments(argparse.ArgumentParser()).parse_args(list(argv)))
+
+
+def test_the_demo_probes_four_times_the_images_with_secant_for_less_sigma_work() -> None:
+    new, old = _plan(), _plan("--method", "faithful")  # old: the demo's probe before the secant method
+    assert (new.method, new.probe_images, new.passes, new.samples) == ("secant", 40, 2, 64)
+    assert (old.method, old.probe_images, old.passes, old.samples) == ("faithful", 10, None, 16)
+    assert new.probe_images >= 4 * old.probe_images
+    # forward + backward passes of noise images per probe: secant passes × samples per image, faithful samples ×
+    # the steps an image runs — about 36 with the early stop (patience 3) on the demo's trained student, 41 at
+    # initialisation, 60 without it (benchmarks/bench_demo_probes.py --flops) — with a 10 % margin
+    assert new.probe_images * new.passes * new.samples <= 0.9 * old.probe_images * old.samples * 36
+    assert sigma_options(new) == {
+        "layer": "features.bn6",
+        "method": "secant",
+        "grid": 16,
+        "steps": 80,
+        "samples": 64,
+        "passes": 2,
+    }
+    mine = _plan("--passes", "1", "--samples", "200", "--probe-images", "48")
+    assert (mine.method, mine.probe_images, mine.passes, mine.samples) == ("secant", 48, 1, 200)
+
+
+def test_full_keeps_the_papers_faithful_probe() -> None:
+    full = _plan("--full")
+    assert sigma_options(full) == {
+        "layer": "features.bn6",
+        "method": "faithful",
+        "grid": 16,
+        "steps": 80,
+        "samples": 96,
+    }
+    assert (full.probe_images, full.epochs, full.schedule) == (32, 30, "paper")
+    secant = _plan("--full", "--method", "secant")  # estimate_sigma_maps' own secant defaults
+    assert (secant.method, secant.passes, secant.samples, secant.probe_images) == ("secant", 2, 384, 32)
+
+
+@pytest.mark.parametrize("argv", [["--method", "faithful", "--passes", "2"], ["--full", "--passes", "1"]])
+def test_passes_without_the_secant_method_is_refused_before_anything_runs(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _no_training(monkeypatch)
+    _earlier_demo(tmp_path / "e")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    options = [*argv, "--out", str(tmp_path), "--experiment", "e", "--overwrite"]
+    with pytest.raises(SystemExit) as exit_:
+        demo_main(options)
+    assert exit_.value.code == 2
+    assert "argument --passes: applies to --method secant only, got --method faithful" in capsys.readouterr().err
+    args = add_arguments(argparse.ArgumentParser()).parse_args(options)
+    with pytest.raises(ValueError, match="applies to --method secant only"):
+        run_demo(args)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # --overwrite not applied
