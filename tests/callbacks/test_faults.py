@@ -237,7 +237,7 @@ def test_the_expected_cost_is_logged_with_its_numbers(
         "unicam": r"6 images: a student forward and two UniCAM passes",
     }
     owner = {"knowledge_points": "KnowledgePointProbe", "agreement": "AgreementProbe", "unicam": "UniCAMProbe"}[kind]
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         _fit(_probe(kind), False)
     text = caplog.text
     assert len(re.findall(rf"{owner}: about [0-9.e-]+ s per probe \({details[kind]}\)\.", text)) == 1

@@ -306,7 +306,7 @@ def test_path_length_tracks_the_nearest_weight_and_feeds_the_summary(
     start = module.net[0].weight.detach().clone()
     probe = KnowledgePointProbe(data, layer="net.1", **PROBE)  # a ReLU: tracks net.0
     logger = TensorBoardLogger(tmp_path, name="run")
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
         trainer(tmp_path, max_epochs=2, callbacks=[probe], logger=logger).fit(
             module, train_dataloaders=loaders(data)["train_dataloaders"]
         )

@@ -140,7 +140,7 @@ def test_bf16_mixed_precision_probes_compute_in_float32_and_say_so(
         probe.probe = _spied(probe.probe, in_probes)  # type: ignore[method-assign]
     module.training_step = _spied(module.training_step, in_training)  # type: ignore[method-assign]
     fit = trainer(tmp_path, precision="bf16-mixed", limit_val_batches=0, callbacks=probes)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         fit.fit(module, datamodule=data)
     assert torch.bfloat16 in in_training.seen  # autocast was on in the training step
     assert torch.float32 in in_probes.seen and not in_probes.seen & {torch.bfloat16, torch.float16}
