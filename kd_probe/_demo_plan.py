@@ -17,14 +17,15 @@ from kd_probe.callbacks import KnowledgePointProbe
 __all__ = ["PROBE_DEFAULTS", "Plan", "ProbeClock", "add_arguments", "check_arguments", "make_plan", "sigma_options"]
 
 # (probe images, noise samples per faithful step or secant pass, secant passes) by (method, --full). The secant
-# default, 40 images × 2 passes × 64 samples, costs less than the faithful 10 images × 16 samples that the demo
-# used before: ≈ 0.86× its convolution FLOPs on the trained student, 0.77× at initialisation, with the faithful
-# engine's early stop (patience 3; ≈ 0.53× without it) — benchmarks/bench_demo_probes.py times both in one run.
+# default, 40 images × 2 passes × 64 samples, costs no more than the faithful 10 images × 16 samples that the
+# demo used before: the same time, 0.83× its convolution FLOPs on the trained student and 0.77× at
+# initialisation, with the faithful engine's early stop (patience 3; ≈ 0.53× without it) —
+# benchmarks/bench_demo_probes.py times both in one run.
 # --full keeps the paper's faithful settings; --full --method secant takes estimate_sigma_maps' secant defaults.
 PROBE_DEFAULTS: dict[tuple[str, bool], tuple[int, int, int | None]] = {
     ("secant", False): (40, 64, 2),
     ("faithful", False): (10, 16, None),
-    ("secant", True): (32, 384, 2),
+    ("secant", True): (32, 256, 3),
     ("faithful", True): (32, 96, None),
 }
 

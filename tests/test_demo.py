@@ -337,7 +337,7 @@ def test_full_keeps_the_papers_faithful_probe() -> None:
     }
     assert (full.probe_images, full.epochs, full.schedule) == (32, 30, "paper")
     secant = _plan("--full", "--method", "secant")  # estimate_sigma_maps' own secant defaults
-    assert (secant.method, secant.passes, secant.samples, secant.probe_images) == ("secant", 2, 384, 32)
+    assert (secant.method, secant.passes, secant.samples, secant.probe_images) == ("secant", 3, 256, 32)
 
 
 @pytest.mark.parametrize("argv", [["--method", "faithful", "--passes", "2"], ["--full", "--passes", "1"]])
