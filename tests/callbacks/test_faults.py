@@ -289,6 +289,7 @@ _CHILD = textwrap.dedent(
     from tests.callbacks.conftest import tiny_data, tiny_net, trainer
 
     mode, root = sys.argv[1], Path(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even if started with &
     data = tiny_data()
     loaders = dict(
         train_dataloaders=DataLoader(data.train_set, batch_size=16, shuffle=False),
