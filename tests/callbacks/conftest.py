@@ -1,5 +1,6 @@
 """Tiny data, networks and Trainers for the callback tests (each fit takes about a second)."""
 
+import atexit
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,25 @@ def loaders(data: ShapesDataModule) -> dict[str, DataLoader]:
     }
 
 
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class EndProcessGroup(pl.Callback):
+    """Destroys a worker's process group when the worker exits. Lightning's ddp_spawn leaves it to interpreter
+    shutdown, where gloo's threads are sometimes torn down while still running ("terminate called without an
+    active exception", SIGABRT in a worker after a finished fit)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        atexit.register(_destroy_process_group)
+
+
 def trainer(root: Path, **kw: Any) -> pl.Trainer:
     options: dict[str, Any] = dict(max_epochs=2, log_every_n_steps=1, accelerator="cpu", devices=1)
     options.update(kw)
+    if str(options.get("strategy", "")).startswith("ddp"):
+        options["callbacks"] = [*options.get("callbacks", []), EndProcessGroup()]
     return tiny_trainer(root, **options)
 
 
