@@ -7,8 +7,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from kd_probe import DistillationModule
+from kd_probe import DistillationModule, ShapesDataModule
 from kd_probe.models import VGG
+
+
+def demo_data(probe_size: int = 10) -> ShapesDataModule:
+    """The demo's built-in data (6 classes, 32 px, 4000/1000/1000 images, background bias 0.2, seed 0), set up."""
+    data = ShapesDataModule(
+        num_classes=6,
+        image_size=32,
+        train_size=4000,
+        val_size=1000,
+        test_size=1000,
+        probe_size=probe_size,
+        background_bias=0.2,
+        batch_size=64,
+        seed=0,
+    )
+    data.setup("fit")
+    return data
 
 
 def demo_distillation_module(seed: int = 0) -> DistillationModule:

@@ -34,7 +34,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _demo_setup import quiet_trainer
+from _demo_setup import demo_data, quiet_trainer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -151,17 +151,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     count = max(images for images, _ in _settings(args.candidates).values())
-    data = ShapesDataModule(
-        num_classes=6,
-        image_size=32,
-        train_size=4000,
-        val_size=1000,
-        test_size=1000,
-        probe_size=count,
-        background_bias=0.2,
-        batch_size=64,
-        seed=0,
-    )  # the demo's data
+    data = demo_data(probe_size=count)
     images, masks, _ = read_probe_set(data)
     assert masks is not None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {count} probe images", flush=True)

@@ -22,7 +22,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from _demo_setup import demo_distillation_module, quiet_trainer, timed
+from _demo_setup import demo_data, demo_distillation_module, quiet_trainer, timed
 
 from kd_probe import KnowledgePointProbe, ShapesDataModule
 
@@ -45,17 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    data = ShapesDataModule(
-        num_classes=6,
-        image_size=32,
-        train_size=4000,
-        val_size=1000,
-        test_size=1000,
-        probe_size=args.probe_images,
-        background_bias=0.2,
-        batch_size=64,
-    )
-    data.setup("fit")
+    data = demo_data(probe_size=args.probe_images)
     plain = _fit(data, args.epochs, [])
     probe = timed(KnowledgePointProbe)(data, layer=args.layer, every_n_epochs=1, samples=args.samples, steps=args.steps)
     probed = _fit(data, args.epochs, [probe])

@@ -18,10 +18,10 @@ import time
 import warnings
 
 import torch
-from _demo_setup import demo_distillation_module, quiet_trainer, timed
+from _demo_setup import demo_data, demo_distillation_module, quiet_trainer, timed
 from torch.utils.data import Subset
 
-from kd_probe import ShapesDataModule, UniCAMProbe
+from kd_probe import UniCAMProbe
 
 STAGES = ["features.relu2", "features.relu4", "features.relu6"]
 
@@ -34,10 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    data = ShapesDataModule(
-        num_classes=6, image_size=32, train_size=4000, val_size=1000, test_size=1000, background_bias=0.2, batch_size=64
-    )
-    data.setup("fit")
+    data = demo_data()
     images = Subset(data.val_set, range(args.images))
     probe = timed(UniCAMProbe)(images, layers=STAGES, cam_layer=STAGES[-1], normalization=(data.mean, data.std))
     module = demo_distillation_module()
