@@ -11,6 +11,8 @@ Public API:
   keeps information about), returning :class:`SigmaMaps`; :func:`count_knowledge_points` turns entropy maps
   into knowledge points (:class:`KnowledgePoints`: ``N_fg``, ``N_bg``, ``fg_ratio``);
   :class:`KnowledgePointCount` accumulates them across batches and processes (a torchmetrics ``Metric``).
+  Input units (spec §1.1): :class:`ImageGrid` (images, the default), :class:`Tokens` (σ per token on an
+  embedding's output) and :class:`Points` (σ per point of a point cloud), the modalities of [KP-J].
 - :class:`KnowledgePointProbe` — a Lightning callback that finds knowledge points on held-out images at
   scheduled epochs and logs their curves, image grids and per-image history (any LightningModule, DDP).
 - :class:`WeightTrajectoryMonitor` — per-module weight step lengths, update cosines, direction consistency
@@ -41,6 +43,7 @@ from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe,
 from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 from kd_probe.core.unicam import UniCAM
+from kd_probe.core.units import ImageGrid, Points, Tokens
 from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
 from kd_probe.metrics import KnowledgePointCount
 from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
@@ -51,12 +54,15 @@ __all__ = [
     "CUB200",
     "AgreementProbe",
     "DistillationModule",
+    "ImageGrid",
     "ImageMaskFolder",
     "KnowledgePointCount",
     "KnowledgePointProbe",
     "KnowledgePoints",
+    "Points",
     "ShapesDataModule",
     "SigmaMaps",
+    "Tokens",
     "TwoPhaseResult",
     "UniCAM",
     "UniCAMProbe",

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from kd_probe.core.units import upsample_units
 
 __all__ = [
     "BOOST_STEPS",
@@ -28,6 +29,7 @@ __all__ = [
     "entropy_gradient",
     "gaussian_entropy",
     "image_generator",
+    "mean_entropy",
     "recurrence",
     "upsample_units",
 ]
@@ -41,11 +43,13 @@ _ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
 
 @dataclass(frozen=True)
 class SigmaMaps:
-    """Result of :func:`~kd_probe.estimate_sigma_maps`; every tensor's first dimension is the image.
+    """Result of :func:`~kd_probe.estimate_sigma_maps`; every tensor's first dimension is the input (image,
+    token sequence or point cloud).
 
     Attributes:
-        sigma: ``[N, grid, grid]`` the selected noise scales σ_i (normalised-pixel units).
-        entropy: ``[N, grid, grid]`` ``H_i = log σ_i + ½·log(2πe)``, nats per dimension (spec §1.2).
+        sigma: ``[N, *units]`` the selected noise scales σ_i in input units: ``[N, grid, grid]`` for images,
+            ``[N, T]`` for tokens (embedding units; NaN at padding, which is not a unit), ``[N, P]`` for points.
+        entropy: ``[N, *units]`` ``H_i = log σ_i + ½·log(2πe)``, nats per dimension (spec §1.2).
         mean_entropy: ``[N]`` ``Ĥ``, the mean of ``entropy`` over units (closest recorded value to the target).
         reached_target: ``[N]`` bool, ``Ĥ`` exceeded the target entropy at some recorded step.
         boosted: ``[N]`` bool, λ was multiplied by ``boost`` for the last 20 steps.
@@ -99,24 +103,25 @@ def gaussian_entropy(sigma: Tensor) -> Tensor:
     return torch.log(sigma) + _ENTROPY_CONSTANT
 
 
-def entropy_gradient(sigma: Tensor, lam: Tensor) -> Tensor:
-    """Gradient with respect to σ ``[n, grid, grid]`` of the entropy term ``−λ·Ĥ(σ)`` of spec §1.2, one ``λ``
-    per image (``Ĥ`` is the mean over units, so each unit gets ``−λ / (grid² σ_i)``)."""
+def mean_entropy(sigma: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``Ĥ`` per input ``[n]``: the mean of ``H_i`` over its units (spec §1.2); ``valid`` (bool, σ's shape)
+    leaves out positions that are not units (padding tokens)."""
+    entropy = gaussian_entropy(sigma)
+    dims = tuple(range(1, sigma.dim()))
+    if valid is None:
+        return entropy.mean(dim=dims)
+    return torch.where(valid, entropy, 0.0).sum(dim=dims) / valid.sum(dim=dims)
+
+
+def entropy_gradient(sigma: Tensor, lam: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Gradient with respect to σ ``[n, *units]`` of the entropy term ``−λ·Ĥ(σ)`` of spec §1.2, one ``λ``
+    per input (``Ĥ`` is the mean over units, so each of the ``n_units`` units gets ``−λ / (n_units σ_i)``,
+    positions outside ``valid`` 0)."""
     leaf = sigma.detach().requires_grad_(True)
     with torch.enable_grad():
-        term = -(lam * gaussian_entropy(leaf).mean(dim=(1, 2))).sum()
+        term = -(lam * mean_entropy(leaf, valid)).sum()
         (gradient,) = torch.autograd.grad(term, leaf)
     return gradient
-
-
-def upsample_units(sigma: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-upsample unit maps ``[..., grid, grid]`` to pixels ``[..., 1, H, W]`` (spec §1.1).
-
-    Pixel ``(y, x)`` belongs to unit ``(⌊y·grid/H⌋, ⌊x·grid/W⌋)``; σ is shared over the channels.
-    """
-    lead = sigma.shape[:-2]
-    flat = sigma.reshape(-1, 1, *sigma.shape[-2:])
-    return F.interpolate(flat, size=size, mode="nearest").reshape(*lead, 1, *size)
 
 
 def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -145,7 +150,8 @@ def recurrence(
     gradient: Callable[[list[int], Tensor, Tensor], Tensor],
     *,
     count: int,
-    grid: int,
+    shape: tuple[int, ...],
+    valid: Tensor | None = None,
     steps: int,
     lr: float,
     lam: float,
@@ -156,8 +162,9 @@ def recurrence(
     progress: Callable[[int, int], None] | None = None,
     check: Callable[[], None] | None = None,
 ) -> Selected:
-    """The recurrence of spec §1.2 for ``count`` independent images, driven by ``gradient(positions, σ, λ)``
-    (the loss gradient of the images at ``positions``, their σ rows and λ values in that order).
+    """The recurrence of spec §1.2 for ``count`` independent inputs of ``shape`` units each (``valid``: which
+    positions are units, default all), driven by ``gradient(positions, σ, λ)`` (the loss gradient of the
+    inputs at ``positions``, their σ rows and λ values in that order).
 
     σ starts at 0.01 and is clamped to [1e-3, 1] before every step; ``(σ, Ĥ)`` is recorded before every
     update (plain SGD, ``lr``). At step ``steps − 21`` an image whose ``Ĥ`` has exceeded ``target`` stops; the
@@ -167,8 +174,8 @@ def recurrence(
     the target. ``like`` gives the dtype and device.
     """
     device, dtype = like.device, like.dtype
-    sigma = torch.full((count, grid, grid), SIGMA_INIT, dtype=dtype, device=device)
-    recorded_sigma = torch.empty((steps, count, grid, grid), dtype=dtype, device=device)
+    sigma = torch.full((count, *shape), SIGMA_INIT, dtype=dtype, device=device)
+    recorded_sigma = torch.empty((steps, count, *shape), dtype=dtype, device=device)
     recorded_entropy = torch.full((steps, count), math.nan, dtype=dtype, device=device)
     lams = torch.full((count,), float(lam), dtype=dtype, device=device)
     boosted = torch.zeros(count, dtype=torch.bool, device=device)
@@ -184,7 +191,7 @@ def recurrence(
             check()
         sigma[active] = sigma[active].clamp(*SIGMA_RANGE)
         recorded_sigma[step, active] = sigma[active]
-        recorded_entropy[step, active] = gaussian_entropy(sigma[active]).mean(dim=(1, 2))
+        recorded_entropy[step, active] = mean_entropy(sigma[active], None if valid is None else valid[active])
         if patience is not None and step > 0:
             distance = (recorded_entropy[step] - target).abs()
             farther = passed & (distance > (recorded_entropy[step - 1] - target).abs())

@@ -1,7 +1,8 @@
 """The two σ engines: faithful (spec §1.2, a sampled gradient at every step) and secant (spec §1.8, a
-quadratic surrogate fitted to a few sampled gradients), over a set of independent images. Pure torch.
+quadratic surrogate fitted to a few sampled gradients), over a set of independent inputs (images, token
+sequences, point clouds; :mod:`kd_probe.core.units`). Pure torch.
 
-Both draw the noise of image ``i`` from its own generator (:func:`image_generator`, seeded by the image's
+Both draw the noise of input ``i`` from its own generator (:func:`image_generator`, seeded by the input's
 global index), in the same order whatever the batch, so batching, order and sharding never change a map.
 """
 
@@ -21,55 +22,63 @@ from kd_probe.core._sigma_common import (
     gaussian_entropy,
     image_generator,
     recurrence,
-    upsample_units,
 )
+from kd_probe.core.units import BoundUnits
 
 __all__ = ["SampledObjective", "faithful_maps", "secant_maps"]
 
 
 class SampledObjective:
-    """The feature term of spec §1.2 sampled with per-image noise: ``Σ`` over noise samples and feature elements
-    of ``(g(x + σ⊙ε) − g(x))²`` and its gradient with respect to σ, at most ``max_batch`` perturbed images per
-    forward (gradients accumulated over chunks)."""
+    """The feature term of spec §1.2 sampled with per-input noise: ``Σ`` over noise samples and feature elements
+    of ``(g(x + σ⊙ε) − g(x))²`` and its gradient with respect to σ, at most ``max_batch`` perturbed inputs per
+    forward (gradients accumulated over chunks). ``units`` says how σ enters the input (§1.1)."""
 
     def __init__(
         self,
         features: FeatureFunction,
-        images: Tensor,
+        units: BoundUnits,
         indices: list[int],
-        grid: int,
         samples: int,
         seed: int,
         max_batch: int,
         check: Callable[[], None] | None = None,
     ) -> None:
-        self.features, self.images, self.grid, self.samples, self.check = features, images, grid, samples, check
-        self.size = (images.shape[-2], images.shape[-1])
-        self.generators = [image_generator(seed, index, images.device) for index in indices]
-        self.group = max(1, max_batch // samples)  # whole images per forward
-        self.rows = min(samples, max_batch)  # noise samples per image per forward
-        count = images.shape[0]
+        self.features, self.units, self.samples, self.check = features, units, samples, check
+        inputs = units.inputs
+        self.dtype = torch.get_default_dtype() if not inputs.is_floating_point() else inputs.dtype
+        self.device = inputs.device
+        self.count = inputs.shape[0]
+        self.generators = [image_generator(seed, index, inputs.device) for index in indices]
+        self.group = max(1, max_batch // samples)  # whole inputs per forward
+        self.rows = min(samples, max_batch)  # noise samples per input per forward
         with torch.no_grad():
-            # one image per forward: a batch of one gives the same clean feature however the images are batched
-            self.clean = torch.cat([features(images[i : i + 1]) for i in range(count)])
+            # one input per forward: a batch of one gives the same clean feature however the inputs are batched
+            self.clean = torch.cat([features(inputs[i : i + 1]) for i in range(self.count)])
         broken = ~torch.isfinite(self.clean.flatten(1)).all(dim=1)
         if broken.any():
             raise FloatingPointError(
-                f"the feature at `layer`={features.layer!r} is NaN or infinite for {int(broken.sum())} of {count} "
-                "images (a diverged model?); no σ map can be estimated."
+                f"the feature at `layer`={features.layer!r} is NaN or infinite for {int(broken.sum())} of "
+                f"{self.count} inputs (a diverged model?); no σ map can be estimated."
             )
-        self.numel = self.clean[0].numel()
+        mask = units.feature_mask(list(range(self.count)), self.clean)
+        self.mask = mask
+        elements = self.clean[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
+        self.numel = torch.as_tensor(elements, dtype=self.clean.dtype, device=self.device).expand(self.count)
+
+    def initial(self, count: int) -> Tensor:
+        """σ = 0.01 on every unit of ``count`` inputs."""
+        return torch.full((count, *self.units.shape), SIGMA_INIT, dtype=self.clean.dtype, device=self.device)
 
     def _noise(self, positions: list[int]) -> Tensor:
-        """One draw of noise ``[len(positions), M, C, H, W]``, each image from its own generator."""
-        shape = (self.samples, *self.images.shape[1:])
-        dtype, device = self.images.dtype, self.images.device
+        """One draw of noise ``[len(positions), M, *noise]``, each input from its own generator."""
+        shape = (self.samples, *self.units.noise_shape)
+        dtype, device = self.clean.dtype, self.device
         return torch.stack(
             [torch.randn(shape, generator=self.generators[p], dtype=dtype, device=device) for p in positions]
         )
 
     def _chunks(self, positions: list[int]) -> Iterator[tuple[list[int], Tensor, slice]]:
-        """Groups of images with their noise, and the sample slices that fit in ``max_batch`` rows; ``check``
+        """Groups of inputs with their noise, and the sample slices that fit in ``max_batch`` rows; ``check``
         runs before each is handed out (so before each chunk's forward)."""
         for start in range(0, len(positions), self.group):
             group = positions[start : start + self.group]
@@ -80,29 +89,28 @@ class SampledObjective:
                 yield group, noise, slice(first, first + self.rows)
 
     def squared_error(self, group: list[int], sigma: Tensor, noise: Tensor) -> Tensor:
-        """Per image of ``group``: Σ over its noise samples and feature elements of ``(g(x + σ⊙ε) − g(x))²``."""
+        """Per input of ``group``: Σ over its noise samples and feature elements of ``(g(x + σ⊙ε) − g(x))²``."""
         count, rows = noise.shape[:2]
-        perturbed = self.images[group].unsqueeze(1) + upsample_units(sigma, self.size).unsqueeze(1) * noise
-        feature = self.features(perturbed.reshape(count * rows, *noise.shape[2:])).unflatten(0, (count, rows))
-        return (feature - self.clean[group].unsqueeze(1)).square().flatten(2).sum(dim=2).sum(dim=1)
+        feature = self.units.features(self.features, group, sigma, noise).unflatten(0, (count, rows))
+        change = (feature - self.clean[group].unsqueeze(1)).square()
+        if self.mask is not None:
+            change = change * self.mask[group].unsqueeze(1)
+        return change.flatten(2).sum(dim=2).sum(dim=1)
 
     def normaliser(self) -> Tensor:
-        """``σ_f`` of every image: the mean squared feature change under uniform σ = 0.01 (spec §1.2)."""
-        total = torch.zeros(self.images.shape[0], dtype=self.images.dtype, device=self.images.device)
+        """``σ_f`` of every input: the mean squared feature change under uniform σ = 0.01 (spec §1.2)."""
+        total = torch.zeros(self.count, dtype=self.clean.dtype, device=self.device)
         with torch.no_grad():
-            for group, noise, rows in self._chunks(list(range(self.images.shape[0]))):
-                sigma = torch.full(
-                    (len(group), self.grid, self.grid), SIGMA_INIT, dtype=total.dtype, device=total.device
-                )
-                total[group] += self.squared_error(group, sigma, noise[:, rows])
+            for group, noise, rows in self._chunks(list(range(self.count))):
+                total[group] += self.squared_error(group, self.initial(len(group)), noise[:, rows])
         return total / (self.samples * self.numel)
 
     def feature_gradient(
         self, positions: list[int], sigma: Tensor, weight: Tensor, into: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """For the images at ``positions`` (σ rows in that order): the summed squared error ``[n]`` (detached)
-        and the gradient of ``Σ_p weight_p · error_p`` with respect to σ ``[n, grid, grid]`` (one fresh draw of
-        noise per image), added chunk by chunk to ``into`` when given."""
+        """For the inputs at ``positions`` (σ rows in that order): the summed squared error ``[n]`` (detached)
+        and the gradient of ``Σ_p weight_p · error_p`` with respect to σ ``[n, *units]`` (one fresh draw of
+        noise per input), added chunk by chunk to ``into`` when given."""
         error = torch.zeros(len(positions), dtype=sigma.dtype, device=sigma.device)
         gradient = torch.zeros_like(sigma) if into is None else into
         where = {p: i for i, p in enumerate(positions)}
@@ -132,12 +140,13 @@ def faithful_maps(
     gradient of ``MSE(g(x'), g(x)) / σ_f − λ·Ĥ(σ)``."""
     sigma_f = objective.normaliser()
     effective = sigma_f > 0
+    valid = objective.units.valid
     # weight of each image's summed squared error: 1 / (M · numel(g) · σ_f), 0 for non-effective images
     safe = torch.where(effective, sigma_f, torch.ones_like(sigma_f))
     weight = torch.where(effective, 1.0 / (objective.samples * objective.numel * safe), torch.zeros_like(safe))
 
     def gradient(positions: list[int], sigma: Tensor, lams: Tensor) -> Tensor:
-        total = entropy_gradient(sigma, lams)
+        total = entropy_gradient(sigma, lams, None if valid is None else valid[positions])
         live = [i for i, p in enumerate(positions) if effective[p]]  # dead features: only the entropy term
         if live:
             live_positions = [positions[i] for i in live]
@@ -149,7 +158,8 @@ def faithful_maps(
     selected = recurrence(
         gradient,
         count=len(sigma_f),
-        grid=objective.grid,
+        shape=objective.units.shape,
+        valid=valid,
         steps=steps,
         lr=lr,
         lam=lam,
@@ -160,7 +170,7 @@ def faithful_maps(
         progress=progress,
         check=objective.check,
     )
-    return _maps(selected, sigma_f, effective, "faithful")
+    return _maps(selected, sigma_f, effective, valid, "faithful")
 
 
 def secant_maps(
@@ -181,20 +191,15 @@ def secant_maps(
     surrogate ``Σ_i a_i σ_i²`` of the normalised feature term (``G`` is the gradient of ``MSE / σ_f``); the
     coefficients are averaged over passes (a negative average, sampling noise on a unit the feature ignores,
     counts as 0) and the exact recurrence of §1.2 runs element-wise on the surrogate."""
-    count = objective.images.shape[0]
+    count, valid = objective.count, objective.units.valid
     positions = list(range(count))
-    sigma = torch.full(
-        (count, objective.grid, objective.grid),
-        SIGMA_INIT,
-        dtype=objective.images.dtype,
-        device=objective.images.device,
-    )
-    scale = torch.full((count,), 1.0 / (objective.samples * objective.numel), dtype=sigma.dtype, device=sigma.device)
+    sigma = objective.initial(count)
+    scale = (1.0 / (objective.samples * objective.numel.double())).to(sigma.dtype)
     error, raw = objective.feature_gradient(positions, sigma, scale)  # gradient of the MSE, not yet / σ_f
     sigma_f = error * scale
     effective = sigma_f > 0
     inverse = torch.where(effective, 1.0 / torch.where(effective, sigma_f, torch.ones_like(sigma_f)), 0.0)
-    total = raw * inverse[:, None, None] / (2 * sigma)
+    total = raw * inverse.view(-1, *[1] * len(objective.units.shape)) / (2 * sigma)
     selected = None
     for done in range(1, passes + 1):
         if done > 1:
@@ -203,12 +208,13 @@ def secant_maps(
         coefficients = (total / done).clamp(min=0)
 
         def gradient(rows: list[int], sigma_rows: Tensor, lams: Tensor, a: Tensor = coefficients) -> Tensor:
-            return entropy_gradient(sigma_rows, lams) + 2 * a[rows] * sigma_rows
+            return entropy_gradient(sigma_rows, lams, None if valid is None else valid[rows]) + 2 * a[rows] * sigma_rows
 
         selected = recurrence(
             gradient,
             count=count,
-            grid=objective.grid,
+            shape=objective.units.shape,
+            valid=valid,
             steps=steps,
             lr=lr,
             lam=lam,
@@ -222,13 +228,14 @@ def secant_maps(
         if progress is not None:
             progress(done, passes)
     assert selected is not None  # passes ≥ 1
-    return _maps(selected, sigma_f, effective, "secant")
+    return _maps(selected, sigma_f, effective, valid, "secant")
 
 
-def _maps(selected: Selected, sigma_f: Tensor, effective: Tensor, method: str) -> SigmaMaps:
+def _maps(selected: Selected, sigma_f: Tensor, effective: Tensor, valid: Tensor | None, method: str) -> SigmaMaps:
+    sigma = selected.sigma if valid is None else selected.sigma.masked_fill(~valid, float("nan"))  # not units
     return SigmaMaps(
-        sigma=selected.sigma,
-        entropy=gaussian_entropy(selected.sigma),
+        sigma=sigma,
+        entropy=gaussian_entropy(sigma),
         mean_entropy=selected.mean_entropy,
         reached_target=selected.reached_target,
         boosted=selected.boosted,

@@ -22,6 +22,7 @@ __all__ = [
     "downsample_mask",
     "effective_images",
     "foreground_ratio",
+    "unit_foreground",
 ]
 
 
@@ -81,6 +82,18 @@ def downsample_mask(mask: Tensor, grid: int, *, argument: str = "fg_mask") -> Te
     return mask > 0
 
 
+def unit_foreground(fg_mask: Tensor, units: tuple[int, ...], *, argument: str = "fg_mask") -> Tensor:
+    """The foreground units ``[N, *units]`` (bool) of ``fg_mask``: image masks are nearest-downsampled to a
+    ``grid × grid`` unit grid (:func:`downsample_mask`); token and point units (``units = (U,)``) take
+    per-unit flags ``[N, U]`` as they are (foreground is ``> 0``)."""
+    if len(units) == 2:
+        return downsample_mask(fg_mask, units[-1], argument=argument)
+    if not isinstance(fg_mask, Tensor) or fg_mask.dim() != 2 or fg_mask.shape[1] != units[0]:
+        shape = tuple(fg_mask.shape) if isinstance(fg_mask, Tensor) else type(fg_mask).__name__
+        raise ValueError(f"`{argument}` must hold per-unit foreground flags [N, {units[0]}], got {shape}.")
+    return fg_mask > 0
+
+
 def background_baseline(
     entropy: Tensor, foreground: Tensor, *, baseline: str | float = "dataset", effective: Tensor | None = None
 ) -> Tensor:
@@ -89,11 +102,13 @@ def background_baseline(
     ``"dataset"``: the mean over (effective) images of each image's mean background entropy — one value for
     the network and checkpoint, repeated; ``"image"``: each image's own mean background entropy; a float:
     that value for every image (to compare networks on one baseline). An image without background units
-    has no baseline of its own (NaN) and is left out of the dataset mean.
+    has no baseline of its own (NaN) and is left out of the dataset mean. Positions whose entropy is NaN are
+    not units (padding tokens) and count nowhere.
     """
     count = entropy.shape[0]
-    background = (~foreground).to(entropy.dtype)
-    per_image = (entropy * background).sum(dim=(1, 2)) / background.sum(dim=(1, 2))  # NaN without background
+    dims = tuple(range(1, entropy.dim()))
+    background = ~foreground & ~entropy.isnan()
+    per_image = torch.where(background, entropy, 0.0).sum(dim=dims) / background.sum(dim=dims)  # NaN if none
     if isinstance(baseline, bool):
         raise ValueError(f"`baseline` must be 'dataset', 'image' or a finite number of nats, got {baseline!r}.")
     if isinstance(baseline, (int, float)):
@@ -145,9 +160,11 @@ def count_knowledge_points(
     foreground / background units.
 
     Args:
-        entropy: ``[N, grid, grid]`` entropy maps (``SigmaMaps.entropy``).
-        fg_mask: foreground masks ``[N, H, W]`` (or ``[N, 1, H, W]``) at image resolution, nearest-downsampled
-            to the grid, or already at unit resolution; foreground is ``> 0``.
+        entropy: ``[N, grid, grid]`` entropy maps of images, or ``[N, U]`` of token / point units
+            (``SigmaMaps.entropy``; NaN marks positions that are not units, e.g. padding).
+        fg_mask: images: foreground masks ``[N, H, W]`` (or ``[N, 1, H, W]``) at image resolution,
+            nearest-downsampled to the grid, or already at unit resolution; tokens and points: per-unit flags
+            ``[N, U]``. Foreground is ``> 0``.
         threshold: ``b`` in nats.
         baseline: ``"dataset"``, ``"image"`` or a float (see :func:`background_baseline`).
         effective: ``[N]`` bool, images to use (e.g. ``SigmaMaps.effective``); the others get no points and
@@ -161,12 +178,12 @@ def count_knowledge_points(
         >>> kp.n_fg.tolist(), kp.n_bg.tolist(), kp.fg_ratio
         ([1], [0], 1.0)
     """
-    if not isinstance(entropy, Tensor) or entropy.dim() != 3 or not entropy.is_floating_point():
+    if not isinstance(entropy, Tensor) or entropy.dim() not in (2, 3) or not entropy.is_floating_point():
         given = f"{tuple(entropy.shape)} {entropy.dtype}" if isinstance(entropy, Tensor) else type(entropy).__name__
-        raise ValueError(f"`entropy` must be float maps [N, grid, grid], got {given}.")
+        raise ValueError(f"`entropy` must be float maps [N, grid, grid] or [N, units], got {given}.")
     check_threshold(threshold)
-    count, grid = entropy.shape[0], entropy.shape[-1]
-    if entropy.shape[-2] != grid:
+    count = entropy.shape[0]
+    if entropy.dim() == 3 and entropy.shape[-2] != entropy.shape[-1]:
         raise ValueError(f"`entropy` maps must be square [N, grid, grid], got {tuple(entropy.shape)}.")
     if not isinstance(fg_mask, Tensor) or fg_mask.shape[0] != count:
         shape = tuple(fg_mask.shape) if isinstance(fg_mask, Tensor) else type(fg_mask).__name__
@@ -174,7 +191,7 @@ def count_knowledge_points(
             f"`fg_mask` of shape {shape} does not match `entropy` of shape {tuple(entropy.shape)}: "
             "one mask per map is expected."
         )
-    foreground = downsample_mask(fg_mask.to(entropy.device), grid)
+    foreground = unit_foreground(fg_mask.to(entropy.device), tuple(entropy.shape[1:]))
     if effective is None:
         effective = torch.ones(count, dtype=torch.bool, device=entropy.device)
     elif not isinstance(effective, Tensor) or effective.shape != (count,):
@@ -182,9 +199,11 @@ def count_knowledge_points(
         raise ValueError(f"`effective` must be a bool tensor of shape ({count},), got {shape}.")
     effective = effective.to(device=entropy.device, dtype=torch.bool)
     reference = background_baseline(entropy, foreground, baseline=baseline, effective=effective)
-    points = (reference[:, None, None] - entropy > threshold) & effective[:, None, None]
-    n_fg = (points & foreground).sum(dim=(1, 2))
-    n_bg = (points & ~foreground).sum(dim=(1, 2))
+    per_unit = (-1,) + (1,) * (entropy.dim() - 1)
+    points = (reference.view(per_unit) - entropy > threshold) & effective.view(per_unit)  # NaN: never a point
+    dims = tuple(range(1, entropy.dim()))
+    n_fg = (points & foreground).sum(dim=dims)
+    n_bg = (points & ~foreground).sum(dim=dims)
     ratio, ratio_with_points = foreground_ratio(n_fg[effective], n_bg[effective])
     return KnowledgePoints(points, foreground, n_fg, n_bg, ratio, ratio_with_points, reference, effective)
 
@@ -206,11 +225,11 @@ def effective_images(sigma_f: Tensor, entropy: Tensor, fg_mask: Tensor, *, late:
 
     Args:
         sigma_f: ``[checkpoints, N]`` normalisers (``SigmaMaps.sigma_f`` of every checkpoint).
-        entropy: ``[checkpoints, N, grid, grid]`` entropy maps.
-        fg_mask: ``[N, H, W]`` masks at image or unit resolution.
+        entropy: ``[checkpoints, N, grid, grid]`` entropy maps (or ``[checkpoints, N, U]`` token / point units).
+        fg_mask: ``[N, H, W]`` masks at image or unit resolution (``[N, U]`` flags for token / point units).
         late: ``[checkpoints]`` bool, which checkpoints count as late.
     """
-    if sigma_f.dim() != 2 or entropy.dim() != 4 or entropy.shape[:2] != sigma_f.shape:
+    if sigma_f.dim() != 2 or entropy.dim() not in (3, 4) or entropy.shape[:2] != sigma_f.shape:
         raise ValueError(
             f"`sigma_f` [checkpoints, N] and `entropy` [checkpoints, N, grid, grid] must agree, got "
             f"{tuple(sigma_f.shape)} and {tuple(entropy.shape)}."
@@ -220,10 +239,12 @@ def effective_images(sigma_f: Tensor, entropy: Tensor, fg_mask: Tensor, *, late:
         raise ValueError(
             f"`late` must hold one flag per checkpoint ({entropy.shape[0]}), got {tuple(late_mask.shape)}."
         )
-    foreground = downsample_mask(fg_mask.to(entropy.device), entropy.shape[-1]).to(entropy.dtype)
-    background = 1.0 - foreground
-    fg_mean = (entropy * foreground).sum(dim=(2, 3)) / foreground.sum(dim=(1, 2))
-    bg_mean = (entropy * background).sum(dim=(2, 3)) / background.sum(dim=(1, 2))
+    foreground = unit_foreground(fg_mask.to(entropy.device), tuple(entropy.shape[2:]))
+    units = ~entropy.isnan()
+    on_fg, on_bg = foreground & units, ~foreground & units
+    dims = tuple(range(2, entropy.dim()))
+    fg_mean = torch.where(on_fg, entropy, 0.0).sum(dim=dims) / on_fg.sum(dim=dims)
+    bg_mean = torch.where(on_bg, entropy, 0.0).sum(dim=dims) / on_bg.sum(dim=dims)
     alive = (sigma_f > 0).all(dim=0)
     consistent = ~(bg_mean - fg_mean < 0) & ~(bg_mean - fg_mean).isnan()  # [checkpoints, N]
     return alive & (consistent | ~late_mask[:, None]).all(dim=0)

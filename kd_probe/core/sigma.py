@@ -23,11 +23,11 @@ from kd_probe.core._sigma_common import (
     SigmaMaps,
     gaussian_entropy,
     image_generator,
-    upsample_units,
 )
 from kd_probe.core._sigma_common import check_int as _check_int
 from kd_probe.core._sigma_engines import SampledObjective, faithful_maps, secant_maps
 from kd_probe.core.layers import probing, resolve_layer, unwrap_compiled
+from kd_probe.core.units import ImageGrid, Units, upsample_units
 
 __all__ = [
     "BOOST_STEPS",
@@ -50,7 +50,8 @@ def estimate_sigma_maps(
     *,
     layer: str,
     method: str = "faithful",
-    grid: int = 16,
+    grid: int | None = None,
+    units: Units | None = None,
     samples: int | None = None,
     passes: int | None = None,
     steps: int = 80,
@@ -68,7 +69,11 @@ def estimate_sigma_maps(
     progress: Callable[[int, int], None] | None = None,
     check: Callable[[], None] | None = None,
 ) -> SigmaMaps:
-    """Optimise one σ map per image: the noise each input unit tolerates before ``layer``'s feature changes.
+    """Optimise one σ map per input: the noise each input unit tolerates before ``layer``'s feature changes.
+
+    Inputs are images by default (``grid × grid`` units); ``units=Tokens(...)`` takes token ids ``[N, T]``
+    (σ per token on the embedding's output) and ``units=Points()`` point clouds ``[N, P, 3]`` (σ per point),
+    spec §1.1 and [KP-J]: one engine, one recurrence and one fixed-entropy selection for every unit type.
 
     The faithful algorithm of spec §1.2, each image an independent problem: σ (one value per unit of a
     ``grid × grid`` partition, shared over channels) starts at 0.01 and is clamped to [1e-3, 1] before every
@@ -93,10 +98,14 @@ def estimate_sigma_maps(
 
     Args:
         model: any ``nn.Module``; it is run in eval mode, its parameters are never modified.
-        images: ``[N, C, H, W]`` float images, normalised as the model expects.
+        images: the inputs: ``[N, C, H, W]`` float images normalised as the model expects, or what ``units``
+            takes (token ids ``[N, T]``, point clouds ``[N, P, 3]``).
         layer: dotted module name whose output is the feature ``f(x)``.
         method: ``"faithful"`` (spec §1.2) or ``"secant"`` (spec §1.8); recorded in the result.
-        grid: units per side (``grid × grid`` units); at most the image's height and width.
+        grid: images: units per side (``grid × grid`` units, default 16); at most the image's height and width.
+            Same as ``units=ImageGrid(grid)``.
+        units: the input units (:class:`~kd_probe.ImageGrid`, :class:`~kd_probe.Tokens`,
+            :class:`~kd_probe.Points`); default ``ImageGrid(grid)``.
         samples: noise samples per step (faithful, default 96 = M of the paper) or per pass (secant, default
             256).
         passes: secant only, sampled gradients the surrogate is fitted to (default 3).
@@ -139,9 +148,14 @@ def estimate_sigma_maps(
         >>> tuple(maps.entropy.shape), maps.step.tolist()
         ((2, 4, 4), [2, 2])
     """
-    _check_images(images)
-    height, width = images.shape[-2:]
-    _check_int("grid", grid, 1, f"at most the image size {height}×{width}", upper=min(height, width))
+    if units is None:
+        _check_int("grid", 16 if grid is None else grid, 1)
+        units = ImageGrid(16 if grid is None else int(grid))
+    elif not isinstance(units, Units):
+        raise ValueError(f"`units` must be ImageGrid(...), Tokens(...) or Points(...), got {units!r}.")
+    elif grid is not None:
+        raise ValueError(f"`grid`={grid!r} applies to images without `units`; give it as `units=ImageGrid({grid})`.")
+    images = units.check_inputs(images)
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     if passes is not None and method != "secant":
@@ -169,13 +183,16 @@ def estimate_sigma_maps(
     target_module = resolve_layer(model, layer)
     layer = next((name for name, module in model.named_modules() if module is target_module), layer)
     if images.shape[0] == 0:
-        return _empty_maps(images, grid, method)
+        return _empty_maps(images, units.unit_shape(images), method)
 
     with probing(model):
         if images.is_inference():  # an inference tensor cannot be saved for backward: take a normal copy
             images = images.clone()
+        bound = units.bind(model, images)
+        if not bound.fold_graph:  # the noise enters through a hook: run the model's own forward
+            channels_last, fold_batchnorm = False, False
         features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
-        objective = SampledObjective(features, images, index_list, grid, samples, seed, max_batch, check)
+        objective = SampledObjective(features, bound, index_list, samples, seed, max_batch, check)
         options: dict[str, Any] = dict(
             steps=steps, lr=lr, lam=lam, target=target_entropy, boost=boost, patience=patience
         )
@@ -184,30 +201,13 @@ def estimate_sigma_maps(
         return faithful_maps(objective, progress=progress, **options)
 
 
-def _empty_maps(images: Tensor, grid: int, method: str) -> SigmaMaps:
-    empty = images.new_empty((0, grid, grid))
+def _empty_maps(images: Tensor, shape: tuple[int, ...], method: str) -> SigmaMaps:
+    dtype = images.dtype if images.is_floating_point() else torch.get_default_dtype()
+    empty = torch.empty((0, *shape), dtype=dtype, device=images.device)
     flags = torch.zeros(0, dtype=torch.bool, device=images.device)
-    vector = images.new_empty(0)
+    vector = empty.new_empty(0)
     step = torch.zeros(0, dtype=torch.long, device=images.device)
     return SigmaMaps(empty, empty.clone(), vector, flags, flags.clone(), vector.clone(), flags.clone(), step, method)
-
-
-def _check_images(images: object) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        described = (
-            f"a {images.dim()}-D {images.dtype} tensor of shape {tuple(images.shape)}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
-        hint = " (convert 0..255 pixels with `images.float() / 255`, then normalise)" if _is_pixels(images) else ""
-        raise ValueError(f"`images` must be a 4-D float tensor [N, C, H, W], got {described}{hint}.")
-    if not torch.isfinite(images).all():
-        bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
-        raise ValueError(f"`images` contains NaN or infinite values (in {bad} of {images.shape[0]} images).")
-
-
-def _is_pixels(images: object) -> bool:
-    return isinstance(images, Tensor) and images.dtype == torch.uint8
 
 
 def _check_indices(indices: Sequence[int] | Tensor | None, count: int) -> list[int]:

@@ -100,7 +100,7 @@ def test_background_baseline_rejects_unknown_modes() -> None:
             r"`fg_mask` must be masks \[N, H, W\] or \[N, 1, H, W\], got \(2, 3, 16, 16\)",
         ),
         (torch.zeros(2, 4, 4), torch.zeros(2, 3, 3), r"`fg_mask` of size 3×3 is smaller than the 4×4 unit grid"),
-        (torch.zeros(4, 4), torch.zeros(4, 4), r"`entropy` must be float maps \[N, grid, grid\], got \(4, 4\)"),
+        (torch.zeros(4), torch.zeros(4), r"`entropy` must be float maps \[N, grid, grid\] or \[N, units\], got \(4,\)"),
     ],
 )
 def test_clear_errors(entropy: torch.Tensor, mask: torch.Tensor, message: str) -> None:
