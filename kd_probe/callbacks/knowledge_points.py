@@ -15,12 +15,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from kd_probe._paths import check_name
-from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options, warn_uninformative_masks
+from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options
 from kd_probe.callbacks._common import (
     ProbeSchedule,
     find_network,
     gather_shards,
-    read_probe_set,
     run_folder,
     save_atomically,
     shard_indices,
@@ -29,9 +28,9 @@ from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summ
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
-from kd_probe.core.knowledge_points import count_knowledge_points, downsample_mask
+from kd_probe.callbacks._units import describe_units, log_unit_media, read_probe_inputs
+from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import module_device, resolve_layer
-from kd_probe.core.render import knowledge_point_panels
 from kd_probe.core.sigma import estimate_sigma_maps
 
 __all__ = ["KnowledgePointProbe"]
@@ -52,6 +51,7 @@ _SIGMA_OPTIONS = (
     "method",
     "passes",
     "patience",
+    "units",
 )
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
@@ -75,9 +75,10 @@ class KnowledgePointProbe(pl.Callback):
     epoch which share of a training epoch that is (a warning when it is more than the epoch).
 
     Args:
-        images: probe images ``[N, C, H, W]`` (normalised as the model expects), a dataset of
-            ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (``ShapesDataModule``).
-        masks: foreground masks ``[N, H, W]`` when ``images`` is a tensor.
+        images: probe inputs: images ``[N, C, H, W]`` (normalised as the model expects), token ids ``[N, T]`` or
+            point clouds ``[N, P, 3]`` (with ``units``), a dataset of ``(input, label, foreground)`` triples, or a
+            data module with a ``probe_set`` (whose ``units`` attribute, when it has one, picks the unit type).
+        masks: foreground masks ``[N, H, W]`` (images) or per-unit flags ``[N, U]`` when ``images`` is a tensor.
         layer: dotted module name inside the probed network whose output is the feature.
         epochs: epochs after which to probe (0 = before training), or ``"paper"`` ([KP]'s checkpoints
             0, 2, 5, 10, …, 150 scaled to ``max_epochs``).
@@ -90,9 +91,9 @@ class KnowledgePointProbe(pl.Callback):
         log_images: how many probe images appear in the ``maps`` image grid (0: none).
         threshold: ``b`` of spec §1.3, in nats.
         baseline: ``"dataset"``, ``"image"`` or a float (spec §1.3).
-        sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``grid``, ``samples``, ``steps``,
-            ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``, ``seed``, ``max_batch``,
-            ``channels_last``, ``fold_batchnorm``).
+        sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``units``, ``grid``, ``method``,
+            ``samples``, ``passes``, ``steps``, ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``,
+            ``seed``, ``max_batch``, ``channels_last``, ``fold_batchnorm``, ``patience``).
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
         - ``<p>/knowledge_points/n_fg``, ``<p>/knowledge_points/n_bg``: mean knowledge points per image on
@@ -101,8 +102,10 @@ class KnowledgePointProbe(pl.Callback):
         - ``<p>/knowledge_points/baseline_entropy``: H̄, the background entropy the units are compared with.
         - ``<p>/sigma/reached_target_fraction``, ``<p>/sigma/effective_fraction``: images whose σ optimisation
           reached the target entropy / whose features respond to noise (``σ_f > 0``).
-        - ``<p>/maps`` (image, TensorBoard): per image the input, its entropy map and its knowledge points
-          (red) with the foreground outline (green).
+        - ``<p>/maps`` (image, TensorBoard): images: per image the input, its entropy map and its knowledge
+          points (red) with the foreground outline (green); tokens: a strip per sequence (entropy, then knowledge
+          points red / foreground green) and the same as text; points: a top view per cloud (entropy; knowledge
+          points red, object green) and ``<p>/maps_points`` (mesh plugin, points coloured likewise).
         - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
 
     Example::
@@ -135,24 +138,18 @@ class KnowledgePointProbe(pl.Callback):
         name = None if name is None else check_name(name)
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
-        self.images, probe_masks, _ = read_probe_set(images, masks)
-        assert probe_masks is not None  # read_probe_set requires masks here
-        self.masks = probe_masks
+        self.probe_set = read_probe_inputs(images, masks, sigma_options)
+        self.images, self.masks = self.probe_set.inputs, self.probe_set.masks
         self.schedule = ProbeSchedule(epochs, every_n_epochs)
         self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
         self.threshold, self.baseline = threshold, baseline
         self.sigma_options = dict(sigma_options)
-        self.grid = int(self.sigma_options.get("grid", 16))
-        if not 1 <= self.grid <= min(self.images.shape[-2:]):
-            raise ValueError(
-                f"`grid`={self.grid} must be between 1 and the probe images' size "
-                f"{self.images.shape[-2]}×{self.images.shape[-1]}."
-            )
+        if self.probe_set.units is not None:
+            self.sigma_options["units"] = self.probe_set.units
+        self.foreground = self.probe_set.foreground  # the probe inputs' foreground units
         count_knowledge_points(
-            torch.zeros(1, self.grid, self.grid), self.masks[:1], threshold=threshold, baseline=baseline
-        )  # checks threshold, baseline and the mask size now
-        self.foreground = downsample_mask(self.masks, self.grid)  # the probe images' foreground units
-        warn_uninformative_masks(self.masks, self.grid)
+            torch.zeros(1, *self.foreground.shape[1:]), self.foreground[:1], threshold=threshold, baseline=baseline
+        )  # checks threshold and baseline now
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
         self._network: torch.nn.Module | None = None
@@ -289,7 +286,9 @@ class KnowledgePointProbe(pl.Callback):
                     **self.sigma_options,
                 )
             fields = {key: getattr(maps, key).float() for key in _GATHERED}
-            if not torch.isfinite(fields["entropy"]).all():
+            valid = self.probe_set.valid
+            finite = torch.isfinite(fields["entropy"]) | (False if valid is None else ~valid[local].to(device))
+            if not finite.all():
                 raise FloatingPointError(f"non-finite σ maps at layer {self.layer!r}")
         except Exception as error:  # a probe problem must never stop training (Ctrl-C and SIGTERM do)
             entry["failed"] = failure_reason(error)
@@ -367,14 +366,12 @@ class KnowledgePointProbe(pl.Callback):
     def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
         writer = logger.experiment
         gap = (entry["baseline"] - entry["entropy"][entry["effective"]]).flatten()
+        gap = gap[~gap.isnan()]  # NaN: positions that are not units (padding tokens)
         if gap.numel() and torch.isfinite(gap).all():
             writer.add_histogram(f"{self.prefix}/knowledge_points/entropy_gap", gap, global_step=step)
         shown = min(self.log_images, self.images.shape[0])
         if shown:
-            picture = knowledge_point_panels(
-                self.images[:shown], entry["entropy"][:shown], entry["points"][:shown], self.masks[:shown]
-            )
-            writer.add_image(f"{self.prefix}/maps", picture, global_step=step)
+            log_unit_media(writer, f"{self.prefix}/maps", self.probe_set, entry, shown, step)
         writer.flush()
 
     def _log_scalars(self, trainer: pl.Trainer, entry: dict[str, Any] | None, metrics: dict[str, float]) -> None:
@@ -419,6 +416,7 @@ class KnowledgePointProbe(pl.Callback):
         return {
             "method": sigma_work(self.sigma_options)[0],
             **self.sigma_options,
+            **({"units": describe_units(self.probe_set.units)} if self.probe_set.units is not None else {}),
             "threshold": self.threshold,
             "baseline": self.baseline,
         }

@@ -50,8 +50,8 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
     """``ρ`` of spec §1.5: mean over images of ``|S_final(x)| / |∪_c S_c(x)|``, an empty union counting 0.
 
     ``S_c(x)`` are the knowledge points of image ``x`` at checkpoint ``c`` (the last checkpoint is "final";
-    for the live value pass the history up to now). With ``fg_mask`` (``[N, grid, grid]`` bool foreground
-    units) only foreground points count (the headline ``rho``); without it all units (``rho_all``).
+    for the live value pass the history up to now); units are ``[grid, grid]`` cells of images or ``[U]``
+    tokens / points. With ``fg_mask`` (``[N, *units]`` bool foreground units) only foreground points count (the headline ``rho``); without it all units (``rho_all``).
 
     Example::
 
@@ -59,13 +59,16 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
         >>> stability(history.reshape(2, 1, 1, 3))
         0.5
     """
-    if points_history.dim() != 4:
-        raise ValueError(f"`points_history` must be [checkpoints, N, grid, grid], got {tuple(points_history.shape)}.")
+    if points_history.dim() not in (3, 4):
+        raise ValueError(
+            f"`points_history` must be [checkpoints, N, grid, grid] or [checkpoints, N, units], got "
+            f"{tuple(points_history.shape)}."
+        )
     points = points_history.bool()
     if fg_mask is not None and tuple(fg_mask.shape) != tuple(points.shape[1:]):
         raise ValueError(
             f"`fg_mask` of shape {tuple(fg_mask.shape)} does not match `points_history` of shape "
-            f"{tuple(points.shape)}: one [grid, grid] foreground per image, shape {tuple(points.shape[1:])}, is expected."
+            f"{tuple(points.shape)}: one foreground per input, shape {tuple(points.shape[1:])}, is expected."
         )
     if fg_mask is not None:
         points = points & fg_mask.bool().to(points.device)[None]

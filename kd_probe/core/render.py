@@ -6,9 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_probe.core.sigma import upsample_units
+from kd_probe.core.units import upsample_units
 
-__all__ = ["as_rgb", "colorize", "knowledge_point_panels", "map_rows", "per_image_unit"]
+__all__ = [
+    "as_rgb",
+    "colorize",
+    "knowledge_point_panels",
+    "map_rows",
+    "per_image_unit",
+    "point_projections",
+    "token_strips",
+]
 
 # a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
 _RAMP = torch.tensor(
@@ -97,3 +105,69 @@ def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4) -> Tensor:
     rows = torch.cat([as_rgb(pictures.detach().float().cpu()), *coloured], dim=-1)
     picture = torch.cat(list(rows), dim=-2)
     return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+
+
+def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12) -> Tensor:
+    """One RGB picture ``[3, N·2·cell, T·cell]`` of token units: per sequence a row of cells coloured by entropy
+    (low = dark; padding, NaN, black), under it a row marking knowledge points (red) and foreground tokens
+    (green; both: yellow).
+
+    Args:
+        entropy: ``[N, T]`` entropy per token (NaN at padding).
+        points: ``[N, T]`` bool knowledge points.
+        foreground: ``[N, T]`` bool foreground tokens.
+        cell: pixels per token.
+    """
+    values = entropy.detach().float().cpu()
+    real = ~values.isnan()
+    low, high = (float(values[real].min()), float(values[real].max())) if real.any() else (0.0, 1.0)
+    heat = colorize(values.nan_to_num(low)[:, None, :], low, high)[:, :, 0]  # [N, 3, T]
+    heat = torch.where(real[:, None], heat, torch.zeros(()))
+    marks = torch.zeros_like(heat)
+    marks[:, 0] = points.detach().cpu().float()
+    marks[:, 1] = foreground.detach().cpu().float() * real
+    rows = torch.stack([heat, marks], dim=2)  # [N, 3, 2, T]
+    picture = rows.permute(1, 0, 2, 3).reshape(3, -1, values.shape[1])
+    picture = picture.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
+    picture[:, :, ::cell] = 0.25  # thin separators between tokens
+    return picture.clamp(0, 1)
+
+
+def point_projections(
+    points: Tensor, entropy: Tensor, knowledge_points: Tensor, foreground: Tensor, *, size: int = 96
+) -> Tensor:
+    """One RGB picture ``[3, N·size, 2·size]`` of point clouds seen from above (x–y): per cloud, the points
+    coloured by entropy (low = dark), and the knowledge points (red) among object points (green) and
+    background points (grey).
+
+    Args:
+        points: ``[N, P, 3]`` point clouds (channels last).
+        entropy: ``[N, P]`` entropy per point.
+        knowledge_points: ``[N, P]`` bool.
+        foreground: ``[N, P]`` bool object points.
+        size: pixels per panel side.
+    """
+    xyz = points.detach().float().cpu()
+    values = entropy.detach().float().cpu()
+    low, high = float(values.min()), float(values.max())
+    heat = colorize(values[:, None, :], low, high)[:, :, 0]  # [N, 3, P]
+    kinds = torch.where(
+        knowledge_points.cpu()[:, None],
+        torch.tensor([1.0, 0.1, 0.1])[None, :, None],
+        torch.where(
+            foreground.cpu()[:, None], torch.tensor([0.1, 0.8, 0.2])[None, :, None], torch.full((1, 3, 1), 0.45)
+        ),
+    )
+    span = xyz[..., :2].abs().amax(dim=(1, 2)).clamp(min=1e-6)[:, None, None]
+    pixel = ((xyz[..., :2] / span * 0.45 + 0.5) * (size - 1)).round().long().clamp(0, size - 1)  # [N, P, 2]
+    order = xyz[..., 2].argsort(dim=1)  # draw low points first, so higher points stay on top
+    panels = torch.ones(xyz.shape[0], 3, size, 2 * size)
+    for n in range(xyz.shape[0]):
+        for colours, offset in ((heat[n], 0), (kinds[n], size)):
+            index = order[n]
+            row, column = size - 1 - pixel[n, index, 1], pixel[n, index, 0] + offset
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    r, c = (row + dy).clamp(max=size - 1), (column + dx).clamp(max=offset + size - 1)
+                    panels[n, :, r, c] = colours[:, index]
+    return torch.cat(list(panels), dim=-2).clamp(0, 1)

@@ -54,6 +54,10 @@ class Units:
         """The units of one of ``inputs`` (checked inputs)."""
         raise NotImplementedError
 
+    def valid(self, inputs: Tensor) -> Tensor | None:
+        """``[N, *units]`` bool, the positions of ``inputs`` that are units (``None``: all of them)."""
+        return None
+
 
 class BoundUnits:
     """A unit type bound to one model and one set of inputs.
@@ -218,6 +222,9 @@ class Tokens(Units):
     def unit_shape(self, inputs: Tensor) -> tuple[int, ...]:
         return (inputs.shape[1],)
 
+    def valid(self, inputs: Tensor) -> Tensor | None:
+        return torch.ones_like(inputs, dtype=torch.bool) if self.pad_id is None else inputs != self.pad_id
+
     def bind(self, model: nn.Module, inputs: Tensor) -> BoundUnits:
         return _BoundTokens(self, model, inputs)
 
@@ -229,7 +236,8 @@ class _BoundTokens(BoundUnits):
         self.module = resolve_layer(model, units.embedding, argument="embedding")
         self.inputs = inputs
         count, length = inputs.shape
-        self.valid = torch.ones_like(inputs, dtype=torch.bool) if units.pad_id is None else inputs != units.pad_id
+        self.valid = units.valid(inputs)
+        assert self.valid is not None
         empty = ~self.valid.any(dim=1)
         if empty.any():
             raise ValueError(
