@@ -45,10 +45,14 @@ def read_probe_set(
     *,
     need_masks: bool = True,
     need_labels: bool = False,
+    owner: str | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Images ``[N, C, H, W]``, masks ``[N, H, W]`` (bool) and labels ``[N]`` from tensors, a dataset of
     ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (the built-in ``ShapesDataModule``);
-    checked now, so a mistake is reported at construction, not hours into training."""
+    checked now, so a mistake is reported at construction, not hours into training. ``owner`` (a probe that
+    measures images only) refuses token sequences and point clouds in one sentence."""
+    if owner is not None and getattr(images, "units", None) is not None and not isinstance(images, Tensor):
+        _refuse_modality(owner, f"{type(images).__name__} ({images.units.kind})")
     if hasattr(images, "probe_set") and not isinstance(images, Tensor):
         images = images.probe_set
     if isinstance(images, Dataset):
@@ -69,6 +73,10 @@ def read_probe_set(
         raise ValueError(
             f"`images` must be a tensor [N, C, H, W], a dataset of (image, label, mask) or a data "
             f"module with a probe_set, got {type(images).__name__}."
+        )
+    if owner is not None and ((images.dim() == 2 and not images.is_floating_point()) or images.dim() == 3):
+        _refuse_modality(
+            owner, f"inputs of shape {tuple(images.shape)} ({'tokens' if images.dim() == 2 else 'points'}?)"
         )
     if images.dim() != 4 or not images.is_floating_point():
         hint = (
@@ -237,6 +245,13 @@ def probe_pictures(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     if mean.shape[1] in (1, images.shape[1]) and std.shape[1] in (1, images.shape[1]):
         return (images * std + mean).clamp(0, 1)
     return per_image_unit(images)
+
+
+def _refuse_modality(owner: str, given: str) -> None:
+    raise ValueError(
+        f"{owner} measures images [N, C, H, W] only (Grad-CAM and UniCAM maps need a spatial layer), got {given}; "
+        "for token sequences and point clouds use KnowledgePointProbe with units=Tokens(...) or Points()."
+    )
 
 
 def run_folder(trainer: pl.Trainer) -> Path:

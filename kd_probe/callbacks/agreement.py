@@ -117,7 +117,7 @@ class AgreementProbe(BatchProbe):
         prefix_tokens: int | None = None,
     ) -> None:
         self.images, self.masks, probe_labels = read_probe_set(
-            images, masks, labels, need_masks=False, need_labels=True
+            images, masks, labels, need_masks=False, need_labels=True, owner="AgreementProbe"
         )
         assert probe_labels is not None  # read_probe_set requires labels here
         self.labels = probe_labels

@@ -130,7 +130,9 @@ class UniCAMProbe(BatchProbe):
         max_batch: int | None = None,
         prefix_tokens: int | None = None,
     ) -> None:
-        self.images, _, probe_labels = read_probe_set(images, None, labels, need_masks=False, need_labels=True)
+        self.images, _, probe_labels = read_probe_set(
+            images, None, labels, need_masks=False, need_labels=True, owner="UniCAMProbe"
+        )
         assert probe_labels is not None  # read_probe_set requires labels here
         self.labels = probe_labels
         if self.images.shape[0] < 4:

@@ -106,3 +106,17 @@ def test_a_missing_embedding_module_is_refused_before_training(tmp_path: Path) -
     probe = KnowledgePointProbe(tokens, foreground, layer="keep", units=Tokens("embed"), **PROBE)
     with pytest.raises(ValueError, match=r"`embedding`='embed'.*'embedding'"):
         _fit(tmp_path, HalfBlindTokens(), (tokens, labels, foreground), probe)
+
+
+@pytest.mark.parametrize("owner", ["AgreementProbe", "UniCAMProbe"])
+@pytest.mark.parametrize("kind", ["tokens", "points"])
+def test_image_only_probes_refuse_tokens_and_points_at_construction(owner: str, kind: str) -> None:
+    from kd_probe import AgreementProbe, UniCAMProbe
+
+    inputs = _tokens() if kind == "tokens" else _clouds(count=4)
+    labels = torch.zeros(inputs.shape[0], dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"{owner} measures images \[N, C, H, W\] only \(Grad-CAM and UniCAM maps "):
+        if owner == "AgreementProbe":
+            AgreementProbe(inputs, labels=labels, teacher_layer="keep", student_layer="keep")
+        else:
+            UniCAMProbe(inputs, labels, layers=["keep"], cam_layer="keep")
