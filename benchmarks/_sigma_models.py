@@ -1,7 +1,8 @@
 """The models, images and masks that ``bench_sigma.py`` probes: self-contained, deterministic, nothing cached.
 
-- ``trained-vgg``: the demo's student VGG(16,32,64)×2 trained ``epochs`` epochs on the built-in shapes with the
-  demo's AdamW recipe, probed at ``features.bn6`` (the last convolution's pre-ReLU output), λ = 7;
+- ``trained-vgg``: the demo's student VGG(16,32,64)×2 trained ``epochs`` epochs on the demo's 4000 built-in
+  shapes with the demo's AdamW recipe (10 epochs: validation accuracy 0.91), probed at ``features.bn6`` (the
+  last convolution's pre-ReLU output), λ = 7;
 - ``random-vgg``: the same network at its initialisation (the trained one's starting weights), same layer;
 - ``resnet``: a :class:`kd_probe.models.ResNet` (16,32,64), one basic block per stage, trained like the VGG,
   probed at the last block's output ``layer3.0.relu2``, λ = 6 (the paper's value for ResNets).
@@ -31,8 +32,8 @@ class ProbedModel:
     accuracy: float
 
 
-def shapes_data(probe_size: int, train_size: int = 2048) -> ShapesDataModule:
-    """The demo's built-in data (6 classes, 32 px), generated with seed 0."""
+def shapes_data(probe_size: int, train_size: int = 4000) -> ShapesDataModule:
+    """The demo's built-in data (6 classes, 32 px, the demo's 4000 training images), generated with seed 0."""
     data = ShapesDataModule(
         num_classes=6, image_size=32, train_size=train_size, val_size=512, probe_size=probe_size, batch_size=64
     )

@@ -27,8 +27,8 @@ input-gradient backwards it ran (``torch.utils.flop_counter``) over its wall tim
 library ≥ 2× the oracle's maps/s with identical maps; library ≥ 40 % of the conv throughput.
 
 Run: ``python benchmarks/bench_sigma.py [--sections fidelity early-stop speed] [--images 16] [--device cuda]``
-(writes nothing; about 11 minutes on an idle 2-core CPU with the defaults — fidelity ≈ 5, early stop ≈ 5 —, the
-speed section ≈ 5 more; several times longer on a shared machine).
+(writes nothing; about 35 minutes on a 2-core CPU with the defaults — training the networks ≈ 3, fidelity ≈ 25
+for 16 images, early stop ≈ 6 —, the speed section ≈ 5 more; longer on a shared machine).
 """
 
 from __future__ import annotations
@@ -352,14 +352,14 @@ def main() -> None:
     add("--sections", nargs="+", choices=("fidelity", "early-stop", "speed"), default=["fidelity", "early-stop"])
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    add("--epochs", type=int, default=5, help="training epochs of the trained VGG and the ResNet")
-    add("--images", type=int, default=12, help="probe images of the fidelity and speed sections")
+    add("--epochs", type=int, default=10, help="training epochs of the trained VGG and the ResNet")
+    add("--images", type=int, default=16, help="probe images of the fidelity and speed sections")
     add("--block", type=int, default=4, help="images per interleaved round")
     add("--faithful", nargs="+", type=int, default=[96, 32, 16, 8], help="faithful sample counts")
     add(
         "--presets",
         nargs="+",
-        default=["2x384", "2x256", "3x256", "2x192", "1x384", "1x192"],
+        default=["3x256", "3x192", "2x384", "2x256", "3x96", "1x288"],
         help="secant presets PASSESxSAMPLES",
     )
     add("--stop-images", type=int, default=4, help="images of the early-stop section")
