@@ -13,8 +13,8 @@ import torch
 
 from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import stability
-from kd_probe.core.knowledge_points import downsample_mask
-from kd_probe.core.render import knowledge_point_panels
+from kd_probe.core.knowledge_points import unit_foreground
+from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
 
 _COLORS = {"distilled": "tab:blue", "baseline": "tab:orange"}
 
@@ -32,7 +32,7 @@ def curves_figure(runs: list[Any], path: Path) -> Path | None:
         if run.role not in _COLORS or not entries:
             continue
         epochs = [e["epoch"] for e in entries]
-        foreground = downsample_mask(run.history["masks"], entries[0]["entropy"].shape[-1])
+        foreground = unit_foreground(run.history["masks"], tuple(entries[0]["entropy"].shape[1:]))
         points = torch.stack([e["points"] for e in entries])
         live_rho = [stability(points[: i + 1], foreground) for i in range(len(entries))]
         series = ([float(e["n_fg"].float().mean()) for e in entries], [e["fg_ratio"] for e in entries], live_rho)
@@ -70,6 +70,8 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
         for index in picks:
             columns.append((run, entries[index]))
     count = min(images, int(chosen[0].history["images"].shape[0]))
+    if chosen[0].history["images"].dim() != 4:  # token sequences or point clouds: one picture per column
+        return _unit_maps_figure(columns, count, path)
     fig, axes = plt.subplots(count, len(columns), figsize=(1.9 * len(columns), 2.0 * count), squeeze=False)
     for column, (run, entry) in enumerate(columns):
         history = run.history
@@ -90,6 +92,27 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(f"{run.name}\nepoch {entry['epoch']}", fontsize=8)
+    fig.tight_layout()
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _unit_maps_figure(columns: list[tuple[Any, dict[str, Any]]], count: int, path: Path) -> Path:
+    """The knowledge points of token sequences (strips) or point clouds (top views), one column per checkpoint."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 1.2 + 1.1 * count), squeeze=False)
+    for column, (run, entry) in enumerate(columns):
+        inputs, masks = run.history["images"][:count], run.history["masks"][:count] > 0
+        entropy, points = entry["entropy"][:count], entry["points"][:count]
+        if inputs.dim() == 2:
+            picture = token_strips(entropy, points, masks & ~entropy.isnan())
+        else:
+            picture = point_projections(inputs, entropy, points, masks, size=64)[:, :, 64:]  # the point kinds
+        axis = axes[0][column]
+        axis.imshow(picture.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_title(f"{run.name}\nepoch {entry['epoch']}", fontsize=8)
     fig.tight_layout()
     write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)

@@ -229,7 +229,7 @@ DYNAMICS_CASES = [
         "(3, 2)",
         "(2,)",
     ),
-    bad("stability-3d", lambda: KF.stability(torch.zeros(2, 4, 4)), ValueError, "points_history", ENTROPY, "(2, 4, 4)"),
+    bad("stability-2d", lambda: KF.stability(torch.zeros(2, 4)), ValueError, "points_history", ENTROPY, "(2, 4)"),
     bad(
         "stability-mask-shape",
         lambda: KF.stability(torch.zeros(2, 3, 4, 4), torch.zeros(3, 2, 2)),
