@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from kd_probe.core.knowledge_points import check_threshold, count_knowledge_points, downsample_mask
+from kd_probe.core.knowledge_points import check_threshold, count_knowledge_points, unit_foreground
 
 __all__ = ["KnowledgePointCount"]
 
@@ -59,11 +59,12 @@ class KnowledgePointCount(Metric):
     def update(
         self, entropy: Tensor, fg_mask: Tensor, effective: Tensor | None = None, indices: Tensor | None = None
     ) -> None:
-        """Add ``[n, grid, grid]`` entropy maps with their masks (image or unit resolution); optionally the
-        ``[n]`` effective flags and the images' dataset indices (give indices in every update or in none)."""
-        if not isinstance(entropy, Tensor) or entropy.dim() != 3 or not entropy.is_floating_point():
+        """Add ``[n, grid, grid]`` entropy maps with their masks (image or unit resolution), or ``[n, U]`` token /
+        point entropies with per-unit flags; optionally the ``[n]`` effective flags and the inputs' dataset
+        indices (give indices in every update or in none)."""
+        if not isinstance(entropy, Tensor) or entropy.dim() not in (2, 3) or not entropy.is_floating_point():
             given = f"{tuple(entropy.shape)} {entropy.dtype}" if isinstance(entropy, Tensor) else type(entropy).__name__
-            raise ValueError(f"`entropy` must be float maps [n, grid, grid], got {given}.")
+            raise ValueError(f"`entropy` must be float maps [n, grid, grid] or [n, units], got {given}.")
         if not isinstance(fg_mask, Tensor) or fg_mask.dim() == 0 or fg_mask.shape[0] != entropy.shape[0]:
             shape = tuple(fg_mask.shape) if isinstance(fg_mask, Tensor) else type(fg_mask).__name__
             raise ValueError(
@@ -80,7 +81,7 @@ class KnowledgePointCount(Metric):
             given = "indices=None after updates with indices" if indices is None else "indices after updates without"
             raise ValueError(f"`indices` must be given in every update or in none; this update has {given}.")
         self.entropy.append(entropy.detach().float())
-        self.foreground.append(downsample_mask(fg_mask, entropy.shape[-1]).to(torch.uint8))
+        self.foreground.append(unit_foreground(fg_mask, tuple(entropy.shape[1:])).to(torch.uint8))
         flags = torch.ones(count, dtype=torch.bool, device=entropy.device) if effective is None else effective
         self.effective.append(flags.to(device=entropy.device, dtype=torch.uint8))
         if indices is not None:

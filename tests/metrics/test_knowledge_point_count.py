@@ -108,3 +108,14 @@ def test_two_processes_give_the_single_process_result() -> None:
     results = dict(queue.get(timeout=10) for _ in processes)
     expected = _expected(*_data(7))
     assert results[0] == pytest.approx(expected) and results[1] == pytest.approx(expected)
+
+
+def test_token_and_point_units_accumulate_like_one_count() -> None:
+    entropy = torch.tensor([[-3.5, -3.0, float("nan")], [-3.0, -3.6, -2.9], [-3.4, -3.0, -3.0]])
+    flags = torch.tensor([[True, False, False], [False, True, False], [True, True, False]])
+    metric = KnowledgePointCount()
+    metric.update(entropy[:2], flags[:2])
+    metric.update(entropy[2:], flags[2:])
+    expected = count_knowledge_points(entropy, flags)
+    assert float(metric.compute()["fg_ratio"]) == pytest.approx(expected.fg_ratio)
+    assert float(metric.compute()["n_fg"]) == pytest.approx(float(expected.n_fg.float().mean()))
