@@ -2,9 +2,12 @@
 
 ``VGG`` (plain conv stacks) and ``ResNet`` (basic residual blocks) take width/depth options, so a
 wider/deeper teacher and a small student exist without torchvision.
+``PointNet`` and ``EdgeConvNet`` (a small DGCNN) classify point clouds ``[N, P, 3]`` for the point data.
 """
 
+from kd_probe.models.points import EdgeConvNet, PointNet
 from kd_probe.models.resnet import BasicBlock, ResNet
+from kd_probe.models.text import TokenCNN, TokenTransformer
 from kd_probe.models.vgg import VGG
 
-__all__ = ["VGG", "BasicBlock", "ResNet"]
+__all__ = ["VGG", "BasicBlock", "EdgeConvNet", "PointNet", "ResNet", "TokenCNN", "TokenTransformer"]

@@ -1,0 +1,219 @@
+"""The built-in point-cloud data: a LightningDataModule of generated clouds with per-point foreground."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from kd_probe.core.units import Points
+from kd_probe.data.points import OBJECTS, _check_options, _rotation_about_z, generate_point_clouds
+from kd_probe.data.shapes import _check_seed
+
+__all__ = ["PointCloudDataModule", "PointCloudDataset"]
+
+_SPLITS = ("train", "val", "test", "probe")
+
+
+class PointCloudDataset(Dataset):
+    """In-memory ``(points, label, foreground)`` samples: float32 ``[P, 3]``, int64, bool ``[P]``.
+
+    ``params`` optionally holds per-cloud metadata (the generator's parameters for the built-in data). With
+    ``random_rotation=True`` every item is turned about the vertical z axis by a fresh uniformly random angle (as
+    the generator turns its objects; drawn from torch's global generator, so seed it for repeatable epochs); the
+    foreground flags are unchanged.
+
+    Example::
+
+        >>> ds = PointCloudDataset(torch.zeros(2, 8, 3), torch.tensor([0, 1]), torch.ones(2, 8, dtype=torch.bool))
+        >>> points, label, foreground = ds[1]
+        >>> tuple(points.shape), int(label), foreground.dtype
+        ((8, 3), 1, torch.bool)
+    """
+
+    def __init__(
+        self,
+        points: Tensor,
+        labels: Tensor,
+        foreground: Tensor,
+        *,
+        params: dict[str, Tensor] | None = None,
+        random_rotation: bool = False,
+    ) -> None:
+        if not (len(points) == len(labels) == len(foreground)):
+            raise ValueError(
+                f"points, labels and foreground must have the same length, got {len(points)}, {len(labels)}, "
+                f"{len(foreground)}."
+            )
+        if points.ndim != 3 or points.shape[-1] != 3 or foreground.shape != points.shape[:2]:
+            raise ValueError(
+                f"points must be [N, P, 3] and foreground [N, P] of the same size, got points "
+                f"{tuple(points.shape)} and foreground {tuple(foreground.shape)}."
+            )
+        self.points, self.labels, self.foreground = points.float(), labels.long(), foreground.bool()
+        self.params = params or {}  # per-cloud generation parameters, when the data is generated
+        self.random_rotation = random_rotation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        points = self.points[index]
+        if self.random_rotation:
+            points = points @ _rotation_about_z(2 * math.pi * torch.rand(())).T
+        return points, self.labels[index], self.foreground[index]
+
+
+class PointCloudDataModule(pl.LightningDataModule):
+    """Generated 3-D point clouds of ``num_classes`` object classes in clutter, with per-point foreground.
+
+    Every sample is ``(points, label, foreground)``: a float cloud ``[P, 3]`` normalised to the unit ball
+    (centroid at the origin), an int label (class ``c`` is ``kd_probe.data.OBJECTS[c]``) and a bool
+    ``[P]`` that is true exactly on the object's points (see :func:`~kd_probe.data.generate_point_clouds`).
+    Nothing is downloaded; each split is generated in :meth:`setup` from its own random stream, so it is
+    the same for a given ``seed`` whatever the sizes of the other splits. The ``probe`` split is held out
+    for the explanation probes and never used for training or validation; :attr:`units` (``Points()``)
+    tells the probes that the inputs are point clouds.
+
+    Args:
+        num_classes: number of object classes (2–6).
+        points: points per cloud.
+        object_fraction: ``(low, high)``, the share of a cloud's points on the object.
+        train_size, val_size, test_size, probe_size: clouds per split.
+        background_bias: probability that a cloud's clutter type and side are tied to its class (a
+            background shortcut); 0 means the clutter carries no label information.
+        random_rotation: turn every training cloud about the z axis by a fresh random angle each time it is read.
+        batch_size: batch size of every loader.
+        num_workers: worker processes of every loader.
+        seed: the data seed.
+
+    Example::
+
+        >>> dm = PointCloudDataModule(num_classes=4, points=64, train_size=64, val_size=32, test_size=32, probe_size=8)
+        >>> dm.setup("fit")
+        >>> points, label, foreground = dm.train_set[0]
+        >>> tuple(points.shape), foreground.dtype
+        ((64, 3), torch.bool)
+    """
+
+    units = Points()
+
+    def __init__(
+        self,
+        num_classes: int = 5,
+        points: int = 256,
+        object_fraction: Sequence[float] = (0.5, 0.7),
+        train_size: int = 4000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        probe_size: int = 64,
+        background_bias: float = 0.0,
+        random_rotation: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in dict(
+            train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size
+        ).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        _check_options(
+            count=0,
+            points=points,
+            num_classes=num_classes,
+            object_fraction=object_fraction,
+            background_bias=background_bias,
+        )
+        _check_seed("seed", seed)
+        if not isinstance(random_rotation, bool):
+            raise ValueError(f"`random_rotation` must be True or False, got {random_rotation!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
+        self.save_hyperparameters()
+        self.num_classes, self.points, self.batch_size, self.num_workers = num_classes, points, batch_size, num_workers
+        self.object_fraction = (float(object_fraction[0]), float(object_fraction[1]))
+        self.background_bias, self.random_rotation, self.seed = float(background_bias), random_rotation, seed
+        self.train_size, self.val_size, self.test_size, self.probe_size = train_size, val_size, test_size, probe_size
+        self.class_names = OBJECTS[:num_classes]
+        self._sets: dict[str, PointCloudDataset] = {}
+
+    def _split(self, name: str) -> PointCloudDataset:
+        if name not in self._sets:
+            start = time.perf_counter()
+            clouds = generate_point_clouds(
+                getattr(self, f"{name}_size"),
+                points=self.points,
+                num_classes=self.num_classes,
+                object_fraction=self.object_fraction,
+                background_bias=self.background_bias,
+                seed=self.seed,
+                stream=_SPLITS.index(name),
+            )
+            self._sets[name] = PointCloudDataset(
+                clouds.points,
+                clouds.labels,
+                clouds.foreground,
+                params=clouds.params,
+                random_rotation=self.random_rotation and name == "train",
+            )
+            rank_zero_info(
+                f"kd_probe: generated {len(clouds.labels)} {name} point clouds in {time.perf_counter() - start:.1f} s"
+            )
+        return self._sets[name]
+
+    @property
+    def train_set(self) -> PointCloudDataset:
+        return self._split("train")
+
+    @property
+    def val_set(self) -> PointCloudDataset:
+        return self._split("val")
+
+    @property
+    def test_set(self) -> PointCloudDataset:
+        return self._split("test")
+
+    @property
+    def probe_set(self) -> PointCloudDataset:
+        """The held-out probe split (``probe_size`` clouds, never rotated), for the explanation callbacks."""
+        return self._split("probe")
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for name in wanted.get(stage or "", _SPLITS):
+            self._split(name)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self._split(name),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def probe_dataloader(self) -> DataLoader:
+        """Loader of the held-out probe split, in a fixed order."""
+        return self._loader("probe", shuffle=False)
