@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="hinton",
         help="hinton: logit KD into a smaller student; paper: [KP]'s two-phase feature mimicking, one architecture",
     )
+    add(
+        "--modality",
+        choices=("image", "text", "points"),
+        default="image",
+        help="built-in data: image (shapes, the default), text (sentiment sentences) or points (3-D point clouds)",
+    )
     add("--seed", type=int, default=0, help="seed of the data and of the first run")
     add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
     add("--epochs", type=_positive, default=None, help="epochs of the students (default 10; 30 with --full)")

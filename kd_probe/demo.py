@@ -30,12 +30,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 from torch.utils.data import Subset
 
+from kd_probe._demo_modalities import Modality, modality
 from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
 from kd_probe.data import ShapesDataModule
-from kd_probe.models import VGG
 from kd_probe.modules import DistillationModule, run_two_phase
 
 __all__ = ["DemoResult", "RunResult", "add_arguments", "check_arguments", "main", "run_demo"]
@@ -64,10 +65,14 @@ class DemoResult:
     report_path: Path | None = None
     report_text: str = field(default="", repr=False)
     probe_seconds: float = 0.0  # spent in the knowledge-point probes (σ maps, counts, logging)
+    modality: str = "image"
 
     def accuracy(self, role: str) -> float:
         values = [run.accuracy for run in self.runs if run.role == role]
         return sum(values) / len(values)
+
+
+_DATA_NAMES = {"image": "shapes", "text": "sentiment", "points": "point-cloud"}
 
 
 def _logger(log_dir: Path, run: str) -> TensorBoardLogger:
@@ -88,10 +93,22 @@ def _trainer_options(quick: bool) -> dict[str, Any]:
     )
 
 
-def _probes(plan: Plan, data: ShapesDataModule, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
-    probe = KnowledgePointProbe(data, epochs=plan.schedule, seed=seed, **sigma_options(plan))
+def _probes(plan: Plan, kit: Modality, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
+    options = {**sigma_options(plan), "layer": kit.layer}
+    if not kit.images:
+        options.pop("grid")  # the data module's units: one σ per token or point
+    probe = KnowledgePointProbe(kit.data, epochs=plan.schedule, seed=seed, **options)
     clocks.append(ProbeClock(probe))
     return [probe, clocks[-1], WeightTrajectoryMonitor()]
+
+
+def _student_probes(plan: Plan, kit: Modality, teacher: Any, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
+    """The probes of a student: knowledge points always; teacher agreement and UniCAM on images only."""
+    probes = _probes(plan, kit, seed, clocks)
+    if kit.images:
+        assert isinstance(kit.data, ShapesDataModule)
+        probes += [_agreement(plan, kit.data, teacher, seed), _unicam(plan, kit.data, teacher)]
+    return probes
 
 
 def _agreement(plan: Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
@@ -115,7 +132,7 @@ def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     )
 
 
-def _record(run: RunResult, protocol: str, plan: Plan) -> RunResult:
+def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality) -> RunResult:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "run": run.name,
@@ -124,7 +141,8 @@ def _record(run: RunResult, protocol: str, plan: Plan) -> RunResult:
         "protocol": protocol,
         "test_accuracy": run.accuracy,
         "epochs": plan.epochs,
-        "layer": plan.layer,
+        "layer": kit.layer,
+        "modality": kit.name,
     }
     (run.log_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
     return run
@@ -197,98 +215,73 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     plan = make_plan(args)
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
-    sizes = (plan.train_size, 64, 64) if args.quick else (plan.train_size, 1000, 1000)
-    data = ShapesDataModule(
-        num_classes=args.num_classes,
-        image_size=args.image_size,
-        train_size=sizes[0],
-        val_size=sizes[1],
-        test_size=sizes[2],
-        probe_size=plan.probe_images,
-        background_bias=args.background_bias,
-        batch_size=64,
-        seed=args.seed,
-    )
+    kit = modality(args, plan)
+    data = kit.data
     log_dir = args.out / args.experiment
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
     total = 1 + 2 * args.seeds
     clocks: list[ProbeClock] = []
 
-    print(f"[1/{total}] teacher: VGG{plan.teacher_widths}×2 convs, {plan.teacher_epochs} epochs")
+    print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data)")
     pl.seed_everything(args.seed, verbose=False)
-    teacher = DistillationModule(VGG(args.num_classes, widths=plan.teacher_widths, convs_per_stage=2), **options)
+    teacher = DistillationModule(kit.teacher(), **options)
     trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, [], args.quick)
     trainer.fit(teacher, datamodule=data)
+    accuracy = _test(trainer, teacher, data)
     runs = [
-        _record(
-            RunResult("teacher", "teacher", args.seed, _test(trainer, teacher, data), log_dir / "teacher"),
-            args.protocol,
-            plan,
-        )
+        _record(RunResult("teacher", "teacher", args.seed, accuracy, log_dir / "teacher"), args.protocol, plan, kit)
     ]
 
     for index, seed in enumerate(range(args.seed, args.seed + args.seeds)):
         suffix = f"-s{seed}" if args.seeds > 1 else ""
-        how = "two-phase feature mimicking at " + plan.layer if args.protocol == "paper" else "logit KD (T=4)"
+        how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else "logit KD (T=4)"
         print(
-            f"[{2 + 2 * index}/{total}] distilled student{suffix}: VGG{plan.student_widths}×2 convs, {how}, "
-            f"{plan.epochs} epochs, knowledge points at {plan.layer}"
+            f"[{2 + 2 * index}/{total}] distilled student{suffix}: {kit.describe_student}, {how}, "
+            f"{plan.epochs} epochs, knowledge points at {kit.layer}"
         )
         pl.seed_everything(seed, verbose=False)
-        student = VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2)
+        student = kit.student()
         name = f"distilled{suffix}"
         if args.protocol == "paper":
-            probes = _probes(plan, data, seed, clocks)
-            accuracy = _two_phase(
-                student, teacher.student, data, log_dir, name, plan, seed, probes, options, args.quick
-            )
+            probes = _probes(plan, kit, seed, clocks)
+            accuracy = _two_phase(student, teacher.student, kit, log_dir, name, plan, seed, probes, options, args.quick)
         else:
             module = DistillationModule(student, teacher.student, **options)
-            callbacks = [
-                *_probes(plan, data, seed, clocks),
-                _agreement(plan, data, teacher.student, seed),
-                _unicam(plan, data, teacher.student),
-            ]
+            callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
             trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
             trainer.fit(module, datamodule=data)
             accuracy = _test(trainer, module, data)
-        runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan))
+        runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit))
 
         print(
             f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs"
         )
         pl.seed_everything(seed, verbose=False)
-        module = DistillationModule(VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2), **options)
+        module = DistillationModule(kit.student(), **options)
         name = f"baseline{suffix}"
-        callbacks = [
-            *_probes(plan, data, seed, clocks),
-            _agreement(plan, data, teacher.student, seed),
-            _unicam(plan, data, teacher.student),
-        ]
+        callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
         trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
         trainer.fit(module, datamodule=data)
-        runs.append(
-            _record(
-                RunResult(name, "baseline", seed, _test(trainer, module, data), log_dir / name), args.protocol, plan
-            )
-        )
+        accuracy = _test(trainer, module, data)
+        runs.append(_record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
 
     from kd_probe.report import write_report
 
     report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir)
     seconds = time.perf_counter() - start
-    return DemoResult(runs, log_dir, seconds, report_path, text, sum(clock.seconds for clock in clocks))
+    probe_seconds = sum(clock.seconds for clock in clocks)
+    return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name)
 
 
-def _test(trainer: pl.Trainer, module: pl.LightningModule, data: ShapesDataModule) -> float:
+def _test(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule) -> float:
     (result,) = trainer.test(module, datamodule=data, verbose=False)
     return float(result["test/acc"])
 
 
 def _two_phase(
-    student: VGG,
+    student: nn.Module,
     teacher: Any,
-    data: ShapesDataModule,
+    kit: Modality,
     log_dir: Path,
     name: str,
     plan: Plan,
@@ -299,16 +292,19 @@ def _two_phase(
 ) -> float:
     """[KP]: phase 1 mimics the teacher's layer (probed), phase 2 trains the head with labels."""
     head_epochs = max(1, plan.epochs // 3)
+    data = kit.data
+    head = [_agreement(plan, data, teacher, seed)] if isinstance(data, ShapesDataModule) else []
+    mimic = [_unicam(plan, data, teacher)] if isinstance(data, ShapesDataModule) else []
     result = run_two_phase(
         student,
         teacher,
         data,
-        layer=plan.layer,
+        layer=kit.layer,
         mimic_epochs=plan.epochs,
         head_epochs=head_epochs,
         trainer_options=_trainer_options(quick),
-        mimic_callbacks=[*probes, _unicam(plan, data, teacher)],
-        head_callbacks=[_agreement(plan, data, teacher, seed)],
+        mimic_callbacks=[*probes, *mimic],
+        head_callbacks=head,
         mimic_trainer_options={"logger": _logger(log_dir, name)},
         head_trainer_options={"logger": _logger(log_dir / name, "head")},
         **options,
@@ -330,7 +326,7 @@ def main(argv: list[str] | None = None) -> DemoResult:
 
 def report(result: DemoResult) -> DemoResult:
     """Print the accuracies, the report and the TensorBoard command."""
-    print("\nTest accuracy on the built-in shapes data")
+    print(f"\nTest accuracy on the built-in {_DATA_NAMES.get(result.modality, result.modality)} data")
     for run in result.runs:
         print(f"  {run.name:<22}{run.accuracy:6.1%}")
     if result.report_text:

@@ -356,3 +356,27 @@ def test_passes_without_the_secant_method_is_refused_before_anything_runs(
     with pytest.raises(ValueError, match="applies to --method secant only"):
         run_demo(args)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # --overwrite not applied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["text", "points"])
+@pytest.mark.parametrize("protocol", ["hinton", "paper"])
+def test_demo_on_tokens_and_point_clouds(modality: str, protocol: str, tmp_path: Path) -> None:
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        argv = ["demo", "--quick", "--modality", modality, "--protocol", protocol, "--out", str(tmp_path)]
+        assert main([*argv, "--experiment", "m"]) == 0
+    folder, out = tmp_path / "m", buffer.getvalue()
+    assert {"text": "sentiment", "points": "point-cloud"}[modality] in out
+    for run in ("distilled", "baseline"):
+        history = torch.load(folder / run / "kd_probe_history.pt", weights_only=True)
+        entropy = history["entries"][-1]["entropy"]
+        assert entropy.dim() == 2 and entropy.shape[1] == history["images"].shape[1]  # one σ per token / point
+        assert history["settings"]["units"].startswith({"text": "Tokens(", "points": "Points("}[modality])
+        assert json.loads((folder / run / "kd_probe_run.json").read_text())["modality"] == modality
+        assert not (folder / run / "kd_probe_unicam.pt").exists()  # image-only probes are not attached
+    report = (folder / "report.md").read_text()
+    assert "## The paper's hypotheses" in report and (folder / "maps.png").exists()
