@@ -12,16 +12,18 @@ __all__ = ["dry_run", "example_batch"]
 
 
 def example_batch(example_input: object) -> Tensor:
-    """Two inputs for the dry forward: from a batch of inputs, or zeros of an input shape."""
+    """Two inputs for the dry forward: from a batch of inputs (float, or integer token ids), or zeros of an
+    input shape."""
     if isinstance(example_input, Tensor):
-        if not example_input.is_floating_point() or example_input.dim() < 2:
+        token_ids = example_input.dtype in (torch.int64, torch.int32)
+        if not (example_input.is_floating_point() or token_ids) or example_input.dim() < 2:
             hint = (
                 " (convert 0..255 pixels with `.float() / 255`, then normalise)"
                 if example_input.dtype == torch.uint8
                 else ""
             )
             raise ValueError(
-                f"`example_input` must be a float batch of inputs [B, ...], got shape {tuple(example_input.shape)} "
+                f"`example_input` must be a float batch of inputs [B, ...] (or token ids), got shape {tuple(example_input.shape)} "
                 f"{example_input.dtype}{hint}."
             )
         return example_input[:2]
