@@ -217,7 +217,7 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise _Trained
 
-    monkeypatch.setattr("kd_probe.demo.ShapesDataModule", refuse)
+    monkeypatch.setattr("kd_probe.demo.modality", refuse)  # builds the data: the first step of training
 
 
 def _earlier_demo(folder: Path) -> None:
