@@ -7,14 +7,12 @@ the input is legal but a result would be meaningless). The callbacks call them i
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kd_probe.core.knowledge_points import downsample_mask
 from kd_probe.core.layers import eval_forward, module_device, resolve_layer
 from kd_probe.core.sigma import METHODS, _check_int
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
@@ -28,7 +26,6 @@ __all__ = [
     "check_normalization",
     "check_prefix_tokens",
     "check_sigma_options",
-    "warn_uninformative_masks",
 ]
 
 
@@ -69,23 +66,6 @@ def check_sigma_options(options: Mapping[str, Any]) -> None:
         value = options.get(name, True)
         if not (isinstance(value, bool) or (name == "channels_last" and value is None)):
             raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-
-
-def warn_uninformative_masks(masks: Tensor, grid: int) -> None:
-    """Warn when some probe masks are all foreground or all background at the unit grid: their images have no
-    background baseline, or can hold no foreground point, so ``fg_ratio`` says nothing about them."""
-    units = downsample_mask(masks, grid, argument="masks").flatten(1)
-    full, empty = units.all(dim=1), ~units.any(dim=1)
-    for flags, what in ((full, "all foreground"), (empty, "all background")):
-        if flags.any():
-            which = flags.nonzero().flatten().tolist()
-            warnings.warn(
-                f"kd_probe: `masks` of {len(which)} of {masks.shape[0]} probe images (indices {which[:8]}) are {what} "
-                f"on the {grid}×{grid} unit grid; fg_ratio is meaningless for them (check the masks' polarity "
-                "and that they match the images).",
-                UserWarning,
-                stacklevel=3,
-            )
 
 
 def check_normalization(normalization: object, channels: int) -> None:

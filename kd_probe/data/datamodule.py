@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
-import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
-
+from kd_probe.data._generated import GeneratedDataModule
 from kd_probe.data.shapes import SHAPES, _check_options, _check_seed, generate_shapes
 from kd_probe.data.triplets import TripletDataset
 
 __all__ = ["ShapesDataModule"]
 
-_SPLITS = ("train", "val", "test", "probe")
 
-
-class ShapesDataModule(pl.LightningDataModule):
+class ShapesDataModule(GeneratedDataModule[TripletDataset]):
     """Generated images of ``num_classes`` shape classes on cluttered backgrounds, with exact masks.
 
     Every sample is ``(image, label, foreground_mask)``: a normalised float image ``[3, S, S]``
@@ -46,6 +39,7 @@ class ShapesDataModule(pl.LightningDataModule):
         ((3, 32, 32), torch.bool)
     """
 
+    noun = "images"
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
 
@@ -75,78 +69,20 @@ class ShapesDataModule(pl.LightningDataModule):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
-        self.num_classes, self.image_size, self.batch_size, self.num_workers = (
-            num_classes,
-            image_size,
-            batch_size,
-            num_workers,
-        )
+        self.num_classes, self.image_size = num_classes, image_size
         self.class_names = SHAPES[:num_classes]
         self._sizes = dict(train=train_size, val=val_size, test=test_size, probe=probe_size)
-        self._sets: dict[str, TripletDataset] = {}
+        self._init_splits(batch_size, num_workers)
 
-    def _split(self, name: str) -> TripletDataset:
-        if name not in self._sets:
-            start = time.perf_counter()
-            scenes = generate_shapes(
-                self._sizes[name],
-                image_size=self.image_size,
-                num_classes=self.num_classes,
-                background_bias=self.hparams["background_bias"],
-                seed=self.hparams["seed"],
-                stream=_SPLITS.index(name),
-            )
-            self._sets[name] = TripletDataset(
-                scenes.images, scenes.labels, scenes.masks, mean=self.mean, std=self.std, params=scenes.params
-            )
-            rank_zero_info(
-                f"kd_probe: generated {len(scenes.labels)} {name} images in {time.perf_counter() - start:.1f} s"
-            )
-        return self._sets[name]
-
-    @property
-    def train_set(self) -> TripletDataset:
-        return self._split("train")
-
-    @property
-    def val_set(self) -> TripletDataset:
-        return self._split("val")
-
-    @property
-    def test_set(self) -> TripletDataset:
-        return self._split("test")
-
-    @property
-    def probe_set(self) -> TripletDataset:
-        """The held-out probe split (``probe_size`` images), for the explanation callbacks."""
-        return self._split("probe")
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for name in wanted.get(stage or "", _SPLITS):
-            self._split(name)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._split(name),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _generate(self, name: str, stream: int) -> TripletDataset:
+        scenes = generate_shapes(
+            self._sizes[name],
+            image_size=self.image_size,
+            num_classes=self.num_classes,
+            background_bias=self.hparams["background_bias"],
+            seed=self.hparams["seed"],
+            stream=stream,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def probe_dataloader(self) -> DataLoader:
-        """Loader of the held-out probe split, in a fixed order."""
-        return self._loader("probe", shuffle=False)
+        return TripletDataset(
+            scenes.images, scenes.labels, scenes.masks, mean=self.mean, std=self.std, params=scenes.params
+        )

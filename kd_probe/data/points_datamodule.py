@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kd_probe.core.units import Points
+from kd_probe.data._generated import GeneratedDataModule
 from kd_probe.data.points import OBJECTS, _check_options, _rotation_about_z, generate_point_clouds
 from kd_probe.data.shapes import _check_seed
 
 __all__ = ["PointCloudDataModule", "PointCloudDataset"]
-
-_SPLITS = ("train", "val", "test", "probe")
 
 
 class PointCloudDataset(Dataset):
@@ -70,7 +66,7 @@ class PointCloudDataset(Dataset):
         return points, self.labels[index], self.foreground[index]
 
 
-class PointCloudDataModule(pl.LightningDataModule):
+class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
     """Generated 3-D point clouds of ``num_classes`` object classes in clutter, with per-point foreground.
 
     Every sample is ``(points, label, foreground)``: a float cloud ``[P, 3]`` normalised to the unit ball
@@ -102,6 +98,7 @@ class PointCloudDataModule(pl.LightningDataModule):
         ((64, 3), torch.bool)
     """
 
+    noun = "point clouds"
     units = Points()
 
     def __init__(
@@ -140,80 +137,27 @@ class PointCloudDataModule(pl.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
-        self.num_classes, self.points, self.batch_size, self.num_workers = num_classes, points, batch_size, num_workers
+        self.num_classes, self.points = num_classes, points
         self.object_fraction = (float(object_fraction[0]), float(object_fraction[1]))
         self.background_bias, self.random_rotation, self.seed = float(background_bias), random_rotation, seed
         self.train_size, self.val_size, self.test_size, self.probe_size = train_size, val_size, test_size, probe_size
         self.class_names = OBJECTS[:num_classes]
-        self._sets: dict[str, PointCloudDataset] = {}
+        self._init_splits(batch_size, num_workers)
 
-    def _split(self, name: str) -> PointCloudDataset:
-        if name not in self._sets:
-            start = time.perf_counter()
-            clouds = generate_point_clouds(
-                getattr(self, f"{name}_size"),
-                points=self.points,
-                num_classes=self.num_classes,
-                object_fraction=self.object_fraction,
-                background_bias=self.background_bias,
-                seed=self.seed,
-                stream=_SPLITS.index(name),
-            )
-            self._sets[name] = PointCloudDataset(
-                clouds.points,
-                clouds.labels,
-                clouds.foreground,
-                params=clouds.params,
-                random_rotation=self.random_rotation and name == "train",
-            )
-            rank_zero_info(
-                f"kd_probe: generated {len(clouds.labels)} {name} point clouds in {time.perf_counter() - start:.1f} s"
-            )
-        return self._sets[name]
-
-    @property
-    def train_set(self) -> PointCloudDataset:
-        return self._split("train")
-
-    @property
-    def val_set(self) -> PointCloudDataset:
-        return self._split("val")
-
-    @property
-    def test_set(self) -> PointCloudDataset:
-        return self._split("test")
-
-    @property
-    def probe_set(self) -> PointCloudDataset:
-        """The held-out probe split (``probe_size`` clouds, never rotated), for the explanation callbacks."""
-        return self._split("probe")
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for name in wanted.get(stage or "", _SPLITS):
-            self._split(name)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._split(name),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _generate(self, name: str, stream: int) -> PointCloudDataset:
+        clouds = generate_point_clouds(
+            getattr(self, f"{name}_size"),
+            points=self.points,
+            num_classes=self.num_classes,
+            object_fraction=self.object_fraction,
+            background_bias=self.background_bias,
+            seed=self.seed,
+            stream=stream,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def probe_dataloader(self) -> DataLoader:
-        """Loader of the held-out probe split, in a fixed order."""
-        return self._loader("probe", shuffle=False)
+        return PointCloudDataset(
+            clouds.points,
+            clouds.labels,
+            clouds.foreground,
+            params=clouds.params,
+            random_rotation=self.random_rotation and name == "train",
+        )

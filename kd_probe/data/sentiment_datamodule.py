@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
-import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kd_probe.core.units import Tokens
+from kd_probe.data._generated import GeneratedDataModule
 from kd_probe.data.sentiment import PAD_ID, VOCABULARY, _check_options, generate_sentences
 from kd_probe.data.shapes import _check_seed
 
 __all__ = ["SentimentDataModule", "TokenDataset"]
-
-_SPLITS = ("train", "val", "test", "probe")
 
 
 class TokenDataset(Dataset):
@@ -54,7 +49,7 @@ class TokenDataset(Dataset):
         return self.tokens[index], self.labels[index], self.foreground[index]
 
 
-class SentimentDataModule(pl.LightningDataModule):
+class SentimentDataModule(GeneratedDataModule[TokenDataset]):
     """Generated sentences for binary sentiment classification, with exact per-token foreground.
 
     Every sample is ``(tokens, label, foreground)``: int64 token ids ``[T]`` (``T = max_length``, right-padded
@@ -86,6 +81,7 @@ class SentimentDataModule(pl.LightningDataModule):
     """
 
     num_classes = 2
+    noun = "sentences"
     class_names = ("negative", "positive")
     pad_id = PAD_ID
     vocabulary = VOCABULARY
@@ -118,78 +114,18 @@ class SentimentDataModule(pl.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
-        self.min_length, self.max_length, self.batch_size, self.num_workers = (
-            min_length,
-            max_length,
-            batch_size,
-            num_workers,
-        )
+        self.min_length, self.max_length = min_length, max_length
         self.background_bias, self.seed = float(background_bias), seed
         self.train_size, self.val_size, self.test_size, self.probe_size = train_size, val_size, test_size, probe_size
-        self._sets: dict[str, TokenDataset] = {}
+        self._init_splits(batch_size, num_workers)
 
-    def _split(self, name: str) -> TokenDataset:
-        if name not in self._sets:
-            start = time.perf_counter()
-            sentences = generate_sentences(
-                getattr(self, f"{name}_size"),
-                min_length=self.min_length,
-                max_length=self.max_length,
-                background_bias=self.background_bias,
-                seed=self.seed,
-                stream=_SPLITS.index(name),
-            )
-            self._sets[name] = TokenDataset(
-                sentences.tokens, sentences.labels, sentences.foreground, params=sentences.params
-            )
-            rank_zero_info(
-                f"kd_probe: generated {len(sentences.labels)} {name} sentences in {time.perf_counter() - start:.1f} s"
-            )
-        return self._sets[name]
-
-    @property
-    def train_set(self) -> TokenDataset:
-        return self._split("train")
-
-    @property
-    def val_set(self) -> TokenDataset:
-        return self._split("val")
-
-    @property
-    def test_set(self) -> TokenDataset:
-        return self._split("test")
-
-    @property
-    def probe_set(self) -> TokenDataset:
-        """The held-out probe split (``probe_size`` sentences), for the explanation callbacks."""
-        return self._split("probe")
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for name in wanted.get(stage or "", _SPLITS):
-            self._split(name)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._split(name),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def _generate(self, name: str, stream: int) -> TokenDataset:
+        sentences = generate_sentences(
+            getattr(self, f"{name}_size"),
+            min_length=self.min_length,
+            max_length=self.max_length,
+            background_bias=self.background_bias,
+            seed=self.seed,
+            stream=stream,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def probe_dataloader(self) -> DataLoader:
-        """Loader of the held-out probe split, in a fixed order."""
-        return self._loader("probe", shuffle=False)
+        return TokenDataset(sentences.tokens, sentences.labels, sentences.foreground, params=sentences.params)
