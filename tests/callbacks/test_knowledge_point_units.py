@@ -120,3 +120,26 @@ def test_image_only_probes_refuse_tokens_and_points_at_construction(owner: str, 
             AgreementProbe(inputs, labels=labels, teacher_layer="keep", student_layer="keep")
         else:
             UniCAMProbe(inputs, labels, layers=["keep"], cam_layer="keep")
+
+
+def _token_history(folder: Path, **trainer_kwargs: object) -> dict:
+    from lightning.pytorch.loggers import CSVLogger
+
+    tokens, labels, foreground = _token_set()
+    probe = KnowledgePointProbe(
+        tokens, foreground, layer="keep", units=Tokens("embedding"), epochs=[0, 1], method="secant", **PROBE
+    )
+    loader = DataLoader(TensorDataset(tokens, labels, foreground), batch_size=3)
+    module = DistillationModule(HalfBlindTokens(), lr=1e-30)  # updates far below one ulp: weights fixed
+    trainer(folder, callbacks=[probe], logger=CSVLogger(folder), **trainer_kwargs).fit(module, train_dataloaders=loader)
+    return torch.load(folder / "lightning_logs" / "version_0" / "kd_probe_history.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_token_probe_under_ddp_gives_the_single_process_history(tmp_path: Path) -> None:
+    single = _token_history(tmp_path / "single")
+    ddp = _token_history(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+    assert [e["epoch"] for e in ddp["entries"]] == [0, 1]
+    for a, b in zip(ddp["entries"], single["entries"], strict=True):
+        for key in ("entropy", "points", "n_fg", "n_bg", "sigma_f", "step", "effective"):
+            assert torch.equal(a[key].nan_to_num(7.0), b[key].nan_to_num(7.0)), (a["epoch"], key)
