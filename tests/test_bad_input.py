@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from kd_probe import UniCAM, count_knowledge_points, estimate_sigma_maps
 from kd_probe import functional as KF
 from kd_probe.cli import main
+from kd_probe.core.distance_correlation import correlation_of_distances, distance_matrix, relevance_given_of_distances
 from kd_probe.models import VGG
 
 
@@ -438,12 +439,19 @@ def unicam(**kw: Any) -> UniCAM:
 
 
 X = torch.randn(6, 5)
+D = distance_matrix(X)
 OTHER_CASES = [  # errors that kd_probe.core.{agreement,distance_correlation,unicam} already raise
     bad("dcor-int", lambda: KF.distance_correlation(X.long(), X), ValueError, "x", X, "torch.int64"),
     bad("dcor-3-samples", lambda: KF.distance_correlation(X[:3], X[:3]), ValueError, "x", 3),
     bad("dcor-counts", lambda: KF.distance_correlation(X, X[:5]), ValueError, "y", 5),
     bad("dcor-not-tensor", lambda: KF.distance_correlation(wrong([1.0]), X), TypeError, "x", "list"),
     bad("relevance-counts", lambda: KF.relevance_given(X, X, X[:4]), ValueError, "g", 4),
+    bad("distances-not-square", lambda: correlation_of_distances(D, D[:, :5]), ValueError, "b", D, "(6, 5)"),
+    bad("distances-int", lambda: correlation_of_distances(D.long(), D), ValueError, "a", D, "torch.int64"),
+    bad("distances-3-samples", lambda: correlation_of_distances(D[:3, :3], D[:3, :3]), ValueError, "a", 3),
+    bad("distances-counts", lambda: relevance_given_of_distances(D, D, D[:5, :5]), ValueError, "g", 5),
+    bad("distances-diagonal", lambda: correlation_of_distances(D + 2 * torch.eye(6), D), ValueError, "a", 2),
+    bad("distances-batch", lambda: correlation_of_distances(D.expand(2, 6, 6), D.expand(3, 6, 6)), ValueError, "b", 3),
     bad("label-embedding-negative", lambda: KF.label_embedding(torch.tensor([0, -1])), ValueError, "labels", -1),
     bad(
         "label-embedding-rows",
@@ -471,6 +479,7 @@ OTHER_CASES = [  # errors that kd_probe.core.{agreement,distance_correlation,uni
     ),
     bad("unicam-model-x", lambda: UniCAM("vgg", net(), layer="features.relu2"), TypeError, "model_x", "str"),  # type: ignore[arg-type]
     bad("unicam-objective", lambda: unicam(objective="max"), ValueError, "objective", "max"),
+    bad("unicam-features", lambda: unicam(features="flat"), ValueError, "features", "flat"),
     bad("unicam-prefix-tokens", lambda: unicam(prefix_tokens=wrong("cls")), ValueError, "prefix_tokens", "cls"),
     bad(
         "grad-cam-prefix-tokens",

@@ -231,6 +231,8 @@ UNICAM_CASES = [
     bad("cam-layer-triple", lambda: up(cam_layer=("a", "b", "c")), ValueError, "cam_layer", ("a", "b", "c")),
     bad("every-n-epochs-0", lambda: up(every_n_epochs=0), ValueError, "every_n_epochs", 0),
     bad("objective-unknown", lambda: up(objective="max"), ValueError, "objective", "max"),
+    bad("features-unknown", lambda: up(features="mean"), ValueError, "features", "mean"),
+    bad("normalize-rows-str", lambda: up(normalize_rows=wrong("yes")), ValueError, "normalize_rows", "yes"),
     bad("log-images-negative", lambda: up(log_images=-2), ValueError, "log_images", -2),
     bad("reference-str", lambda: up(reference="resnet"), ValueError, "reference", "str"),
     bad(

@@ -26,10 +26,15 @@ from kd_probe.callbacks._common import (
     save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
-from kd_probe.core.distance_correlation import distance_correlation, label_embedding, relevance_given
+from kd_probe.core.distance_correlation import (
+    correlation_of_distances,
+    distance_matrix,
+    label_embedding,
+    relevance_given_of_distances,
+)
 from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
 from kd_probe.core.render import map_rows
-from kd_probe.core.unicam import OBJECTIVES, UniCAM, pooled_features
+from kd_probe.core.unicam import OBJECTIVES, UniCAM, check_features, feature_vectors
 
 __all__ = ["UniCAMProbe"]
 
@@ -58,14 +63,14 @@ class UniCAMProbe(BatchProbe):
     """Measure during training how much of the teacher's label-relevant knowledge the student holds ([UC]).
 
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``, for each
-    ``(student layer, teacher layer)`` pair (features globally average-pooled): the feature similarity
-    ``FSS = R*(F_T, F_S)`` (bias-corrected squared distance correlation; also the V-statistic), the relevance
-    ``RS = R*(F, G)`` of teacher, student and reference to the labels ``G``, the *distilled* relevance
-    ``R*(F_S | F_T, G)`` (what the student holds beyond the teacher that is about the labels; beyond the
-    reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the teacher — or the
-    reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``. Teacher- and
-    reference-side features are computed once and cached. Runs on rank zero only (the batch is small); the
-    models are left as they were (spec §4). A failed probe (e.g. NaN or infinite features or maps of a
+    ``(student layer, teacher layer)`` pair (feature maps globally average-pooled, or flattened: ``features``):
+    the feature similarity ``FSS = R*(F_T, F_S)`` (bias-corrected squared distance correlation; also the
+    V-statistic), the relevance ``RS = R*(F, G)`` of teacher, student and reference to the labels ``G``, the
+    *distilled* relevance ``R*(F_S | F_T, G)`` (what the student holds beyond the teacher that is about the
+    labels; beyond the reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the
+    teacher — or the reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``.
+    Teacher- and reference-side features are computed once and cached. Runs on rank zero only (the batch is
+    small); the models are left as they were (spec §4). A failed probe (e.g. NaN or infinite features or maps of a
     diverged student) is warned about and recorded as failed with the reason, never as numbers; a logger, an
     image grid or the file that fails is warned about once and noted in the entry's ``problems``; training
     goes on. At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch
@@ -94,6 +99,12 @@ class UniCAMProbe(BatchProbe):
             once); bounds the memory of a large probe batch, the values do not depend on it.
         prefix_tokens: for a ``cam_layer`` that outputs transformer tokens ``[N, T, D]`` (a ViT block), the
             leading tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
+        features: how a 4-D feature map becomes one vector per image, for FSS, RS and the UniCAM scores:
+            ``"pooled"`` (global average pooling; the default: comparable across layers of different sizes, and
+            cheap) or ``"flattened"`` (the whole map, as the [UC] authors do for intermediate layers:
+            paper-comparable). Other outputs are flattened either way.
+        normalize_rows: scale each image's feature vector to unit L2 norm before the V-statistic FSS
+            (``fss_v`` only), as the authors' scripts do: ``True`` reproduces their value.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; ``<layer>`` = the student layer; step =
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
@@ -101,6 +112,23 @@ class UniCAMProbe(BatchProbe):
     ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/unicam/distilled``
     and ``<p>/unicam/residual`` (rows: input, map). The history (every value, and the maps of the first
     images) is kept in the checkpoint and in ``kd_probe_unicam[_<name>].pt`` in the logger's folder.
+
+    The file (``torch.load(path, weights_only=True)``) holds ``entries`` (the history), ``maps``, ``images``
+    and ``labels`` (the first images), the settings (``layers``, ``cam_layer``, ``reference``, ``objective``,
+    ``features``, ``normalize_rows``) and, like the checkpoint, ``distances``: the float64 distance matrices
+    ``[N, N]`` of the latest successful probe (``None`` before one), from which every score of that entry
+    is recomputed, e.g. over resampled images (``m[idx][:, idx]``) for bootstrap intervals::
+
+        {"epoch": int, "labels": distances of the label vectors G,
+         "layers": {student layer: {"teacher", "student", "reference" (with a reference),
+                                    "teacher_rows", "student_rows" (with normalize_rows): distances}}}
+
+    ``fss/<layer>`` is ``correlation_of_distances(teacher, student)``, ``fss_v/<layer>`` the same with
+    ``bias_corrected=False`` on the ``*_rows`` matrices when present, ``rs/<model>/<layer>``
+    ``correlation_of_distances(<model>, labels)``, ``rs/distilled/<layer>``
+    ``relevance_given_of_distances(student, given, labels)`` and ``rs/residual/<layer>``
+    ``relevance_given_of_distances(given, student, labels)``, with ``given`` the reference when present, else
+    the teacher (:mod:`kd_probe.core.distance_correlation`).
 
     Example::
 
@@ -129,6 +157,8 @@ class UniCAMProbe(BatchProbe):
         log_images: int = 4,
         max_batch: int | None = None,
         prefix_tokens: int | None = None,
+        features: str = "pooled",
+        normalize_rows: bool = False,
     ) -> None:
         self.images, _, probe_labels = read_probe_set(
             images, None, labels, need_masks=False, need_labels=True, owner="UniCAMProbe"
@@ -162,6 +192,10 @@ class UniCAMProbe(BatchProbe):
             raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
+        check_features(features)
+        if not isinstance(normalize_rows, bool):
+            raise ValueError(f"`normalize_rows` must be True or False, got {normalize_rows!r}.")
+        self.features, self.normalize_rows = features, normalize_rows
         self.name = None if name is None else check_name(name)
         self.reference, self.every_n_epochs, self.objective = reference, every_n_epochs, objective
         self.max_batch = max_batch
@@ -172,6 +206,7 @@ class UniCAMProbe(BatchProbe):
         self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self.maps: list[dict[str, Any]] = []
+        self.distances: dict[str, Any] | None = None  # of the latest successful probe (class docstring)
         self._cache: dict[str, Any] | None = None
         self._start_guards()
 
@@ -221,29 +256,39 @@ class UniCAMProbe(BatchProbe):
         """Everything that depends only on the frozen teacher and reference: computed once per device."""
         if self._cache is not None and self._cache["device"] == device:
             return self._cache
-        images = self.images.to(device)
-        teacher_names = sorted({t for _, t in self.pairs} | {self.cam_layer[1]})
-        cache: dict[str, Any] = {"device": device, "images": images, "targets": self.targets.to(device)}
-        cache["teacher"] = self._features(teacher, teacher_names, images)
-        cache["rs_teacher"] = {
-            t: float(distance_correlation(cache["teacher"][t], cache["targets"])) for t in teacher_names
-        }
-        if self.reference is not None:
-            names = sorted({s for s, _ in self.pairs} | {self.cam_layer[0]})
-            cache["reference"] = self._features(self.reference, names, images)
-            cache["rs_reference"] = {
-                s: float(distance_correlation(cache["reference"][s], cache["targets"])) for s in names
+        images, targets = self.images.to(device), self.targets.to(device)
+        cache: dict[str, Any] = {"device": device, "images": images, "targets": targets}
+        cache["labels"] = distance_matrix(targets.flatten(1).double())
+        sides = [("teacher", teacher, {t for _, t in self.pairs}, self.cam_layer[1])]
+        if self.reference is not None:  # the reference has the student's layer names
+            sides.append(("reference", self.reference, {s for s, _ in self.pairs}, self.cam_layer[0]))
+        for role, network, paired, cam in sides:
+            cache[role] = self._features(network, sorted(paired | {cam}), images)
+            cache[f"{role}_distances"] = self._distance_matrices(cache[role], paired)
+            cache[f"rs_{role}"] = {
+                layer: float(correlation_of_distances(matrices["plain"], cache["labels"]))
+                for layer, matrices in cache[f"{role}_distances"].items()
             }
         self._cache = cache
         return cache
 
-    @staticmethod
-    def _features(network: nn.Module, names: list[str], images: Tensor) -> dict[str, Tensor]:
-        """Pooled features of several layers from one eval-mode forward on the network's device (modes
-        restored), returned on the images' device."""
+    def _features(self, network: nn.Module, names: list[str], images: Tensor) -> dict[str, Tensor]:
+        """Features (pooled or flattened, ``features``) of several layers from one eval-mode forward on the
+        network's device (modes restored), returned on the images' device."""
         with capture_outputs(network, names) as outputs:
             eval_forward(network, images.to(module_device(network, images.device)))
-        return {name: pooled_features(outputs[name]).detach().to(images.device) for name in names}
+        return {name: feature_vectors(outputs[name], self.features).detach().to(images.device) for name in names}
+
+    def _distance_matrices(self, features: dict[str, Tensor], names: set[str]) -> dict[str, dict[str, Tensor]]:
+        """Per layer in ``names``, the float64 distance matrix of the features (``"plain"``) and, with
+        ``normalize_rows``, of the L2-normalised features (``"rows"``, for the V-statistic FSS)."""
+        matrices = {}
+        for layer in sorted(names):
+            vectors = features[layer]
+            matrices[layer] = {"plain": distance_matrix(vectors.double())}
+            if self.normalize_rows:
+                matrices[layer]["rows"] = distance_matrix(vectors.double(), normalize_rows=True)
+        return matrices
 
     @override
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
@@ -269,20 +314,13 @@ class UniCAMProbe(BatchProbe):
                 raise FloatingPointError(
                     f"the student's features at {layer!r} hold NaN or infinite values (has the model diverged?)"
                 )
-        values: dict[str, float] = {}
-        for s, t in self.pairs:
-            fs, ft = own[s], cache["teacher"][t]
-            given = cache["reference"][s] if self.reference is not None else ft
-            values[f"fss/{s}"] = float(distance_correlation(ft, fs))
-            values[f"fss_v/{s}"] = float(distance_correlation(ft, fs, bias_corrected=False))
-            values[f"rs/teacher/{s}"] = cache["rs_teacher"][t]
-            values[f"rs/student/{s}"] = float(distance_correlation(fs, targets))
-            if self.reference is not None:
-                values[f"rs/reference/{s}"] = cache["rs_reference"][s]
-            values[f"rs/distilled/{s}"] = float(relevance_given(fs, given, targets))
-            values[f"rs/residual/{s}"] = float(relevance_given(given, fs, targets))
+        values, layers = self._scores(self._distance_matrices(own, {s for s, _ in self.pairs}), cache)
         other_features = (cache["reference"] if self.reference is not None else cache["teacher"])[self._other_cam]
-        options: dict[str, Any] = {"objective": self.objective, "prefix_tokens": self.prefix_tokens}
+        options: dict[str, Any] = {
+            "objective": self.objective,
+            "prefix_tokens": self.prefix_tokens,
+            "features": self.features,
+        }
         distilled = UniCAM(student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, **options)(
             images, targets, features_y=other_features, max_batch=self.max_batch
         )
@@ -298,7 +336,36 @@ class UniCAMProbe(BatchProbe):
         self.maps.append(
             {"epoch": epoch, "distilled": distilled.maps[:kept].cpu(), "residual": residual.maps[:kept].cpu()}
         )
+        self.distances = {"epoch": epoch, "labels": cache["labels"].cpu(), "layers": layers}
         return entry, {"distilled": distilled.maps, "residual": residual.maps, "values": values}
+
+    def _scores(
+        self, own: dict[str, dict[str, Tensor]], cache: dict[str, Any]
+    ) -> tuple[dict[str, float], dict[str, dict[str, Tensor]]]:
+        """FSS and RS of every layer pair from the distance matrices of the student's features (``own``) and the
+        cached ones, and those matrices on the CPU per student layer (the file's ``distances``)."""
+        values: dict[str, float] = {}
+        layers: dict[str, dict[str, Tensor]] = {}
+        labels = cache["labels"]
+        for s, t in self.pairs:
+            student, teacher = own[s], cache["teacher_distances"][t]
+            given = cache["reference_distances"][s] if self.reference is not None else teacher
+            values[f"fss/{s}"] = float(correlation_of_distances(teacher["plain"], student["plain"]))
+            rows = (teacher.get("rows", teacher["plain"]), student.get("rows", student["plain"]))
+            values[f"fss_v/{s}"] = float(correlation_of_distances(*rows, bias_corrected=False))
+            values[f"rs/teacher/{s}"] = cache["rs_teacher"][t]
+            values[f"rs/student/{s}"] = float(correlation_of_distances(student["plain"], labels))
+            if self.reference is not None:
+                values[f"rs/reference/{s}"] = cache["rs_reference"][s]
+            values[f"rs/distilled/{s}"] = float(relevance_given_of_distances(student["plain"], given["plain"], labels))
+            values[f"rs/residual/{s}"] = float(relevance_given_of_distances(given["plain"], student["plain"], labels))
+            kept = {"teacher": teacher["plain"], "student": student["plain"]}
+            if self.reference is not None:
+                kept["reference"] = given["plain"]
+            if self.normalize_rows:
+                kept.update(teacher_rows=teacher["rows"], student_rows=student["rows"])
+            layers[s] = {key: matrix.cpu() for key, matrix in kept.items()}
+        return values, layers
 
     @override
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
@@ -334,18 +401,22 @@ class UniCAMProbe(BatchProbe):
             "cam_layer": self.cam_layer,
             "reference": self.reference is not None,
             "objective": self.objective,
+            "features": self.features,
+            "normalize_rows": self.normalize_rows,
             "images": (self.images[:MAPS_KEPT] * self.std + self.mean).clamp(0, 1),
             "labels": self.labels[:MAPS_KEPT],
             "entries": self.history,
             "maps": self.maps,
+            "distances": self.distances,
         }
         save_atomically(record, self.file_path(trainer))
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "maps": self.maps}
+        return {"history": self.history, "maps": self.maps, "distances": self.distances}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.maps = list(state_dict.get("maps", []))
+        self.distances = state_dict.get("distances")

@@ -24,9 +24,20 @@ from kd_probe.core.layers import capture_outputs, forward_until, module_device, 
 from kd_probe.core.render import per_image_unit
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
-__all__ = ["OBJECTIVES", "UniCAM", "UniCAMResult", "layer_features", "max_row_score", "pooled_features"]
+__all__ = [
+    "FEATURES",
+    "OBJECTIVES",
+    "UniCAM",
+    "UniCAMResult",
+    "check_features",
+    "feature_vectors",
+    "layer_features",
+    "max_row_score",
+    "pooled_features",
+]
 
 OBJECTIVES = ("relevance", "max_row")
+FEATURES = ("pooled", "flattened")  # how a feature map becomes one vector per sample (spec §3, option)
 
 
 class UniCAMResult(NamedTuple):
@@ -36,24 +47,51 @@ class UniCAMResult(NamedTuple):
     score: float
 
 
+def check_features(features: str) -> None:
+    """Refuse a ``features`` choice other than ``"pooled"`` or ``"flattened"``."""
+    if features not in FEATURES:
+        raise ValueError(
+            f"`features` must be 'pooled' (feature maps globally average-pooled) or 'flattened' (the whole map "
+            f"per sample, as the [UC] authors do for intermediate layers), got {features!r}."
+        )
+
+
+def feature_vectors(output: Tensor, features: str = "pooled") -> Tensor:
+    """A layer's output ``[N, ...]`` as one feature vector per sample ``[N, D]`` (spec §3: "pooled or flattened
+    features"): ``"pooled"`` averages a 4-D ``[N, C, H, W]`` map over its positions (``D = C``), ``"flattened"``
+    keeps the whole map (``D = C·H·W``); any other output is flattened either way."""
+    check_features(features)
+    return output.mean(dim=(2, 3)) if output.dim() == 4 and features == "pooled" else output.flatten(1)
+
+
 def pooled_features(output: Tensor) -> Tensor:
-    """A layer's output as one feature vector per sample: global average pooling of ``[N, C, H, W]``
-    maps, flattening otherwise (spec §3: "pooled or flattened features")."""
-    return output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(1)
+    """:func:`feature_vectors` with ``features="pooled"``: global average pooling of ``[N, C, H, W]`` maps,
+    flattening otherwise."""
+    return feature_vectors(output, "pooled")
 
 
 def layer_features(
-    model: nn.Module, layer: str, images: Tensor, *, argument: str = "layer", max_batch: int | None = None
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    *,
+    argument: str = "layer",
+    max_batch: int | None = None,
+    features: str = "pooled",
 ) -> Tensor:
-    """Pooled features ``[N, D]`` of ``layer`` for ``images``, in eval mode without gradients (modes restored),
-    at most ``max_batch`` images per forward (``None``: all at once); the modules after the layer do not run."""
+    """Features ``[N, D]`` of ``layer`` for ``images`` (:func:`feature_vectors`: a feature map pooled, or flattened
+    with ``features="flattened"``), in eval mode without gradients (modes restored), at most ``max_batch``
+    images per forward (``None``: all at once); the modules after the layer do not run."""
     _check_max_batch(max_batch)
+    check_features(features)
     model = unwrap_compiled(model)
     with probing(model), torch.no_grad():
         device = module_device(model, images.device)
         return torch.cat(
             [
-                pooled_features(forward_until(model, layer, images[chunk].to(device), argument=argument)).detach()
+                feature_vectors(
+                    forward_until(model, layer, images[chunk].to(device), argument=argument), features
+                ).detach()
                 for chunk in _chunk_slices(images.shape[0], max_batch)
             ]
         )
@@ -80,13 +118,17 @@ class UniCAM:
         model_x: the model explained.
         model_y: the model it is compared with (only its features are used, without gradients).
         layer: dotted name of the convolutional layer of X whose activations the map is built from.
-        feature_layer_x: the layer of X whose output gives ``F_X`` (globally average-pooled when 4-D);
-            default ``layer``. It must run after (or be) ``layer``.
+        feature_layer_x: the layer of X whose output gives ``F_X``; default ``layer``. It must run after (or
+            be) ``layer``.
         feature_layer_y: the layer of Y that gives ``F_Y``; default the same name as ``feature_layer_x``.
         objective: ``"relevance"`` (``s = R*(X|Y, G)``) or ``"max_row"`` (``s = Σ_i max_j P_ij``, as the
             authors' scripts; the labels are then not used).
         prefix_tokens: when ``layer`` outputs transformer tokens ``[N, T, D]``, the leading tokens that are not
             patches (``None``: infer a class token or none; see :func:`~kd_probe.core.tokens.token_grid`).
+        features: how a 4-D feature map becomes ``F_X`` and ``F_Y``: ``"pooled"`` (globally average-pooled,
+            the default: comparable across layers of any size, cheap) or ``"flattened"`` (the whole map per
+            sample, as the [UC] authors do for intermediate layers: paper-comparable). Other outputs are
+            flattened either way (:func:`feature_vectors`).
 
     Example::
 
@@ -108,12 +150,15 @@ class UniCAM:
         feature_layer_y: str | None = None,
         objective: str = "relevance",
         prefix_tokens: int | None = None,
+        features: str = "pooled",
     ) -> None:
         for name, model in (("model_x", model_x), ("model_y", model_y)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module, got {type(model).__name__}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+        check_features(features)
+        self.features = features
         model_x, model_y = unwrap_compiled(model_x), unwrap_compiled(model_y)
         self.model_x, self.model_y, self.objective = model_x, model_y, objective
         check_prefix_tokens(prefix_tokens)
@@ -129,7 +174,12 @@ class UniCAM:
         """``F_Y`` for ``images`` (to compute once and pass to every call when Y is frozen), at most
         ``max_batch`` images per forward."""
         return layer_features(
-            self.model_y, self.feature_layer_y, images, argument="feature_layer_y", max_batch=max_batch
+            self.model_y,
+            self.feature_layer_y,
+            images,
+            argument="feature_layer_y",
+            max_batch=max_batch,
+            features=self.features,
         )
 
     def __call__(
@@ -195,12 +245,12 @@ class UniCAM:
         return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score))
 
     def _forward(self, inputs: Tensor, captured: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Pooled features ``F_X`` of a chunk and the activations of ``layer`` they come from (with a graph to
+        """Features ``F_X`` of a chunk and the activations of ``layer`` they come from (with a graph to
         the activations when grad is enabled: frozen models still give one, the input requires grad)."""
         captured.clear()
         inputs = inputs.clone().requires_grad_(torch.is_grad_enabled())
-        features = pooled_features(
-            forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x")
+        features = feature_vectors(
+            forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x"), self.features
         )
         activation = captured.get(self.layer)
         if activation is None:

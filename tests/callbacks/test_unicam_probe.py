@@ -8,7 +8,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kd_probe import DistillationModule, UniCAMProbe
-from kd_probe.core.distance_correlation import distance_correlation, relevance_given
+from kd_probe.core.distance_correlation import (
+    correlation_of_distances,
+    distance_correlation,
+    relevance_given,
+    relevance_given_of_distances,
+)
 from kd_probe.core.unicam import layer_features
 from tests.callbacks.conftest import tiny_data, tiny_net, trainer
 
@@ -71,6 +76,82 @@ def test_values_equal_the_functional_recomputation_and_the_model_given_itself(tm
     assert last["distilled_score"] == pytest.approx(last["rs/distilled/features.relu2"], abs=1e-6)
 
 
+def _reproduce(entry: dict, saved: dict) -> dict[str, float]:
+    """Every score of ``entry`` recomputed from the saved distance matrices (the class docstring's recipe)."""
+    labels, values = saved["labels"], {}
+    for layer, m in saved["layers"].items():
+        given = m.get("reference", m["teacher"])
+        values[f"fss/{layer}"] = correlation_of_distances(m["teacher"], m["student"])
+        rows = m.get("teacher_rows", m["teacher"]), m.get("student_rows", m["student"])
+        values[f"fss_v/{layer}"] = correlation_of_distances(*rows, bias_corrected=False)
+        for model in ("teacher", "student", "reference"):
+            if model in m:
+                values[f"rs/{model}/{layer}"] = correlation_of_distances(m[model], labels)
+        values[f"rs/distilled/{layer}"] = relevance_given_of_distances(m["student"], given, labels)
+        values[f"rs/residual/{layer}"] = relevance_given_of_distances(given, m["student"], labels)
+    return {key: float(value) for key, value in values.items()}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(features="flattened", normalize_rows=True, with_reference=True),
+        dict(features="pooled", normalize_rows=False, with_reference=False),
+    ],
+)
+def test_saved_distances_reproduce_every_score(tmp_path: Path, options: dict) -> None:
+    data = tiny_data()
+    teacher, student = tiny_net(), tiny_net()
+    torch.manual_seed(1)
+    student.features.conv1.reset_parameters()
+    reference = copy.deepcopy(teacher) if options["with_reference"] else None
+    if reference is not None:
+        reference.features.conv2.reset_parameters()
+    features, normalize_rows = options["features"], options["normalize_rows"]
+    probe = UniCAMProbe(
+        data,
+        layers=PAIRS,
+        cam_layer="features.relu2",
+        reference=reference,
+        features=features,
+        normalize_rows=normalize_rows,
+    )
+    assert probe.state_dict()["distances"] is None  # before the first probe
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer(tmp_path, max_epochs=1, logger=logger, callbacks=[probe]).fit(
+        DistillationModule(student, teacher), datamodule=data
+    )
+    saved = torch.load(Path(logger.log_dir) / "kd_probe_unicam.pt", weights_only=True)
+    assert saved["features"] == features and saved["normalize_rows"] is normalize_rows
+    distances, last = saved["distances"], saved["entries"][-1]
+    assert distances["epoch"] == last["epoch"] == 1
+    assert distances["labels"].shape == (6, 6) and distances["labels"].dtype == torch.float64
+    expected_keys = {"teacher", "student"} | ({"reference"} if reference is not None else set())
+    expected_keys |= {"teacher_rows", "student_rows"} if normalize_rows else set()
+    for layer in ("features.relu1", "features.relu2"):
+        assert set(distances["layers"][layer]) == expected_keys
+        assert all(m.dtype == torch.float64 and m.device.type == "cpu" for m in distances["layers"][layer].values())
+    scores = {key: value for key, value in last.items() if "/" in key}
+    kinds = ["fss", "fss_v", "rs/teacher", "rs/student", "rs/distilled", "rs/residual"]
+    kinds += ["rs/reference"] if reference is not None else []
+    assert set(scores) == {f"{kind}/{layer}" for kind in kinds for layer in ("features.relu1", "features.relu2")}
+    assert _reproduce(last, distances) == scores  # exactly: the probe computes its scores from these matrices
+    # and the matrices are those of the features as used (pooled or flattened, rows normalised or not)
+    images, labels = probe.images, probe.labels
+    for layer in ("features.relu1", "features.relu2"):
+        fs = layer_features(student, layer, images, features=features)
+        ft = layer_features(teacher, layer, images, features=features)
+        given = ft if reference is None else layer_features(reference, layer, images, features=features)
+        assert scores[f"fss/{layer}"] == pytest.approx(float(distance_correlation(ft, fs)), abs=1e-6)
+        fss_v = distance_correlation(ft, fs, bias_corrected=False, normalize_rows=normalize_rows)
+        assert scores[f"fss_v/{layer}"] == pytest.approx(float(fss_v), abs=1e-6)
+        assert scores[f"rs/distilled/{layer}"] == pytest.approx(float(relevance_given(fs, given, labels)), abs=1e-6)
+    restored = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", features=features)
+    restored.load_state_dict(probe.state_dict())
+    assert restored.distances is not None and restored.distances["epoch"] == 1
+    assert torch.equal(restored.distances["labels"], distances["labels"])
+
+
 def test_teacher_side_cached_training_unchanged_and_resume(tmp_path: Path) -> None:
     data = tiny_data()
     plain, probed = DistillationModule(tiny_net(), tiny_net()), DistillationModule(tiny_net(), tiny_net())
@@ -119,6 +200,9 @@ def test_a_failed_probe_warns_and_keeps_the_history(tmp_path: Path) -> None:
         )
     assert [("failed" in e) for e in probe.history] == [False, False, True, True]
     assert "fss/features.relu2" in probe.history[1]
+    assert probe.distances is not None and probe.distances["epoch"] == 1  # the failed probes kept the last matrices
+    saved = torch.load(Path(tmp_path) / "kd_probe_unicam.pt", weights_only=True)
+    assert saved["distances"]["epoch"] == 1
 
 
 def test_bad_input_is_refused(tmp_path: Path) -> None:
@@ -134,6 +218,10 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
         UniCAMProbe(data, layers=[], cam_layer="features.relu2")
     with pytest.raises(ValueError, match=r"`objective` must be one of"):
         UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", objective="max")
+    with pytest.raises(ValueError, match=r"`features` must be 'pooled' .* or 'flattened' .*, got 'mean'\."):
+        UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", features="mean")
+    with pytest.raises(ValueError, match=r"`normalize_rows` must be True or False, got 'yes'\."):
+        UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", normalize_rows="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`labels` holds class 2 but `label_embeddings` has 2 rows"):
         UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", label_embeddings=torch.randn(2, 4))
     probe = UniCAMProbe(data, layers=[("features.relu2", "features.relu9")], cam_layer="features.relu2")

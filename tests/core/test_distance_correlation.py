@@ -3,12 +3,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kd_probe.core.distance_correlation import (
+    correlation_of_distances,
     distance_correlation,
     distance_matrix,
     label_embedding,
     relevance_given,
+    relevance_given_of_distances,
     residual,
     residual_matrix,
     u_centre,
@@ -255,3 +258,136 @@ def test_non_finite_features_give_nan(bad):
     ):
         assert math.isnan(float(value))
     assert torch.isnan(residual_matrix(broken, y)).all() and torch.isnan(residual_matrix(y, broken)).all()
+
+
+# ---- normalize_rows: the authors' V-statistic FSS ----
+
+
+def test_normalize_rows_normalises_each_flattened_sample_first():
+    x, y, _ = _sample(seed=6)
+    images = x.reshape(12, 5, 1, 1).expand(12, 5, 2, 3)  # flattened per sample, then normalised
+    unit_x, unit_y = F.normalize(images.flatten(1), dim=1), F.normalize(y, dim=1)
+    value = float(distance_correlation(images, y, bias_corrected=False, normalize_rows=True))
+    assert value == pytest.approx(_reference_v(unit_x.numpy(), unit_y.numpy()), abs=1e-12)
+    assert value != pytest.approx(float(distance_correlation(images, y, bias_corrected=False)), abs=1e-3)
+    assert float(distance_correlation(x, 5 * x, normalize_rows=True)) == pytest.approx(1.0, abs=1e-12)
+    # a rescaled sample is the same sample once normalised: only its direction counts
+    scales = torch.linspace(0.5, 3.0, 12, dtype=torch.float64)[:, None]
+    assert float(distance_correlation(scales * x, y, normalize_rows=True)) == pytest.approx(
+        float(distance_correlation(x, y, normalize_rows=True)), abs=1e-12
+    )
+
+
+# ---- from distance matrices: batched, resampled (bootstrap) ----
+
+
+def _distance_triples(count=5, n=12, seed=7):
+    """Features of X, Y and labels G of ``count`` independent samples."""
+    generator = torch.Generator().manual_seed(seed)
+    triples = []
+    for _ in range(count):
+        x = torch.randn(n, 4, 2, generator=generator, dtype=torch.float64)
+        y = torch.tanh(x.flatten(1) @ torch.randn(8, 3, generator=generator, dtype=torch.float64))
+        y = y + 0.5 * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        triples.append((x, y, label_embedding(torch.randint(0, 3, (n,), generator=generator))))
+    return triples
+
+
+def test_distance_versions_equal_the_feature_versions():
+    for x, y, g in _distance_triples():
+        a, b, c = (distance_matrix(t.flatten(1)) for t in (x, y, g))
+        for bias_corrected in (True, False):
+            assert float(correlation_of_distances(a, b, bias_corrected=bias_corrected)) == pytest.approx(
+                float(distance_correlation(x, y, bias_corrected=bias_corrected)), abs=1e-12
+            )
+        assert float(relevance_given_of_distances(a, b, c)) == pytest.approx(float(relevance_given(x, y, g)), abs=1e-12)
+        assert float(relevance_given_of_distances(b, a, c)) == pytest.approx(float(relevance_given(y, x, g)), abs=1e-12)
+        rows = distance_matrix(x.flatten(1), normalize_rows=True), distance_matrix(y, normalize_rows=True)
+        assert float(correlation_of_distances(*rows, bias_corrected=False)) == pytest.approx(
+            float(distance_correlation(x, y, bias_corrected=False, normalize_rows=True)), abs=1e-12
+        )
+
+
+def test_batched_equals_looped():
+    triples = _distance_triples(count=6)
+    a, b, c = (torch.stack([distance_matrix(t[k].flatten(1)) for t in triples]) for k in range(3))
+    a, b, c = a.view(2, 3, 12, 12), b.view(2, 3, 12, 12), c.view(2, 3, 12, 12)  # two leading dimensions
+    batched = {
+        "r": correlation_of_distances(a, b),
+        "v": correlation_of_distances(a, b, bias_corrected=False),
+        "given": relevance_given_of_distances(a, b, c),
+    }
+    assert all(value.shape == (2, 3) and value.dtype == torch.float64 for value in batched.values())
+    for i in range(2):
+        for j in range(3):
+            looped = {
+                "r": correlation_of_distances(a[i, j], b[i, j]),
+                "v": correlation_of_distances(a[i, j], b[i, j], bias_corrected=False),
+                "given": relevance_given_of_distances(a[i, j], b[i, j], c[i, j]),
+            }
+            for key, value in looped.items():
+                assert value.dim() == 0
+                assert float(batched[key][i, j]) == pytest.approx(float(value), abs=1e-12), key
+    broadcast = correlation_of_distances(a, c[0, 0])  # one label matrix against a batch
+    assert float(broadcast[1, 2]) == pytest.approx(float(correlation_of_distances(a[1, 2], c[0, 0])), abs=1e-12)
+
+
+def test_resampled_distances_equal_the_resampled_features():
+    generator = torch.Generator().manual_seed(8)
+    for x, y, g in _distance_triples(count=4, n=10):
+        a, b, c = (distance_matrix(t.flatten(1)) for t in (x, y, g))
+        indices = torch.randint(0, 10, (20, 10), generator=generator)  # 20 bootstrap samples, with repeats
+        indices[0] = torch.tensor([0, 0, 1, 1, 2, 3, 4, 5, 6, 6])
+        rows, columns = indices[:, :, None], indices[:, None, :]
+        r = correlation_of_distances(a[rows, columns], b[rows, columns])
+        v = correlation_of_distances(a[rows, columns], b[rows, columns], bias_corrected=False)
+        given = relevance_given_of_distances(a[rows, columns], b[rows, columns], c[rows, columns])
+        for k, idx in enumerate(indices):
+            assert torch.equal(a[idx][:, idx], a[rows, columns][k])  # a[idx][:, idx]: 0 between copies
+            assert float(r[k]) == pytest.approx(float(distance_correlation(x[idx], y[idx])), abs=1e-9)
+            assert float(v[k]) == pytest.approx(
+                float(distance_correlation(x[idx], y[idx], bias_corrected=False)), abs=1e-9
+            )
+            assert float(given[k]) == pytest.approx(float(relevance_given(x[idx], y[idx], g[idx])), abs=1e-9)
+
+
+def test_constant_and_non_finite_distances():
+    x, y, _ = _sample()
+    a, b = distance_matrix(x), distance_matrix(y)
+    constant = distance_matrix(torch.ones(12, 3, dtype=torch.float64))
+    assert float(correlation_of_distances(constant, b)) == 0.0
+    assert float(correlation_of_distances(b, constant, bias_corrected=False)) == 0.0
+    one_image = a[torch.zeros(12, dtype=torch.long)][:, torch.zeros(12, dtype=torch.long)]  # all zeros
+    assert float(correlation_of_distances(one_image, b)) == 0.0
+    labels = label_embedding(torch.arange(12) % 3)
+    assert float(relevance_given_of_distances(a, 2 * a, distance_matrix(labels))) == 0.0  # X explained by Y
+    assert float(relevance_given_of_distances(constant, b, distance_matrix(labels))) == 0.0
+    broken = x.clone()
+    broken[3, 2] = math.nan
+    nan = distance_matrix(broken)
+    assert math.isnan(float(correlation_of_distances(nan, b)))
+    assert math.isnan(float(correlation_of_distances(b, nan, bias_corrected=False)))
+    for order in ((nan, b, a), (b, nan, a), (a, b, nan)):
+        assert math.isnan(float(relevance_given_of_distances(*order)))
+    batch = correlation_of_distances(torch.stack([a, nan, constant]), b)  # each matrix on its own
+    assert float(batch[0]) == pytest.approx(float(distance_correlation(x, y)), abs=1e-12)
+    assert math.isnan(float(batch[1])) and float(batch[2]) == 0.0
+
+
+def test_distance_entry_points_refuse_what_is_not_a_distance_matrix():
+    a = distance_matrix(torch.randn(6, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"`a` must be a tensor \[\.\.\., n, n\] of distance matrices, got list"):
+        correlation_of_distances(a.tolist(), a)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`b` must be distance matrices \[\.\.\., n, n\] .*got shape \(6, 5\)"):
+        correlation_of_distances(a, a[:, :5])
+    with pytest.raises(ValueError, match=r"`a` must hold floating-point distances, got torch.int64"):
+        correlation_of_distances(a.long(), a)
+    with pytest.raises(ValueError, match=r"`a` holds the distances of 3 samples; this estimate needs n ≥ 4"):
+        correlation_of_distances(a[:3, :3], a[:3, :3])
+    assert float(correlation_of_distances(a[:3, :3], a[:3, :3], bias_corrected=False)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"`a` holds the distances of 6 samples and `g` of 5; .*same samples"):
+        relevance_given_of_distances(a, a, a[:5, :5])
+    with pytest.raises(ValueError, match=r"`a` has leading \(batch\) dimensions \(2,\) and `b` \(3,\)"):
+        correlation_of_distances(a.expand(2, 6, 6), a.expand(3, 6, 6))
+    with pytest.raises(ValueError, match=r"`g` must have a zero diagonal .*got 1 on it"):
+        relevance_given_of_distances(a, a, a + torch.eye(6, dtype=torch.float64))

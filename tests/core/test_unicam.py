@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_probe.core.distance_correlation import relevance_given, residual_matrix
-from kd_probe.core.unicam import UniCAM, layer_features, max_row_score
+from kd_probe.core.unicam import UniCAM, feature_vectors, layer_features, max_row_score, pooled_features
 from kd_probe.models import VGG
 
 
@@ -71,6 +71,59 @@ def test_maps_and_score_equal_the_hand_computation():
     expected = F.interpolate(cam[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
     assert result.score == pytest.approx(float(score.detach()), abs=1e-6)
     torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_flattened_features_equal_the_hand_computation():
+    student, teacher = _pair()
+    images, labels = torch.randn(8, 3, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    options = dict(layer="features.conv2", feature_layer_x="features.relu2", features="flattened")
+    result = UniCAM(student, teacher, **options)(images, labels)
+
+    student_copy, teacher_copy = copy.deepcopy(student).eval(), copy.deepcopy(teacher).eval()
+    store = {}
+    student_copy.features.conv2.register_forward_hook(lambda _m, _i, out: store.update(a=out))
+    student_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(f=out))
+    teacher_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(t=out))
+    student_copy(images)
+    with torch.no_grad():
+        teacher_copy(images)
+    assert store["f"].dim() == 4 and store["f"].shape[2:] != (1, 1)  # a real map, not a pooled vector
+    score = relevance_given(store["f"].reshape(8, -1), store["t"].reshape(8, -1), labels)
+    (gradient,) = torch.autograd.grad(score, store["a"])
+    cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(dim=1))
+    low, high = cam.flatten(1).min(1).values, cam.flatten(1).max(1).values
+    cam = (cam - low[:, None, None]) / (high - low).clamp(min=1e-12)[:, None, None]
+    expected = F.interpolate(cam[:, None], size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
+    assert result.score == pytest.approx(float(score.detach()), abs=1e-6)
+    torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
+    pooled = UniCAM(student, teacher, **{**options, "features": "pooled"})(images, labels)
+    assert pooled.score != pytest.approx(result.score, abs=1e-3)  # the choice matters
+    flat = layer_features(teacher, "features.relu2", images, features="flattened")
+    torch.testing.assert_close(flat, store["t"].flatten(1), rtol=0, atol=0)
+
+
+def test_pooled_features_are_unchanged_and_other_outputs_flattened_either_way():
+    maps, vectors, tokens = torch.randn(5, 4, 3, 2), torch.randn(5, 7), torch.randn(5, 6, 3)
+    assert torch.equal(feature_vectors(maps), maps.mean(dim=(2, 3)))
+    assert torch.equal(feature_vectors(maps, "pooled"), pooled_features(maps))
+    assert torch.equal(feature_vectors(maps, "flattened"), maps.reshape(5, 24))
+    for features in ("pooled", "flattened"):
+        assert torch.equal(feature_vectors(vectors, features), vectors)
+        assert torch.equal(feature_vectors(tokens, features), tokens.reshape(5, 18))
+    student, _ = _pair()
+    images = torch.randn(6, 3, 12, 12)
+    store = {}
+    reference = copy.deepcopy(student).eval()
+    reference.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(f=out))
+    with torch.no_grad():
+        reference(images)
+    torch.testing.assert_close(layer_features(student, "features.relu2", images), store["f"].mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match=r"`features` must be 'pooled' \(.*\) or 'flattened' \(.*\), got 'flat'\."):
+        UniCAM(student, student, layer="features.relu2", features="flat")
+    with pytest.raises(ValueError, match=r"`features` must be 'pooled' .*got 'mean'\."):
+        layer_features(student, "features.relu2", images, features="mean")
+    with pytest.raises(ValueError, match=r"`features` must be 'pooled' .*got None\."):
+        feature_vectors(maps, None)  # type: ignore[arg-type]
 
 
 def test_max_row_score_is_the_sum_of_row_maxima_of_the_residual():
