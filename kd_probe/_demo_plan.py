@@ -145,7 +145,7 @@ class Plan:
     teacher_widths: tuple[int, ...]
     student_widths: tuple[int, ...]
     schedule: list[int] | str
-    unicam_images: int = 64
+    unicam_images: int = 64  # held-out images of the agreement and UniCAM probes (at least 64 but in --quick)
 
     @property
     def layer(self) -> str:

@@ -111,13 +111,21 @@ def _student_probes(plan: Plan, kit: Modality, teacher: Any, seed: int, clocks: 
     return probes
 
 
+def _held_out(plan: Plan, data: ShapesDataModule) -> Subset:
+    """The first validation images (with their masks) of the agreement and UniCAM probes: 64 (16 in the quick
+    demo), more than the knowledge-point probe's, since both measure shares and batch statistics."""
+    return Subset(data.val_set, range(min(plan.unicam_images, len(data.val_set))))
+
+
 def _agreement(plan: Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
-    """[WK]'s agreement with the teacher, for distilled and baseline students alike (teacher given directly)."""
+    """[WK]'s agreement with the teacher, for distilled and baseline students alike (teacher given directly), with
+    the default ε sweep (1, 2, 4 and 8 grey levels: at 1/255 the teacher is rarely fooled)."""
     return AgreementProbe(
-        data,
+        _held_out(plan, data),
         teacher_layer=f"features.relu{2 * len(plan.teacher_widths)}",
         student_layer=f"features.relu{2 * len(plan.student_widths)}",
         teacher=teacher,
+        normalization=(data.mean, data.std),
         seed=seed,
     )
 
@@ -126,9 +134,12 @@ def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     """[UC]'s FSS/RS at the end of every stage and UniCAM maps at the last convolution, on held-out validation
     images (distance correlations are batch statistics: more images than the knowledge-point probe's)."""
     stages = [f"features.relu{2 * (stage + 1)}" for stage in range(len(plan.student_widths))]
-    images = Subset(data.val_set, range(min(plan.unicam_images, len(data.val_set))))
     return UniCAMProbe(
-        images, layers=stages, cam_layer=stages[-1], teacher=teacher, normalization=(data.mean, data.std)
+        _held_out(plan, data),
+        layers=stages,
+        cam_layer=stages[-1],
+        teacher=teacher,
+        normalization=(data.mean, data.std),
     )
 
 

@@ -85,13 +85,12 @@ def check_normalization(normalization: object, channels: int) -> None:
 
 
 def check_agreement_options(
-    steps: object, eps: object, transforms: object, log_images: object, seed: object, reference: object
+    steps: object, transforms: object, log_images: object, seed: object, reference: object
 ) -> None:
-    """The plain arguments of ``AgreementProbe``."""
+    """The plain arguments of ``AgreementProbe`` (``eps``: :func:`~kd_probe.callbacks._agreement_eps.check_eps`)."""
     if isinstance(transforms, str):
         raise ValueError(f"`transforms` must be a list of transform names, got the string {transforms!r}.")
     _check_int("steps", steps, 1)
-    _positive_number("eps", eps, zero=True)
     _check_int("log_images", log_images, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an integer, got {seed!r}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe._paths import check_name
+from kd_probe.callbacks._agreement_eps import DEFAULT_EPS, check_eps, eps_key
 from kd_probe.callbacks._checks import (
     check_agreement_options,
     check_agreement_setup,
@@ -26,6 +28,8 @@ from kd_probe.callbacks._common import (
     probe_normalization,
     probe_pictures,
     read_probe_set,
+    run_folder,
+    save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.core.agreement import (
@@ -33,9 +37,12 @@ from kd_probe.core.agreement import (
     cam_cosine,
     cam_energy_in_mask,
     cam_win_rate,
+    cam_wins,
+    fooled,
     grad_cam,
     ifgsm,
     prediction_agreement,
+    prediction_unchanged,
     predictions,
 )
 from kd_probe.core.layers import module_device, resolve_layer
@@ -51,15 +58,25 @@ class AgreementProbe(BatchProbe):
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``:
     localisation agreement (cosine of the teacher's and the student's Grad-CAM of the true class; with
     ``reference``, the win-rate against that independently trained model; with masks, the share of CAM
-    energy on the object), adversarial transfer (the share of the teacher-fooling I-FGSM images, ε in
-    [0, 1] pixel units, that also fool the student) and invariance agreement per transform. Teacher-side
-    work (teacher CAMs, adversarial images, teacher predictions) is computed once and cached, so each
-    probe costs one student backward and a few forwards. Probe work runs on rank zero only (the batch is
-    small); the model is left as it was (spec §4). A failing probe (e.g. a diverged student with NaN logits
-    or CAMs) is warned about and recorded as failed with the reason, never as numbers; a logger, an image
-    grid or a file that fails is warned about once and noted in the entry's ``problems``; training goes on.
-    At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch which
-    share of a training epoch that is (a warning when it is more than the epoch).
+    energy on the object), adversarial transfer (the share of the teacher-fooling I-FGSM images that also
+    fool the student) at each radius of an ε sweep in [0, 1] pixel units, and invariance agreement per
+    transform. Teacher-side work (teacher CAMs, the adversarial images of every ε, teacher predictions) is
+    computed once and cached, so each probe costs one student backward and a few forwards. Probe work runs
+    on rank zero only (the batch is small); the model is left as it was (spec §4). A failing probe (e.g. a
+    diverged student with NaN logits or CAMs) is warned about and recorded as failed with the reason, never
+    as numbers; a logger, an image grid or a file that fails is warned about once and noted in the entry's
+    ``problems``; training goes on. At the start of fit a dry run logs what a probe is expected to cost, and
+    after the first epoch which share of a training epoch that is (a warning when it is more than the epoch).
+
+    Every successful entry of :attr:`history` also holds ``per_image``, CPU tensors ``[N]`` whose means are the
+    scalars: ``cam_cosine``, ``cam_energy_in_mask/{student,teacher}`` (with masks; NaN for an empty map, the
+    scalar is the mean over the others), ``cam_win`` (with ``reference``: ``c_S > c_ref``),
+    ``teacher_fooled/eps_<k>`` and ``student_fooled/eps_<k>`` per ε (each model's prediction on the teacher's
+    adversarial image differs from its own clean prediction; the transfer is
+    ``sum(teacher_fooled & student_fooled) / sum(teacher_fooled)``) and ``invariance/<transform>/{student,teacher}``
+    (top-1 unchanged). The history is kept in the checkpoint and, after every probe, in
+    ``kd_probe_agreement[_<name>].pt`` in the logger's folder (:meth:`file_path`; loads with
+    ``torch.load(path, weights_only=True)``).
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect), a dataset of
@@ -68,7 +85,9 @@ class AgreementProbe(BatchProbe):
         teacher_layer, student_layer: dotted names of the Grad-CAM layers.
         reference: an independently trained model (enables ``cam_win_rate``).
         every_n_epochs: how often to probe.
-        eps: I-FGSM radius in pixel units ([0, 1]); steps: I-FGSM steps (step size ε/4).
+        eps: I-FGSM radius in pixel units ([0, 1]), or a list of radii (default 1, 2, 4 and 8 grey levels:
+            at 1/255 a teacher is rarely fooled, so that transfer rests on few images); the first one is behind
+            the unsuffixed tags. steps: I-FGSM steps (step size ε/4).
         transforms: any of ``"color"``, ``"crop"``, ``"shift"``.
         name: sub-prefix of the tags, one safe path component (letters, digits, ``_``, ``-``, ``.``).
         teacher, student: attribute names in the LightningModule, or modules.
@@ -82,9 +101,12 @@ class AgreementProbe(BatchProbe):
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
         ``<p>/agreement/cam_cosine``, ``<p>/agreement/cam_win_rate`` (with reference),
-        ``<p>/agreement/cam_energy_in_mask/{student,teacher}`` (with masks), ``<p>/agreement/adv_transfer``,
-        ``<p>/agreement/teacher_fooling_rate``, ``<p>/agreement/invariance/<transform>/{student,teacher}``,
-        and the image grid ``<p>/agreement/cams`` (rows: input, teacher CAM, student CAM).
+        ``<p>/agreement/cam_energy_in_mask/{student,teacher}`` (with masks), ``<p>/agreement/adv_transfer``
+        and ``<p>/agreement/teacher_fooling_rate`` (at the first ε), with several ε also
+        ``<p>/agreement/adv_transfer/eps_<k>`` and ``<p>/agreement/teacher_fooling_rate/eps_<k>`` for each
+        (``k`` = ε·255: ``eps_1``, ``eps_0.5``; a transfer no image fooled the teacher for is NaN in the entry
+        and not logged), ``<p>/agreement/invariance/<transform>/{student,teacher}``, and the image grid
+        ``<p>/agreement/cams`` (rows: input, teacher CAM, student CAM).
 
     Example::
 
@@ -104,7 +126,7 @@ class AgreementProbe(BatchProbe):
         student_layer: str,
         reference: nn.Module | None = None,
         every_n_epochs: int = 1,
-        eps: float = 1 / 255,
+        eps: float | Sequence[float] = DEFAULT_EPS,
         steps: int = 5,
         transforms: Sequence[str] = ("color", "crop", "shift"),
         name: str | None = None,
@@ -121,16 +143,16 @@ class AgreementProbe(BatchProbe):
         )
         assert probe_labels is not None  # read_probe_set requires labels here
         self.labels = probe_labels
-        check_agreement_options(steps, eps, transforms, log_images, seed, reference)
+        check_agreement_options(steps, transforms, log_images, seed, reference)
+        self.eps = check_eps(eps)
+        self.eps_keys = tuple(eps_key(radius) for radius in self.eps)
         unknown = sorted(set(transforms) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"`transforms` has unknown names {unknown}; expected some of {sorted(TRANSFORMS)}.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"`eps` must be a number ≥ 0 (pixel units), got {eps!r}.")
         self.teacher_layer, self.student_layer, self.reference = teacher_layer, student_layer, reference
-        self.every_n_epochs, self.eps, self.steps, self.transforms = every_n_epochs, eps, steps, tuple(transforms)
+        self.every_n_epochs, self.steps, self.transforms = every_n_epochs, steps, tuple(transforms)
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
         self.name = None if name is None else check_name(name)
@@ -181,15 +203,18 @@ class AgreementProbe(BatchProbe):
             return self._cache
         images, labels = self.images.to(device), self.labels.to(device)
         mean, std = self.mean.to(device), self.std.to(device)
-        adversarial = ifgsm(
-            teacher,
-            images,
-            labels,
-            eps=self.eps / std,
-            steps=self.steps,
-            clamp=((0 - mean) / std, (1 - mean) / std),
-            max_batch=self.max_batch,
-        )
+        adversarial = {
+            key: ifgsm(
+                teacher,
+                images,
+                labels,
+                eps=radius / std,
+                steps=self.steps,
+                clamp=((0 - mean) / std, (1 - mean) / std),
+                max_batch=self.max_batch,
+            )
+            for key, radius in zip(self.eps_keys, self.eps, strict=True)
+        }
         transformed = {}
         for name in self.transforms:
             generator = torch.Generator().manual_seed(self.seed)
@@ -203,8 +228,8 @@ class AgreementProbe(BatchProbe):
             "labels": labels,
             "cams": _finite(self._cam(teacher, images, labels, self.teacher_layer), "the teacher's Grad-CAM maps"),
             "clean": self._predict(teacher, images),
-            "adversarial": adversarial,
-            "adversarial_predictions": self._predict(teacher, adversarial),
+            "adversarial": adversarial,  # per ε name
+            "adversarial_predictions": {key: self._predict(teacher, batch) for key, batch in adversarial.items()},
             "transformed": transformed,
             "transformed_predictions": {k: self._predict(teacher, v) for k, v in transformed.items()},
         }
@@ -232,7 +257,7 @@ class AgreementProbe(BatchProbe):
         sample = self.images[: min(count, self.max_batch or 4, 4)].to(module_device(student, pl_module.device))
         backward = seconds_per_pass(student, sample, backward=True)
         forward = seconds_per_pass(student, sample, backward=False)
-        forwards = 2 + len(self.transforms)
+        forwards = 1 + len(self.eps) + len(self.transforms)  # clean, one adversarial batch per ε, transforms
         seconds = count / sample.shape[0] * (backward + forwards * forward)
         return seconds, f"{count} images: a student Grad-CAM and {forwards} forward passes each"
 
@@ -247,31 +272,46 @@ class AgreementProbe(BatchProbe):
             self._cam(student, cache["images"], cache["labels"], self.student_layer), "the student's Grad-CAM maps"
         )
         cosine = _finite(cam_cosine(cams, cache["cams"]), "the Grad-CAM cosines")
-        transfer, fooling = adversarial_transfer(
-            cache["clean"],
-            cache["adversarial_predictions"],
-            student_clean,
-            self._predict(student, cache["adversarial"]),
-        )
-        values = {"cam_cosine": float(cosine.mean()), "adv_transfer": transfer, "teacher_fooling_rate": fooling}
+        per_image: dict[str, Tensor] = {"cam_cosine": cosine}
+        values: dict[str, float] = {"cam_cosine": float(cosine.mean())}
         if "reference_cosine" in cache:
+            per_image["cam_win"] = cam_wins(cosine, cache["reference_cosine"])
             values["cam_win_rate"] = cam_win_rate(cosine, cache["reference_cosine"])
         if self.masks is not None:
             masks = self.masks.to(device)
-            values["cam_energy_in_mask/student"] = float(cam_energy_in_mask(cams, masks).nanmean())
-            values["cam_energy_in_mask/teacher"] = float(cam_energy_in_mask(cache["cams"], masks).nanmean())
-        for name, batch in cache["transformed"].items():
-            values[f"invariance/{name}/student"] = prediction_agreement(student_clean, self._predict(student, batch))
-            values[f"invariance/{name}/teacher"] = prediction_agreement(
-                cache["clean"], cache["transformed_predictions"][name]
+            for role, role_cams in (("student", cams), ("teacher", cache["cams"])):
+                per_image[f"cam_energy_in_mask/{role}"] = energy = cam_energy_in_mask(role_cams, masks)
+                values[f"cam_energy_in_mask/{role}"] = float(energy.nanmean())  # over images with a non-empty map
+        for key, adversarial in cache["adversarial"].items():
+            teacher_adversarial = cache["adversarial_predictions"][key]
+            student_adversarial = self._predict(student, adversarial)
+            per_image[f"teacher_fooled/{key}"] = fooled(cache["clean"], teacher_adversarial)
+            per_image[f"student_fooled/{key}"] = fooled(student_clean, student_adversarial)
+            transfer, rate = adversarial_transfer(
+                cache["clean"], teacher_adversarial, student_clean, student_adversarial
             )
-        entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
+            if key == self.eps_keys[0]:
+                values.update(adv_transfer=transfer, teacher_fooling_rate=rate)
+            if len(self.eps) > 1:
+                values.update({f"adv_transfer/{key}": transfer, f"teacher_fooling_rate/{key}": rate})
+        for name, batch in cache["transformed"].items():
+            for role, clean, moved in (
+                ("student", student_clean, self._predict(student, batch)),
+                ("teacher", cache["clean"], cache["transformed_predictions"][name]),
+            ):
+                per_image[f"invariance/{name}/{role}"] = prediction_unchanged(clean, moved)
+                values[f"invariance/{name}/{role}"] = prediction_agreement(clean, moved)
+        entry: dict[str, Any] = {"epoch": epoch, "global_step": trainer.global_step, **values}
+        entry["per_image"] = {key: value.detach().cpu() for key, value in per_image.items()}
         return entry, cams
 
     @override
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
-        if shown is None:
-            return
+        if shown is not None:
+            self._log(trainer, entry, shown)
+        self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
+
+    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Tensor) -> None:
         step = trainer.global_step
         metrics = {
             f"{self.prefix}/{key}": value
@@ -295,6 +335,32 @@ class AgreementProbe(BatchProbe):
         shown = min(self.log_images, cams.shape[0])
         pictures = probe_pictures(self.images[:shown], self.mean, self.std)
         return map_rows(pictures, [self._cache["cams"][:shown], cams[:shown]])
+
+    def file_path(self, trainer: pl.Trainer) -> Path:
+        """``kd_probe_agreement[_<name>].pt`` in the logger's folder (else the Trainer's root directory), written
+        atomically after every probe: ``{"version": 1, "eps": [floats], "eps_keys": ["eps_1", ...], "steps",
+        "transforms": [names], "teacher_layer", "student_layer", "reference": bool, "masks": bool, "images": N,
+        "labels": [N] long, "entries": history}``."""
+        return run_folder(trainer) / f"kd_probe_agreement{'_' + self.name if self.name else ''}.pt"
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        """The settings, the probe labels and every entry (with its per-image values): plain containers,
+        numbers, strings and tensors, so that ``torch.load(path, weights_only=True)`` reads it."""
+        record = {
+            "version": 1,
+            "eps": list(self.eps),
+            "eps_keys": list(self.eps_keys),
+            "steps": self.steps,
+            "transforms": list(self.transforms),
+            "teacher_layer": self.teacher_layer,
+            "student_layer": self.student_layer,
+            "reference": self.reference is not None,
+            "masks": self.masks is not None,
+            "images": int(self.images.shape[0]),
+            "labels": self.labels,
+            "entries": self.history,
+        }
+        save_atomically(record, self.file_path(trainer))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -22,9 +22,12 @@ __all__ = [
     "cam_cosine",
     "cam_energy_in_mask",
     "cam_win_rate",
+    "cam_wins",
+    "fooled",
     "grad_cam",
     "ifgsm",
     "prediction_agreement",
+    "prediction_unchanged",
     "predictions",
     "weighted_activations",
 ]
@@ -187,10 +190,16 @@ def cam_cosine(cams: Tensor, others: Tensor) -> Tensor:
     return torch.where(finite, cosine, torch.full_like(cosine, math.nan)).float()
 
 
+def cam_wins(student_cosine: Tensor, reference_cosine: Tensor) -> Tensor:
+    """Per image ``c_S > c_ref`` ``[N]`` (bool): the student's CAM is closer to the teacher's than the reference
+    model's is."""
+    return student_cosine > reference_cosine
+
+
 def cam_win_rate(student_cosine: Tensor, reference_cosine: Tensor) -> float:
     """``mean(c_S > c_ref)`` (spec §2): how often the student's CAM is closer to the teacher's than the
     reference model's is (chance 0.5)."""
-    return float((student_cosine > reference_cosine).float().mean())
+    return float(cam_wins(student_cosine, reference_cosine).float().mean())
 
 
 def cam_energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
@@ -202,23 +211,34 @@ def cam_energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
     return torch.where(valid, inside / total.clamp(min=1e-30), torch.full_like(total, math.nan))
 
 
+def fooled(clean: Tensor, adversarial: Tensor) -> Tensor:
+    """Per image, whether a model is fooled ``[N]`` (bool, spec §2): its prediction on the adversarial image
+    differs from its own clean prediction."""
+    return adversarial != clean
+
+
 def adversarial_transfer(
     teacher_clean: Tensor, teacher_adversarial: Tensor, student_clean: Tensor, student_adversarial: Tensor
 ) -> tuple[float, float]:
     """``(transfer, teacher_fooling_rate)`` (spec §2): a model is fooled on an image when its prediction on
     the adversarial image differs from its own clean prediction; transfer = the fraction of the
     teacher-fooling images that also fool the student (NaN when the teacher is never fooled)."""
-    teacher_fooled = teacher_adversarial != teacher_clean
-    student_fooled = student_adversarial != student_clean
+    teacher_fooled = fooled(teacher_clean, teacher_adversarial)
+    student_fooled = fooled(student_clean, student_adversarial)
     rate = float(teacher_fooled.float().mean())
     if not teacher_fooled.any():
         return float("nan"), rate
     return float(student_fooled[teacher_fooled].float().mean()), rate
 
 
+def prediction_unchanged(clean: Tensor, transformed: Tensor) -> Tensor:
+    """Per image, whether the top-1 prediction survives the transform ``[N]`` (bool)."""
+    return clean == transformed
+
+
 def prediction_agreement(clean: Tensor, transformed: Tensor) -> float:
     """Invariance agreement (spec §2): the fraction of images whose top-1 prediction is unchanged."""
-    return float((clean == transformed).float().mean())
+    return float(prediction_unchanged(clean, transformed).float().mean())
 
 
 def _not_a_tensor(argument: str, layer: str, output: object) -> str:

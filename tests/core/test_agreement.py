@@ -12,9 +12,12 @@ from kd_probe.core.agreement import (
     cam_cosine,
     cam_energy_in_mask,
     cam_win_rate,
+    cam_wins,
+    fooled,
     grad_cam,
     ifgsm,
     prediction_agreement,
+    prediction_unchanged,
     predictions,
 )
 from kd_probe.core.transforms import TRANSFORMS, color_jitter, shift
@@ -131,6 +134,23 @@ def test_scores_known_answers() -> None:
     assert cam_energy_in_mask(cams, mask).tolist() == [0.75, 1.0]
     assert cam_win_rate(torch.tensor([0.9, 0.5, 0.7]), torch.tensor([0.8, 0.6, 0.7])) == pytest.approx(1 / 3)
     assert cam_cosine(torch.ones(1, 2, 2), torch.zeros(1, 2, 2)).tolist() == [0.0]
+
+
+def test_per_image_scores_are_what_the_scalars_average() -> None:
+    teacher_fooled = fooled(torch.tensor([0, 1, 2, 3]), torch.tensor([1, 1, 0, 0]))
+    student_fooled = fooled(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 1, 3]))
+    assert teacher_fooled.tolist() == [True, False, True, True] and student_fooled.tolist() == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert int((teacher_fooled & student_fooled).sum()) / int(teacher_fooled.sum()) == pytest.approx(1 / 3)
+    wins = cam_wins(torch.tensor([0.9, 0.5, 0.7]), torch.tensor([0.8, 0.6, 0.7]))
+    assert wins.tolist() == [True, False, False]  # a tie is no win
+    unchanged = prediction_unchanged(torch.tensor([0, 1, 2]), torch.tensor([0, 2, 2]))
+    assert unchanged.tolist() == [True, False, True]
+    assert prediction_agreement(torch.tensor([0, 1, 2]), torch.tensor([0, 2, 2])) == pytest.approx(2 / 3)
 
 
 def test_clear_errors() -> None:
