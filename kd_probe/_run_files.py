@@ -25,7 +25,7 @@ from kd_probe.core.knowledge_points import count_knowledge_points
 __all__ = ["AGREEMENT", "METRICS", "RunFileError", "RunSummary", "find_runs", "load_run"]
 
 RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
-UNICAM_FILE = "kd_probe_unicam.pt"
+UNICAM_FILE, AGREEMENT_FILE = "kd_probe_unicam.pt", "kd_probe_agreement.pt"
 ROLES = ("distilled", "baseline")
 METRICS = (
     ("accuracy", "accuracy"),
@@ -74,6 +74,7 @@ class RunSummary:
     _history: dict[str, Any] | None = field(default=None, repr=False)
     _unicam: dict[str, Any] | None = field(default=None, repr=False)
     protocol: str | None = None
+    agreement: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def sigma_method(self) -> str:
@@ -139,8 +140,19 @@ def load_run(path: Path) -> RunSummary:
     for suffix, _ in AGREEMENT:
         series = scalars.get(f"kd_probe/agreement/{suffix}")
         metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
-    history, unicam = _read_history(path, summary), _read_unicam(path)
-    return RunSummary(path, name, role, seed, metrics, summary, _history=history, _unicam=unicam, protocol=protocol)
+    history, unicam, agreement = _read_history(path, summary), _read_unicam(path), _read_agreement(path)
+    return RunSummary(
+        path,
+        name,
+        role,
+        seed,
+        metrics,
+        summary,
+        _history=history,
+        _unicam=unicam,
+        protocol=protocol,
+        agreement=agreement,
+    )
 
 
 def _member(folder: Path, relative: object, source: str) -> Path:
@@ -239,6 +251,51 @@ def _read_unicam(folder: Path) -> dict[str, Any] | None:
             isinstance(maps.get(k), torch.Tensor) for k in ("distilled", "residual")
         ):
             raise RunFileError(path, "has maps that are not tensors.")
+    _check_distances(path, record.get("distances"))
+    return record
+
+
+def _check_distances(path: Path, saved: Any) -> None:
+    """The UniCAMProbe's distance matrices of its latest probe: square float matrices of one size."""
+    if saved is None:
+        return
+    layers = saved.get("layers") if isinstance(saved, dict) else None
+    labels = saved.get("labels") if isinstance(saved, dict) else None
+    if not (isinstance(layers, dict) and all(isinstance(m, dict) for m in layers.values())):
+        raise RunFileError(path, "has 'distances' without per-layer matrices.")
+    if not (isinstance(labels, torch.Tensor) and isinstance(saved.get("epoch"), int)):
+        raise RunFileError(path, "has 'distances' without a label distance matrix or an epoch.")
+    size = tuple(labels.shape)
+    matrices = [labels, *(m for group in layers.values() for m in group.values())]
+    if (
+        len(size) != 2
+        or size[0] != size[1]
+        or not all(isinstance(m, torch.Tensor) and m.is_floating_point() and tuple(m.shape) == size for m in matrices)
+    ):
+        raise RunFileError(path, f"has 'distances' that are not square float matrices of one size {size}.")
+
+
+def _read_agreement(folder: Path) -> dict[str, Any] | None:
+    """The AgreementProbe's file (per-image scores per probe), checked, or ``None`` when the run has none."""
+    path = _member(folder, AGREEMENT_FILE, AGREEMENT_FILE)
+    if not path.exists():
+        return None
+    record = _read_pt(path)
+    _require(path, record, {"entries": list, "eps_keys": list, "labels": torch.Tensor})
+    count = record["labels"].numel()
+    for entry in record["entries"]:
+        if not isinstance(entry, dict):
+            raise RunFileError(path, f"has an entry of type {type(entry).__name__}; expected a dict.")
+        values = entry.get("per_image")
+        if entry.get("failed") is not None or values is None:
+            continue
+        needed = [f"{kind}/{eps}" for eps in record["eps_keys"] for kind in ("teacher_fooled", "student_fooled")]
+        if not isinstance(values, dict) or not all(
+            isinstance(values.get(key), torch.Tensor) and values[key].shape == (count,) for key in needed
+        ):
+            raise RunFileError(path, f"has per-image values that are not one per probe image ({count}) for {needed}.")
+        if not all(isinstance(v, torch.Tensor) and v.shape == (count,) for v in values.values()):
+            raise RunFileError(path, f"has per-image values that are not tensors of shape ({count},).")
     return record
 
 

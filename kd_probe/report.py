@@ -1,10 +1,16 @@
 """``kd-probe report RUN_DIR...``: does distillation change what the student learns? (the [KP] hypotheses)
 
-Reads each run's ``kd_probe_summary.json``, ``kd_probe_history.pt`` and ``kd_probe_run.json`` (written by the
-demo; otherwise the test accuracy is read from the TensorBoard event files with TensorBoard's own reader)
-and writes ``report.md``: per run and as mean ± std over seeds, the accuracy and every knowledge-point
-metric; one verdict line per hypothesis, stating the observed direction, its size and whether the seeds
-agree; a threshold sweep recomputed from the saved entropy maps; and, with matplotlib, PNG figures.
+Reads each run's ``kd_probe_summary.json``, ``kd_probe_history.pt``, ``kd_probe_run.json`` (written by the
+demo; otherwise the test accuracy is read from the TensorBoard event files with TensorBoard's own reader) and,
+when present, the agreement and UniCAM probes' files, and writes ``report.md``. Every per-run number comes with
+a 95 % bootstrap interval over the probe images (seeded, ``--resamples`` resamples) and every distilled −
+baseline difference with a paired interval (the same images and resamples; with several seeds the seed
+pairs are resampled too). A hypothesis "holds" (or is "opposite") only when the interval of the difference
+excludes 0 in that direction; otherwise it is "not distinguishable from no difference at this sample size",
+with the number of images the observed effect would need. The knowledge-point metrics are reported on all
+probe images and on the reference code's effective images (spec §1.3), intersected over the runs, as the
+[KP] authors compared networks. Also: a threshold sweep recomputed from the saved entropy maps and, with
+matplotlib, PNG figures.
 
 Files are data, never code: ``.pt`` files load with ``torch.load(..., weights_only=True)`` only (tensors and
 plain containers; a file that holds anything else is refused, not run), and a path read from a file (the
@@ -30,11 +36,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from kd_probe._paths import write_atomically
+from kd_probe._report_sections import (
+    UNICAM,
+    Evidence,
+    agreement_section,
+    cell,
+    comparison_rows,
+    format_value,
+    metric_verdict,
+    section,
+    seed_agreement,
+    unicam_section,
+    with_interval,
+)
+from kd_probe._report_stats import Measure, effective_keep, knowledge_point_measures
 from kd_probe._run_files import (
-    AGREEMENT,
     METRICS,
     RunFileError,
     RunSummary,
@@ -43,9 +63,12 @@ from kd_probe._run_files import (
     load_run,
 )
 from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.core.uncertainty import LEVEL, RESAMPLES
 
 __all__ = [
     "HYPOTHESES",
+    "METRICS",
+    "UNICAM",
     "ReportError",
     "RunFileError",
     "RunSummary",
@@ -68,14 +91,9 @@ HYPOTHESES = (
     ("H3", "higher stability ρ: fewer knowledge points found and then dropped", (("rho", 1),)),
 )
 SWEEP = (0.1, 0.2, 0.3, 0.5)
-UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, column)
-    ("fss", "FSS"),
-    ("fss_v", "FSS (V)"),
-    ("rs/teacher", "RS teacher"),
-    ("rs/student", "RS student"),
-    ("rs/distilled", "RS distilled"),
-    ("rs/residual", "RS residual"),
-)
+KNOWLEDGE_POINTS = tuple((key, label) for key, label in METRICS if key not in ("accuracy", "path_efficiency"))
+VIEWS = {"all": "all probe images", "effective": "effective images"}
+_format = format_value  # kept for callers of the earlier name
 
 
 class ReportError(ValueError):
@@ -93,43 +111,76 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.pstdev(finite) if len(finite) > 1 else 0.0
 
 
-def _format(key: str, value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return f"{value:.1%}" if key == "accuracy" else f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
-
-
-def verdicts(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
-    """One line per hypothesis: the observed direction, the size of the difference, whether seeds agree.
-
-    Raises:
-        ReportError: two runs of one role share a seed (the seed pairing would silently drop one).
-    """
+def _pairs(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[tuple[int, int]]:
+    """Seed pairs as indices into the two lists (a ``ReportError`` when two runs of one role share a seed)."""
     _check_one_run_per_seed([*distilled, *baseline])
-    by_seed = {run.seed: run for run in baseline}
-    pairs = [(run, by_seed[run.seed]) for run in distilled if run.seed in by_seed]
+    by_seed = {run.seed: index for index, run in enumerate(baseline)}
+    return [(index, by_seed[run.seed]) for index, run in enumerate(distilled) if run.seed in by_seed]
+
+
+def _views(evidence: Evidence) -> dict[str, tuple[list[dict[str, Measure]], list[dict[str, Measure]], str]]:
+    """Per view (``all``, ``effective``) the knowledge-point measures of each group and what the view uses."""
+    runs = [*evidence.distilled, *evidence.baseline]
+    split = len(evidence.distilled)
+    everything = [knowledge_point_measures(run.history) for run in runs]
+    count = max((m["n_fg"].images for m in everything if m), default=0)
+    views = {"all": (everything[:split], everything[split:], f"{count} with σ_f > 0")}
+    keep = effective_keep([run.history for run in runs])
+    if isinstance(keep, torch.Tensor) and bool(keep.any()):
+        effective = [knowledge_point_measures(run.history, keep) for run in runs]
+        used = f"{int(keep.sum())} of {keep.numel()}, effective in every run"
+        views["effective"] = (effective[:split], effective[split:], used)
+    else:
+        reason = keep if isinstance(keep, str) else "no image is effective in every run"
+        views["effective"] = ([], [], reason)
+    return views
+
+
+def verdicts(evidence: Evidence, views: dict | None = None) -> list[str]:
+    """One line per hypothesis: the verdict on all probe images and on the effective images, each from the
+    paired intervals of its metrics' differences (and the seed pairs' agreement from two pairs on)."""
+    views = views if views is not None else _views(evidence)
     lines = []
     for label, claim, predictions in HYPOTHESES:
-        parts, agree, signs = [], [], []
-        for key, expected in predictions:
-            d, _ = _mean_std([run.metrics[key] for run in distilled])
-            b, _ = _mean_std([run.metrics[key] for run in baseline])
-            difference = d - b
-            relative = f", {difference / abs(b):+.0%}" if math.isfinite(b) and b != 0 else ""
-            parts.append(f"{dict(METRICS)[key]} {_format(key, d)} vs {_format(key, b)} ({difference:+.3g}{relative})")
-            signs.append(math.copysign(1, difference) * expected if math.isfinite(difference) and difference else 0)
-            agree.append(sum(1 for a, c in pairs if (a.metrics[key] - c.metrics[key]) * expected > 0))
-        if any(s == 0 for s in signs):
-            status = "undetermined (no difference or missing values)"
-        elif all(s > 0 for s in signs):
-            status = "holds"
-        elif all(s < 0 for s in signs):
-            status = "does not hold (the opposite direction)"
-        else:
-            status = "mixed"
-        seeds = f"{min(agree)}/{len(pairs)} seed pairs in the predicted direction" if pairs else "no paired seeds"
-        lines.append(f"- **{label}** (distilled vs baseline: {claim}): **{status}** — {'; '.join(parts)}; {seeds}.")
+        parts = []
+        for view, (distilled, baseline, used) in views.items():
+            if not distilled or not baseline:
+                parts.append(f"{VIEWS[view]}: not available ({used}).")
+                continue
+            words, details = [], []
+            for key, expected in predictions:
+                found = evidence.compare([m[key] for m in distilled], [m[key] for m in baseline])
+                word, why = metric_verdict(found, expected)
+                words.append(word)
+                d = statistics.fmean(m[key].estimate for m in distilled)
+                b = statistics.fmean(m[key].estimate for m in baseline)
+                shown = with_interval(key, found.difference, d - b, signed=True)
+                seeds = seed_agreement(found, expected)
+                extra = "; ".join(part for part in (why, seeds) if part)
+                details.append(
+                    f"{dict(METRICS)[key]} {format_value(key, d)} vs {format_value(key, b)}, "
+                    f"difference {shown}: {word}{f' ({extra})' if extra else ''}"
+                )
+            parts.append(f"{VIEWS[view]} ({used}): **{_combined(words)}** — {'; '.join(details)}.")
+        lines += [f"- **{label}** (distilled vs baseline: {claim}):", *(f"  - {part}" for part in parts)]
     return lines
+
+
+def _combined(words: list[str]) -> str:
+    """One verdict for a hypothesis from its metrics' verdicts."""
+    found = set(words)
+    if found == {"holds"}:
+        return "holds"
+    if found == {"opposite"}:
+        return "does not hold (the opposite direction)"
+    if {"holds", "opposite"} <= found:
+        return "mixed"
+    if "undetermined" in found:
+        return "undetermined"
+    if found == {"not distinguishable"}:
+        return "not distinguishable from no difference at this sample size"
+    decided = "holds" if "holds" in found else "opposite"
+    return f"partly: {decided} for some metrics, the others not distinguishable from no difference"
 
 
 def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP) -> list[dict[str, float]]:
@@ -200,10 +251,13 @@ def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
     return runs, left_out
 
 
-def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) -> tuple[Path, str]:
+def write_report(
+    paths: Sequence[Path], out_dir: Path, *, figures: bool = True, resamples: int = RESAMPLES
+) -> tuple[Path, str]:
     """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text.
 
     Runs whose files are missing, damaged or hostile are left out (named on stderr and under "Left out").
+    ``resamples``: bootstrap resamples behind every interval (seed 0).
 
     Raises:
         FileNotFoundError: no run folder among ``paths``.
@@ -212,49 +266,93 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
     runs, left_out = _usable_runs(paths)
     distilled = [run for run in runs if run.role == "distilled"]
     baseline = [run for run in runs if run.role == "baseline"]
+    evidence = Evidence(distilled, baseline, _pairs(distilled, baseline), resamples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = runs[0].summary.get("settings")
+    lam = settings.get("lam", "not recorded") if isinstance(settings, dict) else "not recorded"
     lines = [
         "# kd_probe report",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(_cell(r.name) for r in runs)}; protocol: "
-        f"{runs[0].protocol or 'not recorded'}; σ maps: {runs[0].sigma_method}.",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(cell(r.name) for r in runs)}; protocol: "
+        f"{runs[0].protocol or 'not recorded'}; σ maps: {runs[0].sigma_method}, λ = {cell(str(lam))}.",
+        "",
+        f"Numbers in brackets are {LEVEL:.0%} bootstrap intervals over the probe images ({resamples} resamples, "
+        "seed 0, expanded percentile); a difference's interval is paired (the same images and resamples for "
+        f"both runs of a seed pair; {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}, "
+        "resampled too when there are several).",
         "",
     ]
     if left_out:
-        lines += ["## Left out", "", *(f"- {_cell(line)}" for line in left_out), ""]
-    lines += _section(
-        "Runs",
-        ["run", "role", "seed", *(label for _, label in METRICS)],
-        [
-            [_cell(run.name), run.role, str(run.seed), *(_format(key, run.metrics[key]) for key, _ in METRICS)]
-            for run in runs
-        ],
-    )
-    group_rows = []
-    for role, group in (("distilled", distilled), ("baseline", baseline)):
+        lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
+    views = _views(evidence)
+    lines += _runs_section(runs, views)
+    if distilled and baseline:
+        for view, (d, b, used) in views.items():
+            title = f"Distilled vs baseline: {VIEWS[view]} ({used})"
+            if not d:
+                lines += [f"## {title}", "", "Not available.", ""]
+                continue
+            rows = comparison_rows(evidence, (d, b), KNOWLEDGE_POINTS)
+            if view == "all":
+                rows = [_accuracy_row(distilled, baseline), *rows]
+            lines += section(title, ["metric", "distilled", "baseline", "distilled − baseline"], rows)
+        lines += agreement_section(evidence)
+        lines += unicam_section(evidence)
+    lines += ["## The paper's hypotheses", ""]
+    lines += verdicts(evidence, views) if distilled and baseline else ["- needs both distilled and baseline runs."]
+    lines += _sweep_section(runs)
+    lines += [
+        "",
+        "Metrics: N_fg / N_bg knowledge points per image on the foreground / background at the last "
+        "checkpoint; fg_ratio = mean N_fg/(N_fg+N_bg); D_mean, D_std = weight travel until an image's "
+        "foreground knowledge peaks; ρ = share of knowledge points ever found that survive to the end; "
+        "path efficiency = straight-line distance / path length of the weights (WeightTrajectoryMonitor). "
+        "Effective images: the [KP] reference code's filter (σ_f > 0 at every checkpoint, foreground entropy "
+        "at most the background's at late checkpoints), knowledge points recounted on the images effective in "
+        "every run, as the authors compared networks.",
+    ]
+    if figures:
+        lines += _figures(runs, out_dir)
+    text = "\n".join(lines) + "\n"
+    path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return path, text
+
+
+def _runs_section(runs: list[RunSummary], views: dict) -> list[str]:
+    """One row per run: accuracy, path efficiency and the knowledge-point metrics (all probe images) with their
+    intervals."""
+    measures = dict(zip((id(run) for run in runs), [*views["all"][0], *views["all"][1]], strict=True))
+    rows = []
+    for run in runs:
+        own = measures.get(id(run), {})
         cells = []
         for key, _ in METRICS:
-            mean, std = _mean_std([run.metrics[key] for run in group])
-            cells.append(f"{_format(key, mean)} ± {_format(key, std)}" if len(group) > 1 else _format(key, mean))
-        group_rows.append([role, str(len(group)), *cells])
-    lines += _section(
-        "Distilled vs baseline (mean ± std over seeds)", ["group", "runs", *(label for _, label in METRICS)], group_rows
-    )
-    if any(math.isfinite(run.metrics.get(f"agreement/{suffix}", math.nan)) for run in runs for suffix, _ in AGREEMENT):
-        rows = [
-            [_cell(run.name), *(_format("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)]
-            for run in runs
-        ]
-        lines += _section(
-            "Agreement with the teacher (what gets distilled, last probe)",
-            ["run", *(label for _, label in AGREEMENT)],
-            rows,
+            if key in own:
+                cells.append(with_interval(key, own[key].interval(RESAMPLES), own[key].estimate))
+            else:
+                cells.append(format_value(key, run.metrics.get(key, math.nan)))
+        rows.append([cell(run.name), run.role, str(run.seed), *cells])
+    return section("Runs", ["run", "role", "seed", *(label for _, label in METRICS)], rows)
+
+
+def _accuracy_row(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
+    """Test accuracy (no per-image data: mean ± std over seeds)."""
+    cells = []
+    for group in (distilled, baseline):
+        mean, std = _mean_std([run.metrics["accuracy"] for run in group])
+        cells.append(
+            f"{format_value('accuracy', mean)} ± {format_value('accuracy', std)}"
+            if len(group) > 1
+            else format_value("accuracy", mean)
         )
-    lines += _unicam_section(distilled, baseline)
-    lines += ["## The paper's hypotheses", ""]
-    lines += verdicts(distilled, baseline) if distilled and baseline else ["- needs both distilled and baseline runs."]
-    lines += [
+    d = _mean_std([run.metrics["accuracy"] for run in distilled])[0]
+    b = _mean_std([run.metrics["accuracy"] for run in baseline])[0]
+    return ["accuracy (test set)", *cells, f"{(d - b) * 100:+.1f} points" if math.isfinite(d - b) else "–"]
+
+
+def _sweep_section(runs: list[RunSummary]) -> list[str]:
+    lines = [
         "",
         "## Does H1 depend on the threshold b?",
         "",
@@ -272,76 +370,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, figures: bool = True) 
             f"| {row['threshold']} | {row['distilled_n_fg']:.3g} | {row['baseline_n_fg']:.3g} | "
             f"{row['distilled_fg_ratio']:.3g} | {row['baseline_fg_ratio']:.3g} | {direction} |"
         )
-    lines += [
-        "",
-        "Metrics: N_fg / N_bg knowledge points per image on the foreground / background at the last "
-        "checkpoint; fg_ratio = mean N_fg/(N_fg+N_bg); D_mean, D_std = weight travel until an image's "
-        "foreground knowledge peaks; ρ = share of knowledge points ever found that survive to the end; "
-        "path efficiency = straight-line distance / path length of the weights (WeightTrajectoryMonitor).",
-    ]
-    if figures:
-        lines += _figures(runs, out_dir)
-    text = "\n".join(lines) + "\n"
-    path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
-    return path, text
-
-
-def _cell(text: str) -> str:
-    """Text from a file as one markdown table cell or list item: no line breaks, no column separators."""
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _last_unicam(run: RunSummary) -> tuple[dict[str, Any], list[str]]:
-    """The last successful UniCAMProbe entry of a run and its student layers (empty when there is none)."""
-    record = run.unicam
-    entries = [e for e in (record or {}).get("entries", []) if "failed" not in e]
-    return (entries[-1], [pair[0] for pair in record["layers"]]) if record and entries else ({}, [])
-
-
-def _unicam_section(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
-    """FSS and RS of distilled vs baseline per layer (mean ± std over seeds) and one line on the deepest."""
-    last = {id(run): _last_unicam(run) for run in (*distilled, *baseline)}
-    layers = next((names for entry, names in last.values() if names), [])
-    if not layers:
-        return []
-    rows, means = [], {}
-    for layer in layers:
-        for role, group in (("distilled", distilled), ("baseline", baseline)):
-            cells = []
-            for key, _ in UNICAM:
-                values = [float(last[id(run)][0].get(f"{key}/{layer}", math.nan)) for run in group]
-                mean, std = _mean_std(values)
-                means[(role, key, layer)] = mean
-                cells.append(f"{_format('', mean)} ± {_format('', std)}" if len(group) > 1 else _format("", mean))
-            rows.append([layer, role, *cells])
-    lines = _section(
-        "What the student holds of the teacher (UniCAM: FSS and RS, last probe)",
-        ["layer", "group", *(label for _, label in UNICAM)],
-        rows,
-    )
-    deepest = layers[-1]
-
-    def compare(key: str, more: str, less: str) -> str:
-        d, b = means[("distilled", key, deepest)], means[("baseline", key, deepest)]
-        word = "no different" if not (math.isfinite(d) and math.isfinite(b)) or d == b else (more if d > b else less)
-        return f"{word} ({dict(UNICAM)[key]} {_format('', d)} vs {_format('', b)})"
-
-    lines += [
-        f"At {deepest}, the distilled student's features are "
-        f"{compare('fss', 'closer to the teacher', 'further from the teacher')}; its label-relevant knowledge "
-        f"beyond the teacher is {compare('rs/distilled', 'larger', 'smaller')}; the teacher's label-relevant "
-        f"knowledge it lacks is {compare('rs/residual', 'larger', 'smaller')}. FSS = R*(teacher, student) "
-        "features; RS = R*(features, labels); distilled = R*(student | teacher, labels); residual = "
-        "R*(teacher | student, labels) (bias-corrected squared distance correlations on the probe batch).",
-        "",
-    ]
     return lines
-
-
-def _section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown section with one table."""
-    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
 def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
@@ -355,7 +384,7 @@ def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
             drawn = draw(runs, out_dir / name)
         except Exception as error:  # data that loaded but cannot be drawn: the report goes on without it
             print(f"kd-probe report: {name} not drawn: {error_text(error)}", file=sys.stderr)
-            lines.append(f"- {name} not drawn: {_cell(error_text(error))}")
+            lines.append(f"- {name} not drawn: {cell(error_text(error))}")
             continue
         if drawn is not None:
             lines.append(f"![{drawn.stem}]({drawn.name})")
@@ -373,12 +402,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or experiment folders holding runs")
     parser.add_argument("--out", type=Path, default=None, help="where report.md goes (default: the first folder)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--resamples",
+        type=_resamples,
+        default=RESAMPLES,
+        help=f"bootstrap resamples per interval (default {RESAMPLES})",
+    )
     return parser
+
+
+def _resamples(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 100 (bootstrap resamples), got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path, text = write_report(args.runs, args.out or args.runs[0], figures=not args.no_figures)
+        path, text = write_report(
+            args.runs,
+            args.out or args.runs[0],
+            figures=not args.no_figures,
+            resamples=getattr(args, "resamples", RESAMPLES),
+        )
     except (FileNotFoundError, ReportError) as error:
         print(f"kd-probe report: {error}", file=sys.stderr)
         return 2

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from kd_probe import __version__
 from kd_probe._demo_plan import Plan, add_arguments, make_plan, sigma_options
 from kd_probe.cli import main
+from kd_probe.data import ShapesDataModule
+from kd_probe.demo import _agreement, _unicam, run_demo
 from kd_probe.demo import main as demo_main
-from kd_probe.demo import run_demo
 from kd_probe.report import METRICS, UNICAM, _format
 
 
@@ -60,21 +62,27 @@ def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, s
         cells = [cell.strip() for cell in rows[run].strip("|").split("|")]
         values = dict(zip([label for _, label in METRICS], cells[3:], strict=True))
         assert values["accuracy"] == _format("accuracy", accuracy)
-        for key, label in METRICS[1:-1]:
-            assert values[label] == _format(key, summary[key]), (run, key)
-    verdicts = [line for line in report.splitlines() if line.startswith("- **H")]
+        for key, label in METRICS[1:-1]:  # each estimate, then its interval: "18.2 [16.1, 20.3]"
+            assert values[label].split(" [")[0] == _format(key, summary[key]), (run, key)
+            assert re.fullmatch(r"\S+ \[\S+, \S+\]", values[label]), (run, key)
+    lines = report.splitlines()
+    verdicts = [line for line in lines if line.startswith("- **H")]
     assert [line[:8] for line in verdicts] == ["- **H1**", "- **H2**", "- **H3**"]
     summaries = {
         run: json.loads((folder / run / "kd_probe_summary.json").read_text()) for run in ("distilled", "baseline")
     }
     for line, keys in zip(verdicts, (("n_fg", "fg_ratio"), ("d_mean", "d_std"), ("rho",)), strict=True):
+        every_image = lines[lines.index(line) + 1]
+        assert every_image.startswith("  - all probe images (")
+        assert lines[lines.index(line) + 2].startswith("  - effective images (")
         for key in keys:  # each verdict quotes the summaries' values, distilled first
             label = dict(METRICS)[key]
             assert (
                 f"{label} {_format(key, summaries['distilled'][key])} vs {_format(key, summaries['baseline'][key])}"
-                in line
+                in every_image
             )
-    assert all(any(word in line for word in ("holds", "does not hold", "mixed", "undetermined")) for line in verdicts)
+        words = ("holds", "opposite", "not distinguishable", "mixed", "partly", "undetermined")
+        assert any(f"**{word}" in every_image for word in words)
     assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
     assert "## Agreement with the teacher" in report and "| CAM cosine |" in report
     assert (folder / "curves.png").exists() and (folder / "maps.png").exists() and (folder / "unicam.png").exists()
@@ -86,16 +94,49 @@ def test_report_unicam_table_matches_the_probe_files(quick_demo: tuple[Path, str
     report = (folder / "report.md").read_text()
     table = report.split("## What the student holds of the teacher")[1].split("## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
-    body = {(row[0], row[1]): row[2:] for row in rows[1:]}
-    for run in ("distilled", "baseline"):
-        record = torch.load(folder / run / "kd_probe_unicam.pt", weights_only=False)
-        last = record["entries"][-1]
-        layers = [pair[0] for pair in record["layers"]]
-        assert layers == ["features.relu2", "features.relu4"]  # every stage of the quick student
-        for layer in layers:
-            expected = [_format("", last[f"{key}/{layer}"]) for key, _ in UNICAM]
-            assert body[(layer, run)] == expected, (run, layer)
+    body = {row[0]: row[1:] for row in rows[1:]}
+    records = {
+        run: torch.load(folder / run / "kd_probe_unicam.pt", weights_only=True) for run in ("distilled", "baseline")
+    }
+    layers = [pair[0] for pair in records["distilled"]["layers"]]
+    assert layers == ["features.relu2", "features.relu4"]  # every stage of the quick student
+    for layer in layers:
+        for key, label in UNICAM:
+            cells = body[f"{layer} {label}"]
+            for column, run in enumerate(("distilled", "baseline")):
+                last = records[run]["entries"][-1]
+                assert cells[column].split(" [")[0] == _format("", last[f"{key}/{layer}"]), (run, layer, key)
+                assert " [" in cells[column]  # an interval from the saved distance matrices
+            assert " [" in cells[2]  # and a paired interval of the difference
     assert "At features.relu4, the distilled student's features are " in table
+
+
+@pytest.mark.slow
+def test_the_agreement_file_holds_the_per_image_values_of_the_held_out_images(quick_demo: tuple[Path, str]) -> None:
+    folder, _ = quick_demo
+    for run in ("distilled", "baseline"):
+        record = torch.load(folder / run / "kd_probe_agreement.pt", weights_only=True)
+        assert (record["images"], record["masks"], record["eps_keys"]) == (
+            16,
+            True,
+            ["eps_1", "eps_2", "eps_4", "eps_8"],
+        )
+        assert [entry["epoch"] for entry in record["entries"]] == [0, 1]
+        for entry in record["entries"]:
+            assert entry["per_image"]["teacher_fooled/eps_8"].shape == (16,), run
+            assert entry["cam_energy_in_mask/student"] == pytest.approx(
+                float(entry["per_image"]["cam_energy_in_mask/student"].nanmean())
+            )
+
+
+def test_the_agreement_probe_measures_the_unicam_probes_held_out_images() -> None:
+    plan = _plan()
+    assert plan.unicam_images >= 64 and _plan("--full").unicam_images >= 64
+    data = ShapesDataModule(num_classes=3, image_size=16, train_size=8, val_size=80, test_size=8, probe_size=4)
+    agreement, unicam = _agreement(plan, data, nn.Identity(), 0), _unicam(plan, data, nn.Identity())
+    assert agreement.images.shape[0] == plan.unicam_images and agreement.masks is not None
+    assert torch.equal(agreement.images, unicam.images) and torch.equal(agreement.labels, unicam.labels)
+    assert torch.equal(agreement.mean.flatten(), torch.tensor(data.mean, dtype=torch.float32))
 
 
 @pytest.mark.slow

@@ -1,39 +1,120 @@
+import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from kd_probe.report import ReportError, RunSummary, verdicts
+from kd_probe._report_sections import Evidence
+from kd_probe._report_stats import effective_keep, knowledge_point_measures
+from kd_probe.callbacks._dynamics import history_metrics
+from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.report import METRICS, ReportError, RunSummary, verdicts
 
-
-def _run(role: str, seed: int, **metrics: float) -> RunSummary:
-    values = {"n_fg": 1.0, "fg_ratio": 0.5, "d_mean": 1.0, "d_std": 1.0, "rho": 0.5}
-    values.update(metrics)
-    return RunSummary(Path("."), f"{role}-s{seed}", role, seed, values, {})
-
-
-def test_verdicts_state_direction_size_and_seed_agreement() -> None:
-    distilled = [
-        _run("distilled", 0, n_fg=3.0, fg_ratio=0.7, d_mean=0.5, d_std=0.2, rho=0.4),
-        _run("distilled", 1, n_fg=2.0, fg_ratio=0.6, d_mean=2.0, d_std=0.4, rho=0.3),
-    ]
-    baseline = [_run("baseline", 0), _run("baseline", 1)]
-    h1, h2, h3 = verdicts(distilled, baseline)
-    assert "**holds**" in h1 and "N_fg 2.5 vs 1 (+1.5, +150%)" in h1 and "2/2 seed pairs" in h1
-    assert "**mixed**" in h2 and "D_mean 1.25 vs 1 (+0.25, +25%)" in h2 and "D_std 0.3 vs 1 (-0.7, -70%)" in h2
-    assert "1/2 seed pairs" in h2  # the weaker of the two metrics: D_mean is lower for seed 0 only
-    assert "**does not hold (the opposite direction)**" in h3 and "0/2 seed pairs" in h3
+GRID = 4
 
 
-def test_equal_values_are_undetermined() -> None:
-    (h1, h2, h3) = verdicts([_run("distilled", 0)], [_run("baseline", 0)])
-    assert all("undetermined" in line for line in (h1, h2, h3))
+def _history(images: int, fg_drop: float, seed: int, dead: tuple[int, ...] = ()) -> dict:
+    """A knowledge-point history of 3 checkpoints: foreground units (left half) lose ``fg_drop`` nats of entropy
+    by the end, each image by its own random amount; ``dead`` images have σ_f = 0 at the middle checkpoint."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(images, GRID, GRID)
+    masks[:, :, : GRID // 2] = 1
+    per_image = fg_drop * (0.5 + torch.rand(images, 1, 1, generator=generator))
+    entries = []
+    for epoch, share in ((0, 0.0), (1, 0.5), (2, 1.0)):
+        entropy = -2 + 0.1 * torch.randn(images, GRID, GRID, generator=generator) - share * per_image * masks
+        sigma_f = torch.ones(images)
+        if epoch == 1:
+            sigma_f[list(dead)] = 0
+        points = count_knowledge_points(entropy, masks, effective=sigma_f > 0)
+        entries.append(
+            {
+                "epoch": epoch,
+                "global_step": 10 * epoch,
+                "distance": float(epoch) + 0.1 * seed,
+                "failed": None,
+                "entropy": entropy,
+                "sigma_f": sigma_f,
+                "effective": sigma_f > 0,
+                "points": points.points,
+                "n_fg": points.n_fg,
+                "n_bg": points.n_bg,
+                "fg_ratio": points.fg_ratio,
+            }
+        )
+    return {"entries": entries, "masks": masks, "settings": {"threshold": 0.2, "baseline": "dataset"}}
 
 
-def test_verdicts_refuse_two_runs_with_the_same_role_and_seed() -> None:
-    first, second = _run("baseline", 0), _run("baseline", 0)
+def _run(role: str, seed: int, history: dict) -> RunSummary:
+    metrics = {key: math.nan for key, _ in METRICS}
+    return RunSummary(Path(f"{role}-s{seed}"), f"{role}-s{seed}", role, seed, metrics, {}, _history=history)
+
+
+def _evidence(distilled: list[RunSummary], baseline: list[RunSummary]) -> Evidence:
+    by_seed = {run.seed: index for index, run in enumerate(baseline)}
+    pairs = [(index, by_seed[run.seed]) for index, run in enumerate(distilled)]
+    return Evidence(distilled, baseline, pairs, resamples=400)
+
+
+def test_estimates_equal_the_probe_summary() -> None:
+    history = _history(12, 0.8, seed=0)
+    measures = knowledge_point_measures(history)
+    summary = history_metrics(
+        history["entries"], count_knowledge_points(history["entries"][-1]["entropy"], history["masks"]).foreground
+    )
+    for key in ("d_mean", "d_std", "rho", "rho_all"):
+        assert math.isclose(measures[key].estimate, summary[key], rel_tol=1e-12), key
+    assert math.isclose(measures["fg_ratio"].estimate, history["entries"][-1]["fg_ratio"], rel_tol=1e-12)
+    assert measures["n_fg"].estimate == float(history["entries"][-1]["n_fg"].float().mean())
+
+
+def test_a_clear_effect_on_many_images_holds_and_the_same_effect_on_few_is_not_distinguishable() -> None:
+    many = _evidence([_run("distilled", 0, _history(80, 1.0, 1))], [_run("baseline", 0, _history(80, 0.3, 2))])
+    lines = verdicts(many)
+    assert lines[0].startswith("- **H1** (distilled vs baseline:") and lines[1].startswith(
+        "  - all probe images (80 with"
+    )
+    assert re.search(r"N_fg [^;]*: holds", lines[1]) and re.search(r"N_fg [^;]*: holds", lines[2])
+    few = _evidence([_run("distilled", 0, _history(3, 0.35, 1))], [_run("baseline", 0, _history(3, 0.3, 2))])
+    h1 = verdicts(few)[1]
+    assert re.search(r"N_fg [^;]*: not distinguishable \(≈ \d+ images would be needed at the observed effect\)", h1)
+    reversed_ = _evidence([_run("distilled", 0, _history(80, 0.3, 1))], [_run("baseline", 0, _history(80, 1.0, 2))])
+    assert re.search(r"N_fg [^;]*: opposite", verdicts(reversed_)[1])
+
+
+def test_seed_pairs_are_counted_with_a_sign_test_from_three() -> None:
+    distilled = [_run("distilled", s, _history(30, 1.0, 10 + s)) for s in range(3)]
+    baseline = [_run("baseline", s, _history(30, 0.3, 20 + s)) for s in range(3)]
+    h1 = verdicts(_evidence(distilled, baseline))[1]
+    assert "3/3 seed pairs in the predicted direction, sign test p = 0.25" in h1
+
+
+def test_the_effective_view_uses_the_images_effective_in_every_run() -> None:
+    distilled, baseline = _history(10, 1.0, 1, dead=(2,)), _history(10, 0.3, 2, dead=(5, 7))
+    keep = effective_keep([distilled, baseline])
+    assert isinstance(keep, torch.Tensor) and sorted(torch.nonzero(~keep).flatten().tolist()) == [2, 5, 7]
+    measures = knowledge_point_measures(distilled, keep)
+    assert measures["n_fg"].images == 7
+    h1 = verdicts(_evidence([_run("distilled", 0, distilled)], [_run("baseline", 0, baseline)]))[2]
+    assert h1.startswith("  - effective images (7 of 10, effective in every run): **")
+
+
+def test_runs_probed_on_different_images_have_no_effective_view() -> None:
+    first, second = _history(10, 1.0, 1), _history(10, 1.0, 2)
+    second["masks"] = 1 - second["masks"]
+    assert effective_keep([first, second]) == (
+        "the runs were probed on different images, so they have no common effective images"
+    )
+
+
+def test_verdicts_refuse_two_runs_with_the_same_role_and_seed(tmp_path: Path) -> None:
+    from kd_probe.report import _pairs
+
+    first, second = _run("baseline", 0, _history(4, 1, 0)), _run("baseline", 0, _history(4, 1, 0))
     first.path, second.path = Path("e/baseline"), Path("other/baseline")
     with pytest.raises(ReportError) as error:
-        verdicts([_run("distilled", 0)], [first, second])
+        _pairs([_run("distilled", 0, _history(4, 1, 0))], [first, second])
     assert str(error.value) == (
         "two baseline runs have seed 0, e/baseline and other/baseline; each seed pairs one distilled with one "
         "baseline run, so report them separately."

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kd_probe import DistillationModule, KnowledgePointProbe, UniCAMProbe
+from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
 from kd_probe.cli import main
 from kd_probe.report import write_report
 from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
@@ -30,6 +30,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         probes = [
             KnowledgePointProbe(data, layer="features.bn2", epochs=[0, 1], **PROBE),
             UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", teacher=tiny_net()),
+            AgreementProbe(data, teacher_layer="features.relu2", student_layer="features.relu2", teacher=tiny_net()),
         ]
         if role == "distilled":  # a named probe writes kd_probe_history_<name>.pt
             probes.append(KnowledgePointProbe(data, layer="features.bn1", name="early", epochs=[1], **PROBE))
@@ -68,8 +69,10 @@ def test_every_torch_load_in_kd_probe_is_weights_only() -> None:
 def test_every_file_the_probes_write_loads_weights_only_and_reports(runs: Path, capsys: pytest.CaptureFixture) -> None:
     written = sorted(str(p.relative_to(runs)) for p in runs.glob("*/kd_probe_*.pt"))
     assert written == [
+        "baseline/kd_probe_agreement.pt",
         "baseline/kd_probe_history.pt",
         "baseline/kd_probe_unicam.pt",
+        "distilled/kd_probe_agreement.pt",
         "distilled/kd_probe_history.pt",
         "distilled/kd_probe_history_early.pt",
         "distilled/kd_probe_unicam.pt",
@@ -84,7 +87,8 @@ def test_every_file_the_probes_write_loads_weights_only_and_reports(runs: Path, 
         "| distilled | distilled | 0 | 50.0% |" in captured.out
         and "| baseline | baseline | 0 | 50.0% |" in captured.out
     )
-    assert "| features.relu2 | distilled |" in captured.out  # the UniCAM table, from kd_probe_unicam.pt
+    assert "| features.relu2 FSS |" in captured.out  # the UniCAM table, from kd_probe_unicam.pt
+    assert "| CAM cosine |" in captured.out and "adversarial transfer, ε = 1/255" in captured.out  # agreement file
 
 
 class _Gadget:
@@ -185,6 +189,17 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
         _history(lambda r: r["entries"][-1].update({"fss/features.relu2": "high"})),
         "has an entry whose scores are not numbers.",
     ),
+    "unicam distances not square": (
+        "kd_probe_unicam.pt",
+        _history(lambda r: r["distances"]["layers"]["features.relu2"].update(student=torch.zeros(3, 4))),
+        "has 'distances' that are not square float matrices of one size (",
+    ),
+    "agreement a list": ("kd_probe_agreement.pt", lambda p: torch.save([1], p), "holds a list; expected a dict."),
+    "agreement per-image length": (
+        "kd_probe_agreement.pt",
+        _history(lambda r: r["entries"][-1]["per_image"].update(cam_cosine=torch.zeros(1))),
+        "has per-image values that are not tensors of shape (",
+    ),
     "summary truncated": ("kd_probe_summary.json", _cut, "is not readable JSON (JSONDecodeError: "),
     "summary a list": ("kd_probe_summary.json", lambda p: p.write_text("[1, 2]"), "holds a JSON list; expected"),
     "summary not text": ("kd_probe_summary.json", lambda p: p.write_bytes(b"\xff\xfe\x00"), "is not readable JSON"),
@@ -242,7 +257,7 @@ def test_runs_of_different_protocols_are_refused(runs: Path, capsys: pytest.Capt
     )
     assert not (runs / "report.md").exists()
     assert main(["report", str(runs / "distilled-s1"), str(runs / "baseline-s1"), "--no-figures"]) == 0
-    assert "protocol: paper; σ maps: faithful." in (runs / "distilled-s1" / "report.md").read_text()
+    assert "protocol: paper; σ maps: faithful, λ = 7.0." in (runs / "distilled-s1" / "report.md").read_text()
 
 
 def test_runs_of_different_sigma_methods_are_refused(runs: Path, capsys: pytest.CaptureFixture) -> None:

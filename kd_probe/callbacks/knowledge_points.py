@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -53,6 +54,7 @@ _SIGMA_OPTIONS = (
     "patience",
     "units",
 )
+_LAM = inspect.signature(estimate_sigma_maps).parameters["lam"].default  # recorded when not given
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
 
@@ -93,7 +95,9 @@ class KnowledgePointProbe(pl.Callback):
         baseline: ``"dataset"``, ``"image"`` or a float (spec §1.3).
         sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``units``, ``grid``, ``method``,
             ``samples``, ``passes``, ``steps``, ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``,
-            ``seed``, ``max_batch``, ``channels_last``, ``fold_batchnorm``, ``patience``).
+            ``seed``, ``max_batch``, ``channels_last``, ``fold_batchnorm``, ``patience``). ``lam`` (λ, default 7):
+            the [KP] authors used 7 for VGG/AlexNet and 6 for ResNets; the λ used is recorded in the summary's
+            ``settings`` and the report's header.
 
     Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
         - ``<p>/knowledge_points/n_fg``, ``<p>/knowledge_points/n_bg``: mean knowledge points per image on
@@ -415,6 +419,7 @@ class KnowledgePointProbe(pl.Callback):
         """The σ options (with the method, also when defaulted), threshold and baseline, as recorded."""
         return {
             "method": sigma_work(self.sigma_options)[0],
+            "lam": _LAM,
             **self.sigma_options,
             **({"units": describe_units(self.probe_set.units)} if self.probe_set.units is not None else {}),
             "threshold": self.threshold,

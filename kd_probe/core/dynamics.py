@@ -10,10 +10,12 @@ from torch import Tensor
 __all__ = [
     "CountSketch",
     "cosine",
+    "image_stability",
     "learning_speed",
     "normalised_step",
     "path_efficiency",
     "stability",
+    "travel_until_learned",
 ]
 
 
@@ -40,10 +42,16 @@ def learning_speed(n_fg_history: Tensor, distances: Tensor) -> tuple[float, floa
         )
     if n_fg_history.numel() == 0:
         return math.nan, math.nan, math.nan
-    learned_at = torch.argmax(n_fg_history, dim=0)  # first maximum: ties go to the earliest checkpoint
-    travelled = distances.double()[learned_at]
+    travelled = travel_until_learned(n_fg_history, distances)
     variance = float(travelled.var(unbiased=False))
     return float(travelled.mean()), math.sqrt(variance), variance
+
+
+def travel_until_learned(n_fg_history: Tensor, distances: Tensor) -> Tensor:
+    """Per image ``D(m̂(x))`` ``[N]`` (float64), spec §1.4: the path length at ``m̂(x) = argmax_c N_fg(x, c)``
+    (ties → the earliest checkpoint); :func:`learning_speed` takes its mean and spread. Shapes as there."""
+    learned_at = torch.argmax(n_fg_history, dim=0)  # first maximum: ties go to the earliest checkpoint
+    return distances.double().to(learned_at.device)[learned_at]
 
 
 def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
@@ -59,6 +67,13 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
         >>> stability(history.reshape(2, 1, 1, 3))
         0.5
     """
+    values = image_stability(points_history, fg_mask)
+    return float(values.mean()) if values.numel() else math.nan
+
+
+def image_stability(points_history: Tensor, fg_mask: Tensor | None = None) -> Tensor:
+    """Per image ``ρ(x) = |S_final(x)| / |∪_c S_c(x)|`` ``[N]`` (float64, 0 for an empty union), spec §1.5;
+    :func:`stability` is their mean. Arguments as there."""
     if points_history.dim() not in (3, 4):
         raise ValueError(
             f"`points_history` must be [checkpoints, N, grid, grid] or [checkpoints, N, units], got "
@@ -72,12 +87,9 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
         )
     if fg_mask is not None:
         points = points & fg_mask.bool().to(points.device)[None]
-    if points.shape[1] == 0:
-        return math.nan
     union = points.any(dim=0).flatten(1).sum(dim=1).double()
     final = points[-1].flatten(1).sum(dim=1).double()
-    ratio = torch.where(union > 0, final / union.clamp(min=1), torch.zeros_like(union))
-    return float(ratio.mean())
+    return torch.where(union > 0, final / union.clamp(min=1), torch.zeros_like(union))
 
 
 def normalised_step(previous: Tensor, current: Tensor, initial_norm: float) -> float:

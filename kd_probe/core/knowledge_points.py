@@ -22,6 +22,7 @@ __all__ = [
     "downsample_mask",
     "effective_images",
     "foreground_ratio",
+    "image_foreground_ratios",
     "unit_foreground",
 ]
 
@@ -138,12 +139,24 @@ def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float, float]:
         raise ValueError(
             f"`n_fg` and `n_bg` must be counts [N] of the same images, got shapes {shapes[0]} and {shapes[1]}."
         )
-    total = n_fg + n_bg
-    if total.numel() == 0:
+    if n_fg.numel() == 0:
         return math.nan, math.nan
-    ratio = torch.where(total > 0, n_fg.double() / total.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
-    with_points = ratio[total > 0]
+    ratio = image_foreground_ratios(n_fg, n_bg)
+    with_points = ratio[(n_fg + n_bg) > 0]
     return float(ratio.mean()), float(with_points.mean()) if with_points.numel() else math.nan
+
+
+def image_foreground_ratios(n_fg: Tensor, n_bg: Tensor) -> Tensor:
+    """Per image ``N_fg / (N_fg + N_bg)`` ``[N]`` (float64), 0 for an image without points (spec §1.3, the
+    reference behaviour); :func:`foreground_ratio` is their mean.
+
+    Example::
+
+        >>> image_foreground_ratios(torch.tensor([3, 0]), torch.tensor([1, 0])).tolist()
+        [0.75, 0.0]
+    """
+    total = n_fg + n_bg
+    return torch.where(total > 0, n_fg.double() / total.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
 
 
 def count_knowledge_points(

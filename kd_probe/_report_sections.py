@@ -1,0 +1,285 @@
+"""The tables of ``kd-probe report``: each number with its 95 % interval, each difference with a paired one.
+
+Built on :mod:`kd_probe._report_stats` (what each number rests on) and :mod:`kd_probe.core.uncertainty`
+(intervals, verdicts); :mod:`kd_probe.report` puts the sections together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kd_probe._report_stats import (
+    MIN_FOOLED,
+    Comparison,
+    Measure,
+    agreement_measures,
+    compare,
+    unicam_measures,
+)
+from kd_probe._run_files import AGREEMENT, RunSummary
+from kd_probe.core.uncertainty import Interval, images_needed, sign_test, verdict
+
+__all__ = [
+    "UNICAM",
+    "Evidence",
+    "agreement_section",
+    "cell",
+    "comparison_rows",
+    "format_value",
+    "metric_verdict",
+    "section",
+    "unicam_section",
+    "with_interval",
+]
+
+UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, label)
+    ("fss", "FSS"),
+    ("fss_v", "FSS (V)"),
+    ("rs/teacher", "RS teacher"),
+    ("rs/student", "RS student"),
+    ("rs/distilled", "RS distilled"),
+    ("rs/residual", "RS residual"),
+)
+
+
+@dataclass
+class Evidence:
+    """The runs of a report, their seed pairs (indices into ``distilled`` and ``baseline``) and the bootstrap
+    settings every interval uses."""
+
+    distilled: list[RunSummary]
+    baseline: list[RunSummary]
+    pairs: list[tuple[int, int]]
+    resamples: int
+    seed: int = 0
+
+    def compare(self, distilled: Sequence[Measure], baseline: Sequence[Measure]) -> Comparison:
+        return compare(distilled, baseline, self.pairs, resamples=self.resamples, seed=self.seed)
+
+
+def format_value(key: str, value: float) -> str:
+    """A number as the report shows it: accuracy as a percentage, others to three significant digits."""
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:.1%}" if key == "accuracy" else f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def _signed(key: str, value: float) -> str:
+    text = format_value(key, value)
+    return text if text == "–" or text.startswith("-") else f"+{text}"
+
+
+def with_interval(key: str, found: Interval | None, estimate: float, *, signed: bool = False) -> str:
+    """``estimate [low, high]`` (the interval left out when there is none)."""
+    show = _signed if signed else format_value
+    if found is None or not (math.isfinite(found.low) and math.isfinite(found.high)):
+        return show(key, estimate)
+    return f"{show(key, estimate)} [{show(key, found.low)}, {show(key, found.high)}]"
+
+
+def cell(text: str) -> str:
+    """Text from a file as one markdown table cell or list item: no line breaks, no column separators."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section with one table."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def metric_verdict(found: Comparison, expected: int) -> tuple[str, str]:
+    """The verdict word of one predicted difference and its explanation: the interval must exclude 0 for
+    "holds" / "opposite"; otherwise how many images the observed effect would need."""
+    if found.difference is None or not math.isfinite(found.difference.low):
+        return "undetermined", "no per-image data behind it"
+    word = verdict(found.difference, expected)
+    if word != "not distinguishable":
+        return word, ""
+    needed = images_needed(found.difference)
+    if needed is None:
+        return word, "no observed difference"
+    return word, f"≈ {needed} images would be needed at the observed effect"
+
+
+def seed_agreement(found: Comparison, expected: int) -> str:
+    """How many seed pairs differ in the predicted direction, and the sign test's p-value from 3 pairs on."""
+    pairs = len(found.pair_differences)
+    if pairs < 2:
+        return ""
+    agreeing = sum(1 for difference in found.pair_differences if difference * expected > 0)
+    test = f", sign test p = {sign_test(agreeing, pairs):.2g}" if pairs >= 3 else ""
+    return f"{agreeing}/{pairs} seed pairs in the predicted direction{test}"
+
+
+def comparison_rows(
+    evidence: Evidence, measures: tuple[list[dict[str, Measure]], list[dict[str, Measure]]], metrics: Sequence[Any]
+) -> list[list[str]]:
+    """Rows ``metric | distilled | baseline | difference`` with intervals, for ``(key, label)`` metrics."""
+    rows = []
+    for key, label in metrics:
+        distilled = [m[key] for m in measures[0] if key in m]
+        baseline = [m[key] for m in measures[1] if key in m]
+        if not distilled or not baseline:
+            continue
+        found = evidence.compare(distilled, baseline)
+        rows.append(_row(key, label, found, distilled, baseline))
+    return rows
+
+
+def _row(key: str, label: str, found: Comparison, distilled: list[Measure], baseline: list[Measure]) -> list[str]:
+    d, b = _mean([m.estimate for m in distilled]), _mean([m.estimate for m in baseline])
+    difference = _mean(list(found.pair_differences)) if found.pair_differences else d - b
+    return [
+        label,
+        with_interval(key, found.distilled, d),
+        with_interval(key, found.baseline, b),
+        with_interval(key, found.difference, difference, signed=True),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------ agreement
+def _eps_label(key: str) -> str:
+    return f"ε = {key.removeprefix('eps_')}/255"
+
+
+def agreement_section(evidence: Evidence) -> list[str]:
+    """[WK]'s agreement with the teacher at the last probe: per-image scores with intervals, the teacher's fooling
+    rate and the images behind every adversarial transfer (older runs: the logged scalars, no intervals)."""
+    runs = [*evidence.distilled, *evidence.baseline]
+    records = [run.agreement for run in runs]
+    if not any(records):
+        return _scalar_agreement(runs)
+    measures = [agreement_measures(record) if record else {} for record in records]
+    split = len(evidence.distilled)
+    groups = (measures[:split], measures[split:])
+    names = sorted({key for m in measures for key in m if not key.startswith(("adv_", "teacher_"))})
+    labels = dict(AGREEMENT)
+    rows = comparison_rows(evidence, groups, [(name, labels.get(name, name)) for name in names])
+    eps_keys: list[str] = next((record["eps_keys"] for record in records if record), [])
+    for eps in eps_keys:
+        rows += comparison_rows(
+            evidence, groups, [(f"teacher_fooling_rate/{eps}", f"teacher fooled, {_eps_label(eps)}")]
+        )
+        rows += _transfer_rows(evidence, groups, eps)
+    lines = section(
+        "Agreement with the teacher (what gets distilled, last probe)",
+        ["score", "distilled", "baseline", "distilled − baseline"],
+        rows,
+    )
+    images = next((int(record["labels"].numel()) for record in records if record), 0)
+    return [
+        *lines[:-1],
+        f"{images} probe images. Adversarial transfer = share of the teacher-fooling I-FGSM images that also fool the "
+        f"student; a transfer from fewer than {MIN_FOOLED} teacher-fooled images is shown as such, not as a number.",
+        "",
+    ]
+
+
+def _transfer_rows(
+    evidence: Evidence, groups: tuple[list[dict[str, Measure]], list[dict[str, Measure]]], eps: str
+) -> list[list[str]]:
+    """Adversarial transfer at one ε; a side whose runs have fewer than ``MIN_FOOLED`` teacher-fooled images
+    shows that count instead of a number, and then the difference is left out."""
+    key, label = f"adv_transfer/{eps}", f"adversarial transfer, {_eps_label(eps)}"
+    rows = comparison_rows(evidence, groups, [(key, label)])
+    if not rows:
+        return []
+    row = rows[0]
+    fooled = [[m[f"teacher_fooled/{eps}"].estimate for m in group if key in m] for group in groups]
+    few = [min(group) < MIN_FOOLED for group in fooled]
+    for side, group in enumerate(fooled):
+        counts = ", ".join(f"{n:.0f}" for n in group)
+        row[1 + side] = (
+            f"too few: {counts} teacher-fooled images (< {MIN_FOOLED})"
+            if few[side]
+            else f"{row[1 + side]}; {counts} fooled"
+        )
+    if any(few):
+        row[3] = "–"
+    return rows
+
+
+def _scalar_agreement(runs: list[RunSummary]) -> list[str]:
+    """Runs without the AgreementProbe's file (older runs): the last logged values, without intervals."""
+    if not any(
+        math.isfinite(run.metrics.get(f"agreement/{suffix}", math.nan)) for run in runs for suffix, _ in AGREEMENT
+    ):
+        return []
+    rows = [
+        [cell(run.name), *(format_value("", run.metrics.get(f"agreement/{s}", math.nan)) for s, _ in AGREEMENT)]
+        for run in runs
+    ]
+    return section(
+        "Agreement with the teacher (what gets distilled, last probe; no per-image file, so no intervals)",
+        ["run", *(label for _, label in AGREEMENT)],
+        rows,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- UniCAM
+def _unicam_layers(run: RunSummary) -> list[str]:
+    record = run.unicam
+    return [pair[0] for pair in record["layers"]] if record else []
+
+
+def unicam_section(evidence: Evidence) -> list[str]:
+    """FSS and RS of distilled vs baseline per layer with intervals (bootstrap over the probe batch) and one
+    line on the deepest layer whose words follow the intervals."""
+    runs = [*evidence.distilled, *evidence.baseline]
+    layers = next((names for names in map(_unicam_layers, runs) if names), [])
+    if not layers:
+        return []
+    measures = [unicam_measures(run.unicam) if run.unicam else {} for run in runs]
+    split = len(evidence.distilled)
+    groups = (measures[:split], measures[split:])
+    rows, found = [], {}
+    for layer in layers:
+        for key, label in UNICAM:
+            row = comparison_rows(evidence, groups, [(f"{key}/{layer}", f"{layer} {label}")])
+            rows += row
+            distilled = [m[f"{key}/{layer}"] for m in groups[0] if f"{key}/{layer}" in m]
+            baseline = [m[f"{key}/{layer}"] for m in groups[1] if f"{key}/{layer}" in m]
+            if distilled and baseline:
+                found[key, layer] = evidence.compare(distilled, baseline)
+    record = next(run.unicam for run in runs if run.unicam)
+    features = record.get("features", "pooled")
+    rows_note = " with L2-normalised rows (the authors' FSS (V))" if record.get("normalize_rows") else ""
+    lines = section(
+        "What the student holds of the teacher (UniCAM: FSS and RS, last probe)",
+        ["layer and score", "distilled", "baseline", "distilled − baseline"],
+        rows,
+    )
+    deepest = layers[-1]
+
+    def compare_words(key: str, more: str, less: str) -> str:
+        result = found.get((key, deepest))
+        if result is None or result.difference is None:
+            return "undetermined (no values)"
+        direction = result.difference.direction()
+        word = {1: more, -1: less}.get(direction, "not distinguishable from the baseline's")
+        shown = with_interval("", result.difference, _mean(list(result.pair_differences)), signed=True)
+        return f"{word} ({UNICAM_LABELS[key]} difference {shown})"
+
+    lines += [
+        f"Features: {features}{rows_note}. At {deepest}, the distilled student's features are "
+        f"{compare_words('fss', 'closer to the teacher', 'further from the teacher')}; its label-relevant knowledge "
+        f"beyond the teacher is {compare_words('rs/distilled', 'larger', 'smaller')}; the teacher's label-relevant "
+        f"knowledge it lacks is {compare_words('rs/residual', 'larger', 'smaller')}. FSS = R*(teacher, student) "
+        "features; RS = R*(features, labels); distilled = R*(student | teacher, labels); residual = "
+        "R*(teacher | student, labels) (bias-corrected squared distance correlations on the probe batch; "
+        "intervals resample the batch's images).",
+        "",
+    ]
+    return lines
+
+
+UNICAM_LABELS = dict(UNICAM)

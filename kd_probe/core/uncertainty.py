@@ -1,0 +1,181 @@
+"""How much to trust a number of the report: bootstrap intervals over probe images, paired differences, verdicts.
+
+Every metric of a run is a statistic of its probe images (a mean of per-image values, a standard deviation, a
+ratio of counts, a distance correlation of the batch). A :data:`Statistic` takes a batch of resampled image
+indices ``[B, n]`` and returns the statistic of each resample ``[B]``; :func:`bootstrap_replicates` draws the
+indices from a generator seeded by ``seed`` and ``n`` only, so two runs probed on the same images get the
+*same* resamples — the difference of their replicates is the paired bootstrap of the difference.
+Several seeds are combined by :func:`combine_units` (a second stage that resamples the seed pairs).
+
+Intervals are expanded percentile intervals (Hesterberg 2015): the percentile interval at the tail level
+``α' = 2·Φ(−√(n/(n−1))·t_{α/2, n−1})``, which removes the plain percentile interval's narrowness for small
+``n`` (its coverage of a mean is close to nominal from about ten images on).
+
+Example::
+
+    >>> values = torch.arange(20, dtype=torch.float64)
+    >>> replicates = bootstrap_replicates(mean_of(values), 20, resamples=2000, seed=0)
+    >>> found = interval(float(values.mean()), replicates, images=20)
+    >>> found.low < 9.5 < found.high
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LEVEL",
+    "RESAMPLES",
+    "Interval",
+    "Statistic",
+    "bootstrap_replicates",
+    "combine_units",
+    "images_needed",
+    "interval",
+    "mean_of",
+    "sign_test",
+    "verdict",
+]
+
+RESAMPLES = 2000
+LEVEL = 0.95
+MAX_CHUNK = 250_000  # index entries per call of a statistic (bounds the memory of [B, n, n] distance batches)
+
+Statistic = Callable[[Tensor], Tensor]
+"""Resampled image indices ``[B, n]`` (long) → the statistic of each resample ``[B]`` (float64; NaN when the
+resample leaves it undefined, e.g. a ratio whose denominator is 0)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its ``level`` interval ``[low, high]`` over ``images`` probe images and ``resamples``
+    bootstrap resamples (``defined`` of them gave a number)."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    images: int
+    resamples: int
+    defined: int
+
+    def direction(self) -> int:
+        """+1 when the interval lies above 0, −1 below, 0 when it holds 0 (or is undefined)."""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return 0
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer ≥ {minimum}, got {value!r}.")
+    return value
+
+
+def mean_of(values: Tensor) -> Statistic:
+    """The mean of per-image ``values`` ``[n]`` (NaN entries are images without a value and are skipped)."""
+    values = values.detach().double().cpu()
+    return lambda indices: values[indices].nanmean(dim=-1)
+
+
+def bootstrap_replicates(statistic: Statistic, images: int, *, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
+    """``[resamples]`` values of ``statistic`` on resamples of ``images`` image indices drawn with replacement.
+
+    The indices depend only on ``images``, ``resamples`` and ``seed``: runs probed on the same images share
+    them, so the replicates of two such runs subtract into the paired bootstrap of their difference.
+    """
+    _check_count("images", images, 1)
+    _check_count("resamples", resamples, 1)
+    generator = torch.Generator().manual_seed(int(seed))
+    indices = torch.randint(images, (resamples, images), generator=generator)
+    chunk = max(1, MAX_CHUNK // max(images * images, 1))
+    return torch.cat([statistic(indices[start : start + chunk]).double() for start in range(0, resamples, chunk)])
+
+
+def combine_units(replicates: Sequence[Tensor], *, seed: int = 0) -> Tensor:
+    """The mean over units (seeds, seed pairs) with the units resampled too: replicate ``r`` averages the
+    replicates ``r`` of ``len(replicates)`` units drawn with replacement (one unit: its replicates)."""
+    if not replicates:
+        raise ValueError("`replicates` is empty; expected the replicates of at least one run or seed pair.")
+    stacked = torch.stack([torch.as_tensor(r, dtype=torch.float64) for r in replicates])  # [units, B]
+    if stacked.shape[0] == 1:
+        return stacked[0]
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    drawn = torch.randint(stacked.shape[0], (stacked.shape[1], stacked.shape[0]), generator=generator)
+    return stacked.gather(0, drawn.T).mean(dim=0)
+
+
+def _t_quantile(p: float, freedom: int) -> float:
+    """Student's t quantile by the Cornish–Fisher expansion (Abramowitz & Stegun 26.7.5; error < 1e-3 for
+    ``freedom`` ≥ 3 at the tails used here)."""
+    z = NormalDist().inv_cdf(p)
+    v = float(freedom)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
+    )
+
+
+def interval(estimate: float, replicates: Tensor, *, images: int, level: float = LEVEL) -> Interval:
+    """The expanded percentile interval (module docstring) of ``replicates`` around ``estimate``.
+
+    Undefined replicates (NaN) are left out; with fewer than half of them defined the interval is NaN.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+    _check_count("images", images, 1)
+    replicates = torch.as_tensor(replicates, dtype=torch.float64).flatten()
+    defined = replicates[~replicates.isnan()]
+    count = int(defined.numel())
+    if count < max(1, replicates.numel() // 2) or not math.isfinite(estimate):
+        return Interval(estimate, math.nan, math.nan, level, images, int(replicates.numel()), count)
+    tail = (1 - level) / 2
+    if images > 3:
+        tail = NormalDist().cdf(-math.sqrt(images / (images - 1)) * _t_quantile(1 - tail, images - 1))
+    low, high = torch.quantile(defined, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return Interval(estimate, low, high, level, images, int(replicates.numel()), count)
+
+
+def verdict(found: Interval, expected: int) -> str:
+    """``"holds"`` when the interval of a difference excludes 0 in the ``expected`` direction (+1 / −1),
+    ``"opposite"`` when it excludes 0 the other way, else ``"not distinguishable"``."""
+    if expected not in (1, -1):
+        raise ValueError(f"`expected` must be +1 or −1 (the predicted sign of the difference), got {expected!r}.")
+    direction = found.direction()
+    return "not distinguishable" if direction == 0 else "holds" if direction == expected else "opposite"
+
+
+def images_needed(found: Interval, *, power: float = 0.8) -> int | None:
+    """Images at which an interval of the same relative width would exclude 0 with probability ``power`` at the
+    observed effect: ``n·((z_{1−α/2} + z_power)·se/|estimate|)²`` with ``se`` = half the interval's width over
+    ``z_{1−α/2}`` (a normal approximation; ``None`` when the effect is 0 or the interval undefined)."""
+    if not 0 < power < 1:
+        raise ValueError(f"`power` must be in (0, 1), got {power!r}.")
+    z_level = NormalDist().inv_cdf(1 - (1 - found.level) / 2)
+    spread = found.high - found.low
+    if not (math.isfinite(spread) and math.isfinite(found.estimate)) or found.estimate == 0 or spread <= 0:
+        return None
+    standard_error = spread / (2 * z_level)
+    ratio = (z_level + NormalDist().inv_cdf(power)) * standard_error / abs(found.estimate)
+    return max(1, math.ceil(found.images * ratio * ratio))
+
+
+def sign_test(agreeing: int, pairs: int) -> float:
+    """Two-sided exact sign test: the probability, if each pair were a fair coin, of a split at least as
+    uneven as ``agreeing`` of ``pairs``."""
+    _check_count("pairs", pairs, 1)
+    if isinstance(agreeing, bool) or not isinstance(agreeing, int) or not 0 <= agreeing <= pairs:
+        raise ValueError(f"`agreeing` must be an integer in [0, {pairs}], got {agreeing!r}.")
+    extreme = max(agreeing, pairs - agreeing)
+    tail = sum(math.comb(pairs, k) for k in range(extreme, pairs + 1)) / 2**pairs
+    return min(1.0, 2 * tail)
