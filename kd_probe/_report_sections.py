@@ -138,12 +138,10 @@ def comparison_rows(
 def _row(key: str, label: str, found: Comparison, distilled: list[Measure], baseline: list[Measure]) -> list[str]:
     d, b = _mean([m.estimate for m in distilled]), _mean([m.estimate for m in baseline])
     difference = _mean(list(found.pair_differences)) if found.pair_differences else d - b
-    return [
-        label,
-        with_interval(key, found.distilled, d),
-        with_interval(key, found.baseline, b),
-        with_interval(key, found.difference, difference, signed=True),
-    ]
+    shown = with_interval(key, found.difference, difference, signed=True)
+    if found.difference is not None and found.difference.low == found.difference.high == difference == 0:
+        shown = "0 (the same values: the teacher's side)"
+    return [label, with_interval(key, found.distilled, d), with_interval(key, found.baseline, b), shown]
 
 
 # ------------------------------------------------------------------------------------------------------ agreement
@@ -177,7 +175,7 @@ def agreement_section(evidence: Evidence) -> list[str]:
     )
     images = next((int(record["labels"].numel()) for record in records if record), 0)
     return [
-        *lines[:-1],
+        *lines,
         f"{images} probe images. Adversarial transfer = share of the teacher-fooling I-FGSM images that also fool the "
         f"student; a transfer from fewer than {MIN_FOOLED} teacher-fooled images is shown as such, not as a number.",
         "",

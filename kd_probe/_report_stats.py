@@ -51,16 +51,20 @@ class Measure:
     statistic: Statistic | None = None
     images: int = 0
     key: Any = None
+    half: bool = False  # resample half-samples of distinct images (batch statistics: distance correlations)
     _replicates: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
 
     def replicates(self, resamples: int, seed: int) -> Tensor | None:
         """The bootstrap replicates (computed once per ``(resamples, seed)``), or ``None`` without per-image data."""
-        if self.statistic is None or self.images < 2:
+        if self.statistic is None or self.images < (8 if self.half else 2):
             return None
         if (resamples, seed) not in self._replicates:
-            self._replicates[resamples, seed] = bootstrap_replicates(
-                self.statistic, self.images, resamples=resamples, seed=seed
+            replicates = bootstrap_replicates(
+                self.statistic, self.images, resamples=resamples, seed=seed, half=self.half
             )
+            if self.half:  # centred on the estimate: a V-statistic's half-samples sit higher than the full sample
+                replicates = replicates - (replicates.nanmedian() - self.estimate)
+            self._replicates[resamples, seed] = replicates
         return self._replicates[resamples, seed]
 
     def interval(self, resamples: int = RESAMPLES, seed: int = 0) -> Interval | None:
@@ -194,7 +198,8 @@ def agreement_measures(record: dict[str, Any]) -> dict[str, Measure]:
 def unicam_measures(record: dict[str, Any]) -> dict[str, Measure]:
     """FSS and RS of the latest UniCAMProbe probe, per student layer (``<score>/<layer>``), with per-image
     statistics from the distance matrices the probe saved (resampling images resamples their rows and
-    columns); only estimates when the file has no matrices (an older probe)."""
+    columns; half-samples of distinct images, see :func:`~kd_probe.core.uncertainty.bootstrap_replicates`); only
+    estimates when the file has no matrices (an older probe)."""
     entries = [e for e in record["entries"] if "failed" not in e or e.get("failed") is None]
     entries = [e for e in entries if any("/" in key for key in e)]
     if not entries:
@@ -221,7 +226,7 @@ def unicam_measures(record: dict[str, Any]) -> dict[str, Measure]:
         for score, statistic in scores.items():
             name = f"{score}/{layer}"
             if name in measures:
-                measures[name] = Measure(measures[name].estimate, statistic, labels.shape[0], key)
+                measures[name] = Measure(measures[name].estimate, statistic, labels.shape[0], key, half=True)
     return measures
 
 

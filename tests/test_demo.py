@@ -107,7 +107,8 @@ def test_report_unicam_table_matches_the_probe_files(quick_demo: tuple[Path, str
                 last = records[run]["entries"][-1]
                 assert cells[column].split(" [")[0] == _format("", last[f"{key}/{layer}"]), (run, layer, key)
                 assert " [" in cells[column]  # an interval from the saved distance matrices
-            assert " [" in cells[2]  # and a paired interval of the difference
+            if key != "rs/teacher":  # the teacher's side is the same in both runs
+                assert " [" in cells[2]  # and a paired interval of the difference
     assert "At features.relu4, the distilled student's features are " in table
 
 

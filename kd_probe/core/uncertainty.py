@@ -3,7 +3,8 @@
 Every metric of a run is a statistic of its probe images (a mean of per-image values, a standard deviation, a
 ratio of counts, a distance correlation of the batch). A :data:`Statistic` takes a batch of resampled image
 indices ``[B, n]`` and returns the statistic of each resample ``[B]``; :func:`bootstrap_replicates` draws the
-indices from a generator seeded by ``seed`` and ``n`` only, so two runs probed on the same images get the
+indices (or half-samples of distinct images, for batch statistics) from a generator seeded by ``seed`` and ``n``
+only, so two runs probed on the same images get the
 *same* resamples — the difference of their replicates is the paired bootstrap of the difference.
 Several seeds are combined by :func:`combine_units` (a second stage that resamples the seed pairs).
 
@@ -46,7 +47,7 @@ __all__ = [
 
 RESAMPLES = 2000
 LEVEL = 0.95
-MAX_CHUNK = 250_000  # index entries per call of a statistic (bounds the memory of [B, n, n] distance batches)
+MAX_CHUNK = 2_000_000  # n² entries per call of a statistic (bounds the memory of [B, n, n] distance batches)
 
 Statistic = Callable[[Tensor], Tensor]
 """Resampled image indices ``[B, n]`` (long) → the statistic of each resample ``[B]`` (float64; NaN when the
@@ -85,16 +86,29 @@ def mean_of(values: Tensor) -> Statistic:
     return lambda indices: values[indices].nanmean(dim=-1)
 
 
-def bootstrap_replicates(statistic: Statistic, images: int, *, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
-    """``[resamples]`` values of ``statistic`` on resamples of ``images`` image indices drawn with replacement.
+def bootstrap_replicates(
+    statistic: Statistic, images: int, *, resamples: int = RESAMPLES, seed: int = 0, half: bool = False
+) -> Tensor:
+    """``[resamples]`` values of ``statistic`` on resamples of ``images`` image indices drawn with replacement
+    (``half=True``: half-samples, ``images // 2`` distinct images each).
 
-    The indices depend only on ``images``, ``resamples`` and ``seed``: runs probed on the same images share
-    them, so the replicates of two such runs subtract into the paired bootstrap of their difference.
+    Half-samples are for batch statistics such as distance correlations: a bootstrap resample repeats images,
+    and a repeated image is a perfectly matched pair that pulls a distance correlation up (on the demo, RS
+    intervals that missed their own estimate); a half-sample repeats none, and for a statistic that is an
+    average to first order its spread is the full sample's (a half-sample mean drawn without replacement has
+    variance ``σ²/n · n/(n−1)``), so the percentile interval needs no rescaling. Near independence, where a
+    distance correlation's spread shrinks faster than ``1/n``, the half-sample interval is wider: conservative.
+
+    The indices depend only on ``images``, ``resamples``, ``seed`` and ``half``: runs probed on the same images
+    share them, so the replicates of two such runs subtract into the paired bootstrap of their difference.
     """
-    _check_count("images", images, 1)
+    _check_count("images", images, 2 if half else 1)
     _check_count("resamples", resamples, 1)
     generator = torch.Generator().manual_seed(int(seed))
-    indices = torch.randint(images, (resamples, images), generator=generator)
+    if half:
+        indices = torch.rand(resamples, images, generator=generator).argsort(dim=1)[:, : images // 2]
+    else:
+        indices = torch.randint(images, (resamples, images), generator=generator)
     chunk = max(1, MAX_CHUNK // max(images * images, 1))
     return torch.cat([statistic(indices[start : start + chunk]).double() for start in range(0, resamples, chunk)])
 

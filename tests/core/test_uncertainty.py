@@ -95,3 +95,38 @@ def test_bad_arguments_are_named(call, message: str) -> None:
     with pytest.raises(ValueError) as error:
         call()
     assert message in str(error.value)
+
+
+def test_half_samples_keep_a_distance_correlation_interval_honest_where_the_bootstrap_is_not() -> None:
+    from kd_probe.core.distance_correlation import correlation_of_distances, distance_matrix
+
+    generator = torch.Generator().manual_seed(0)
+    covered = {True: 0, False: 0}
+    for trial in range(30):  # independent features: the true R* is 0
+        x = torch.randn(24, 5, generator=generator, dtype=torch.float64)
+        y = torch.randn(24, 3, generator=generator, dtype=torch.float64)
+        a, b = distance_matrix(x), distance_matrix(y)
+
+        def statistic(i: torch.Tensor, a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+            return correlation_of_distances(a[i[:, :, None], i[:, None, :]], b[i[:, :, None], i[:, None, :]])
+
+        estimate = float(correlation_of_distances(a, b))
+        for half in (True, False):
+            found = interval(
+                estimate, bootstrap_replicates(statistic, 24, resamples=100, seed=trial, half=half), images=24
+            )
+            covered[half] += found.low <= 0 <= found.high
+    assert covered[True] >= 27  # half-samples: no repeated image, the interval covers the truth
+    assert covered[False] <= 10  # with replacement, repeated images are matched pairs that pull R* up
+
+
+def test_half_samples_draw_distinct_images() -> None:
+    seen: list[torch.Tensor] = []
+
+    def statistic(indices: torch.Tensor) -> torch.Tensor:
+        seen.append(indices)
+        return indices.double().mean(dim=-1)
+
+    bootstrap_replicates(statistic, 10, resamples=50, seed=0, half=True)
+    indices = torch.cat(seen)
+    assert indices.shape == (50, 5) and all(row.unique().numel() == 5 for row in indices)
