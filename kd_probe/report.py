@@ -286,7 +286,7 @@ def write_report(
     if left_out:
         lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
     views = _views(evidence)
-    lines += _runs_section(runs, views)
+    lines += _runs_section(evidence, views)
     if distilled and baseline:
         for view, (d, b, used) in views.items():
             title = f"Distilled vs baseline: {VIEWS[view]} ({used})"
@@ -319,9 +319,10 @@ def write_report(
     return path, text
 
 
-def _runs_section(runs: list[RunSummary], views: dict) -> list[str]:
-    """One row per run: accuracy, path efficiency and the knowledge-point metrics (all probe images) with their
-    intervals."""
+def _runs_section(evidence: Evidence, views: dict) -> list[str]:
+    """One row per run, distilled then baseline: accuracy, path efficiency and the knowledge-point metrics (all
+    probe images) with their intervals."""
+    runs = [*evidence.distilled, *evidence.baseline]  # the order of the view's measures
     measures = dict(zip((id(run) for run in runs), [*views["all"][0], *views["all"][1]], strict=True))
     rows = []
     for run in runs:

@@ -119,3 +119,17 @@ def test_verdicts_refuse_two_runs_with_the_same_role_and_seed(tmp_path: Path) ->
         "two baseline runs have seed 0, e/baseline and other/baseline; each seed pairs one distilled with one "
         "baseline run, so report them separately."
     )
+
+
+def test_each_run_row_shows_its_own_numbers() -> None:
+    from kd_probe.report import _runs_section, _views
+
+    evidence = _evidence([_run("distilled", 0, _history(20, 1.0, 1))], [_run("baseline", 0, _history(20, 0.2, 2))])
+    rows = {line.split(" | ")[0].strip("| "): line for line in _runs_section(evidence, _views(evidence))}
+    runs = (*evidence.distilled, *evidence.baseline)
+    for run, measures in zip(runs, knowledge_point_measures_of(evidence), strict=True):
+        assert rows[run.name].split(" | ")[4].split(" [")[0] == f"{measures['n_fg'].estimate:.3g}", run.name
+
+
+def knowledge_point_measures_of(evidence: Evidence) -> list[dict]:
+    return [knowledge_point_measures(run.history) for run in (*evidence.distilled, *evidence.baseline)]

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
 from kd_probe.cli import main
-from kd_probe.report import write_report
+from kd_probe.report import _format, write_report
 from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
 
 PAIRS = [("features.relu1", "features.relu1"), "features.relu2"]
@@ -87,6 +87,10 @@ def test_every_file_the_probes_write_loads_weights_only_and_reports(runs: Path, 
         "| distilled | distilled | 0 | 50.0% |" in captured.out
         and "| baseline | baseline | 0 | 50.0% |" in captured.out
     )
+    for role in ("distilled", "baseline"):  # each row shows its own run's numbers (runs are read baseline first)
+        summary = json.loads((runs / role / "kd_probe_summary.json").read_text())
+        row = next(line for line in captured.out.splitlines() if line.startswith(f"| {role} | {role} | 0 |"))
+        assert row.split(" | ")[4].split(" [")[0] == _format("n_fg", summary["n_fg"]), role
     assert "| features.relu2 FSS |" in captured.out  # the UniCAM table, from kd_probe_unicam.pt
     assert "| CAM cosine |" in captured.out and "adversarial transfer, ε = 1/255" in captured.out  # agreement file
 
