@@ -133,3 +133,38 @@ def test_each_run_row_shows_its_own_numbers() -> None:
 
 def knowledge_point_measures_of(evidence: Evidence) -> list[dict]:
     return [knowledge_point_measures(run.history) for run in (*evidence.distilled, *evidence.baseline)]
+
+
+def _agreement(fooled_teacher: int, fooled_student: int, images: int = 64) -> dict:
+    teacher = torch.zeros(images, dtype=torch.bool)
+    teacher[:fooled_teacher] = True
+    student = torch.zeros(images, dtype=torch.bool)
+    student[:fooled_student] = True
+    per_image = {
+        "cam_cosine": torch.linspace(0.5, 1.0, images),
+        "teacher_fooled/eps_1": teacher,
+        "student_fooled/eps_1": student,
+        "teacher_fooled/eps_8": torch.ones(images, dtype=torch.bool),
+        "student_fooled/eps_8": student,
+    }
+    return {
+        "eps_keys": ["eps_1", "eps_8"],
+        "labels": torch.arange(images) % 3,
+        "entries": [{"epoch": 1, "failed": None, "per_image": per_image}],
+    }
+
+
+def test_a_transfer_from_fewer_than_ten_teacher_fooled_images_is_shown_as_too_few() -> None:
+    from kd_probe._report_sections import agreement_section
+
+    distilled, baseline = _run("distilled", 0, _history(8, 1, 0)), _run("baseline", 0, _history(8, 1, 1))
+    distilled.agreement, baseline.agreement = _agreement(4, 2), _agreement(4, 1)
+    text = "\n".join(agreement_section(_evidence([distilled], [baseline])))
+    row = next(line for line in text.splitlines() if line.startswith("| adversarial transfer, ε = 1/255"))
+    assert row == (
+        "| adversarial transfer, ε = 1/255 | too few: 4 teacher-fooled images (< 10) | "
+        "too few: 4 teacher-fooled images (< 10) | – |"
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| adversarial transfer, ε = 8/255"))
+    assert "; 64 fooled |" in row and row.count("[") == 3  # enough images: values, intervals and the difference
+    assert "| teacher fooled, ε = 1/255 | 0.0625 [" in text and "| CAM cosine | 0.75 [" in text
