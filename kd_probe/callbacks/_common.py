@@ -17,6 +17,8 @@ from typing_extensions import override
 from kd_probe._paths import write_atomically
 from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
+from kd_probe.callbacks._probe_sources import ProbeFile, open_probe_source
+from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.render import per_image_unit
 
@@ -48,9 +50,13 @@ def read_probe_set(
     owner: str | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Images ``[N, C, H, W]``, masks ``[N, H, W]`` (bool) and labels ``[N]`` from tensors, a dataset of
-    ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (the built-in ``ShapesDataModule``);
-    checked now, so a mistake is reported at construction, not hours into training. ``owner`` (a probe that
-    measures images only) refuses token sequences and point clouds in one sentence."""
+    ``(image, label, mask)`` triples, a data module with a ``probe_set`` (the built-in ``ShapesDataModule``), or a
+    :class:`ProbeFile` or its path; checked now, so a mistake is reported at construction, not hours into
+    training. ``owner`` (a probe that measures images only) refuses token sequences and point clouds in one
+    sentence."""
+    images = open_probe_source(images)
+    if isinstance(images, ProbeFile):
+        images, masks, labels = images.parts(masks, labels)
     if owner is not None and getattr(images, "units", None) is not None and not isinstance(images, Tensor):
         _refuse_modality(owner, f"{type(images).__name__} ({images.units.kind})")
     if hasattr(images, "probe_set") and not isinstance(images, Tensor):
@@ -230,10 +236,12 @@ def networks_by_role(pl_module: pl.LightningModule, **roles: str | nn.Module) ->
 def probe_normalization(
     source: Any, normalization: tuple[Sequence[float], Sequence[float]] | None, channels: int
 ) -> tuple[Tensor, Tensor]:
-    """``(mean, std)`` ``[1, C, 1, 1]`` of the probe images: given, else the data module's ``mean``/``std``,
-    else none (0 and 1) — to show the images as pictures and to express pixel-unit budgets."""
-    if normalization is None and hasattr(source, "mean") and hasattr(source, "std") and not isinstance(source, Tensor):
-        normalization = (source.mean, source.std)
+    """``(mean, std)`` ``[1, C, 1, 1]`` of the probe images: given, else the data module's (or the
+    :class:`ProbeFile`'s) ``mean``/``std``, else none (0 and 1) — to show the images as pictures and to express
+    pixel-unit budgets."""
+    stats = (getattr(source, "mean", None), getattr(source, "std", None))
+    if normalization is None and stats[0] is not None and stats[1] is not None and not isinstance(source, Tensor):
+        normalization = (stats[0], stats[1])
     mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
     return torch.as_tensor(mean).float().view(1, -1, 1, 1), torch.as_tensor(std).float().view(1, -1, 1, 1)
 
@@ -266,7 +274,7 @@ def save_atomically(record: Any, path: Path) -> None:
     write_atomically(path, lambda temporary: torch.save(record, temporary))
 
 
-class BatchProbe(pl.Callback):
+class BatchProbe(ProbeCallback):
     """What the probes of one fixed held-out batch share (``AgreementProbe``, ``UniCAMProbe``): probe at epoch 0
     (before any optimizer step) and after every ``every_n_epochs`` epochs, on rank zero only (no collectives),
     never during sanity checking or ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 
 from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import learning_speed, normalised_step, stability
+from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import modules_through
 
-__all__ = ["PathLength", "history_metrics", "write_summary"]
+__all__ = ["PathLength", "checkpoint_fields", "checkpoint_scalars", "final_metrics", "history_metrics", "write_summary"]
 
 
 class PathLength:
@@ -94,8 +95,10 @@ def history_metrics(history: list[dict[str, Any]], foreground: Tensor) -> dict[s
     }
 
 
-def write_summary(path: Path, history: list[dict[str, Any]], foreground: Tensor, extra: dict[str, Any]) -> None:
-    """``kd_probe_summary.json``: every final metric, the checkpoints and the settings (atomically)."""
+def final_metrics(history: list[dict[str, Any]], foreground: Tensor) -> dict[str, float]:
+    """The summary's final metrics: ``n_fg``, ``n_bg`` (means over the effective images of the last successful
+    checkpoint), ``fg_ratio``, ``fg_ratio_with_points`` of that checkpoint and :func:`history_metrics`; NaN for
+    what no successful checkpoint gives."""
     done = [entry for entry in history if entry.get("failed") is None and "n_fg" in entry]
     last = done[-1] if done else None
     used = last["effective"] if last is not None and last["effective"].any() else None
@@ -106,14 +109,21 @@ def write_summary(path: Path, history: list[dict[str, Any]], foreground: Tensor,
         values = last[key][used] if used is not None else last[key]
         return float(values.float().mean())
 
-    summary = {
-        **extra,
+    return {
         "n_fg": mean("n_fg"),
         "n_bg": mean("n_bg"),
         "fg_ratio": last["fg_ratio"] if last else math.nan,
         "fg_ratio_with_points": last["fg_ratio_with_points"] if last else math.nan,
         **{"d_mean": math.nan, "d_std": math.nan, "d_var": math.nan, "rho": math.nan, "rho_all": math.nan},
         **history_metrics(history, foreground),
+    }
+
+
+def write_summary(path: Path, history: list[dict[str, Any]], foreground: Tensor, extra: dict[str, Any]) -> None:
+    """``kd_probe_summary.json``: every final metric, the checkpoints and the settings (atomically)."""
+    summary = {
+        **extra,
+        **final_metrics(history, foreground),
         "checkpoints": [
             {
                 "epoch": entry["epoch"],
@@ -138,3 +148,42 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return repr(value)
+
+
+def checkpoint_fields(
+    maps: dict[str, Tensor], masks: Tensor, *, threshold: float, baseline: str | float
+) -> dict[str, Any]:
+    """One checkpoint's history fields from the gathered σ-map fields: the maps themselves and the knowledge
+    points counted on the images with ``σ_f > 0`` (spec §1.3)."""
+    effective = maps["effective"] > 0.5
+    points = count_knowledge_points(maps["entropy"], masks, threshold=threshold, baseline=baseline, effective=effective)
+    used = effective if effective.any() else torch.ones_like(effective)
+    return {
+        "entropy": maps["entropy"],
+        "sigma_f": maps["sigma_f"],
+        "effective": effective,
+        "reached_target": maps["reached_target"] > 0.5,
+        "boosted": maps["boosted"] > 0.5,
+        "step": maps["step"].long(),
+        "points": points.points,
+        "n_fg": points.n_fg,
+        "n_bg": points.n_bg,
+        "fg_ratio": points.fg_ratio,
+        "fg_ratio_with_points": points.fg_ratio_with_points,
+        "baseline": float(points.baseline[used].nanmean()),
+    }
+
+
+def checkpoint_scalars(entry: dict[str, Any]) -> dict[str, float]:
+    """The finite per-checkpoint scalars of a history entry, by tag suffix (``knowledge_points/n_fg``, ...)."""
+    effective = entry["effective"]
+    used = effective if effective.any() else torch.ones_like(effective)
+    scalars = {
+        "knowledge_points/n_fg": float(entry["n_fg"][used].float().mean()),
+        "knowledge_points/n_bg": float(entry["n_bg"][used].float().mean()),
+        "knowledge_points/fg_ratio": entry["fg_ratio"],
+        "knowledge_points/baseline_entropy": entry["baseline"],
+        "sigma/reached_target_fraction": float(entry["reached_target"].float().mean()),
+        "sigma/effective_fraction": float(effective.float().mean()),
+    }
+    return {key: value for key, value in scalars.items() if math.isfinite(value)}

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kd_probe.callbacks._common import read_probe_set
+from kd_probe.callbacks._probe_sources import ProbeFile, open_probe_source
 from kd_probe.core.knowledge_points import downsample_mask, unit_foreground
 from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
 from kd_probe.core.units import ImageGrid, Points, Tokens, Units
@@ -41,9 +42,10 @@ class ProbeInputs:
 
 
 def read_probe_inputs(images: Any, masks: Tensor | None, options: dict[str, Any]) -> ProbeInputs:
-    """The probe inputs and foreground of ``images`` (a tensor, a dataset of ``(input, label, foreground)`` or a
-    data module with a ``probe_set``). The unit type is ``options["units"]``, else the data module's ``units``
-    attribute, else images with ``options["grid"]``; checked now, so a mistake is reported at construction."""
+    """The probe inputs and foreground of ``images`` (a tensor, a dataset of ``(input, label, foreground)``, a
+    data module with a ``probe_set``, or a ``ProbeFile``). The unit type is ``options["units"]``, else the data
+    module's ``units`` attribute, else images with ``options["grid"]``; checked now, so a mistake is reported at
+    construction."""
     units = options.get("units")
     if units is None and not isinstance(images, (Tensor, Dataset)):
         units = getattr(images, "units", None)
@@ -75,6 +77,9 @@ def read_probe_inputs(images: Any, masks: Tensor | None, options: dict[str, Any]
 
 def _read_unit_set(images: Any, masks: Tensor | None, units: Units) -> tuple[Tensor, Tensor]:
     what = "point clouds [N, P, 3]" if isinstance(units, Points) else "token ids [N, T]"
+    images = open_probe_source(images)
+    if isinstance(images, ProbeFile):
+        images, masks, _ = images.parts(masks, None)
     if hasattr(images, "probe_set") and not isinstance(images, Tensor):
         images = images.probe_set
     if isinstance(images, Dataset):

@@ -32,6 +32,7 @@ from kd_probe.callbacks._common import (
     save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
+from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -52,7 +53,7 @@ from kd_probe.core.transforms import TRANSFORMS
 __all__ = ["AgreementProbe"]
 
 
-class AgreementProbe(BatchProbe):
+class AgreementProbe(ProbeSetReader, BatchProbe):
     """Measure, during training, how much the student agrees with its teacher beyond accuracy ([WK]).
 
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``:
@@ -80,7 +81,9 @@ class AgreementProbe(BatchProbe):
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect), a dataset of
-            ``(image, label, mask)`` triples, or a data module with a ``probe_set`` (and ``mean``/``std``).
+            ``(image, label, mask)`` triples, a data module with a ``probe_set`` (and ``mean``/``std``),
+            ``"datamodule"`` (the Trainer's, read at ``setup``) or the path of a file ``torch.save({"images": ...,
+            "labels": ..., "masks": ..., "mean": ..., "std": ...})`` (masks and normalisation optional).
         labels: ``[N]`` classes when ``images`` is a tensor. masks: optional ``[N, H, W]`` foreground masks.
         teacher_layer, student_layer: dotted names of the Grad-CAM layers.
         reference: an independently trained model (enables ``cam_win_rate``).
@@ -106,7 +109,8 @@ class AgreementProbe(BatchProbe):
         ``<p>/agreement/adv_transfer/eps_<k>`` and ``<p>/agreement/teacher_fooling_rate/eps_<k>`` for each
         (``k`` = ε·255: ``eps_1``, ``eps_0.5``; a transfer no image fooled the teacher for is NaN in the entry
         and not logged), ``<p>/agreement/invariance/<transform>/{student,teacher}``, and the image grid
-        ``<p>/agreement/cams`` (rows: input, teacher CAM, student CAM).
+        ``<p>/agreement/cams`` (rows: input, teacher CAM, student CAM); with a ``TensorBoardLogger`` also the
+        run's Custom Scalars layout and HParams (:class:`ProbeCallback`).
 
     Example::
 
@@ -138,11 +142,6 @@ class AgreementProbe(BatchProbe):
         max_batch: int | None = None,
         prefix_tokens: int | None = None,
     ) -> None:
-        self.images, self.masks, probe_labels = read_probe_set(
-            images, masks, labels, need_masks=False, need_labels=True, owner="AgreementProbe"
-        )
-        assert probe_labels is not None  # read_probe_set requires labels here
-        self.labels = probe_labels
         check_agreement_options(steps, transforms, log_images, seed, reference)
         self.eps = check_eps(eps)
         self.eps_keys = tuple(eps_key(radius) for radius in self.eps)
@@ -160,11 +159,25 @@ class AgreementProbe(BatchProbe):
         self.max_batch = max_batch
         check_prefix_tokens(prefix_tokens)
         self.prefix_tokens = prefix_tokens
-        check_normalization(normalization, self.images.shape[1])
-        self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self._cache: dict[str, Any] | None = None
         self._start_guards()
+        self._take_probe_set(images, labels=labels, masks=masks, normalization=normalization)  # or in `setup`
+
+    def _read_probe_set(
+        self,
+        source: Any,
+        labels: Tensor | None = None,
+        masks: Tensor | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        self.images, self.masks, probe_labels = read_probe_set(
+            source, masks, labels, need_masks=False, need_labels=True, owner="AgreementProbe"
+        )
+        assert probe_labels is not None  # read_probe_set requires labels here
+        self.labels = probe_labels
+        check_normalization(normalization, self.images.shape[1])
+        self.mean, self.std = probe_normalization(source, normalization, self.images.shape[1])
 
     @property
     def prefix(self) -> str:
@@ -179,6 +192,7 @@ class AgreementProbe(BatchProbe):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         resolve_layer(teacher, self.teacher_layer, argument="teacher_layer")
         resolve_layer(student, self.student_layer, argument="student_layer")
@@ -196,6 +210,7 @@ class AgreementProbe(BatchProbe):
         )
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the agreement CAM grid is not logged, scalars are.")
+        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     def _teacher_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
         """Everything that depends only on the (frozen) teacher and the reference: computed once."""

@@ -25,10 +25,18 @@ from kd_probe.callbacks._common import (
     save_atomically,
     shard_indices,
 )
-from kd_probe.callbacks._dynamics import PathLength, history_metrics, write_summary
+from kd_probe.callbacks._dynamics import (
+    PathLength,
+    checkpoint_fields,
+    checkpoint_scalars,
+    history_metrics,
+    write_summary,
+)
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
+from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
+from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.callbacks._units import describe_units, log_unit_media, read_probe_inputs
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import module_device, resolve_layer
@@ -58,7 +66,7 @@ _LAM = inspect.signature(estimate_sigma_maps).parameters["lam"].default  # recor
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
 
-class KnowledgePointProbe(pl.Callback):
+class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     """Find the knowledge points of a network on held-out images during training and log their curves.
 
     At each scheduled checkpoint (before the first optimizer step — "epoch 0" — and after scheduled
@@ -78,8 +86,10 @@ class KnowledgePointProbe(pl.Callback):
 
     Args:
         images: probe inputs: images ``[N, C, H, W]`` (normalised as the model expects), token ids ``[N, T]`` or
-            point clouds ``[N, P, 3]`` (with ``units``), a dataset of ``(input, label, foreground)`` triples, or a
-            data module with a ``probe_set`` (whose ``units`` attribute, when it has one, picks the unit type).
+            point clouds ``[N, P, 3]`` (with ``units``), a dataset of ``(input, label, foreground)`` triples, a
+            data module with a ``probe_set`` (whose ``units`` attribute, when it has one, picks the unit type),
+            ``"datamodule"`` (that of the Trainer's data module, read at ``setup``) or the path of a file
+            ``torch.save({"images": ..., "masks": ...})`` (the two forms a YAML config can write).
         masks: foreground masks ``[N, H, W]`` (images) or per-unit flags ``[N, U]`` when ``images`` is a tensor.
         layer: dotted module name inside the probed network whose output is the feature.
         epochs: epochs after which to probe (0 = before training), or ``"paper"`` ([KP]'s checkpoints
@@ -111,6 +121,8 @@ class KnowledgePointProbe(pl.Callback):
           points red / foreground green) and the same as text; points: a top view per cloud (entropy; knowledge
           points red, object green) and ``<p>/maps_points`` (mesh plugin, points coloured likewise).
         - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
+        - ``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}`` (TensorBoard, end of fit): the summary's values, the
+          *HParams* tab's metrics (with the run's Custom Scalars layout: :class:`ProbeCallback`).
 
     Example::
 
@@ -142,18 +154,11 @@ class KnowledgePointProbe(pl.Callback):
         name = None if name is None else check_name(name)
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
-        self.probe_set = read_probe_inputs(images, masks, sigma_options)
-        self.images, self.masks = self.probe_set.inputs, self.probe_set.masks
         self.schedule = ProbeSchedule(epochs, every_n_epochs)
         self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
         self.threshold, self.baseline = threshold, baseline
-        self.sigma_options = dict(sigma_options)
-        if self.probe_set.units is not None:
-            self.sigma_options["units"] = self.probe_set.units
-        self.foreground = self.probe_set.foreground  # the probe inputs' foreground units
-        count_knowledge_points(
-            torch.zeros(1, *self.foreground.shape[1:]), self.foreground[:1], threshold=threshold, baseline=baseline
-        )  # checks threshold and baseline now
+        self.sigma_options = sigma_options  # kept as given: `kd-probe fit` finds the σ options through this name
+        self._take_probe_set(images, masks=masks)  # now, or in `setup` for images="datamodule"
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
         self._network: torch.nn.Module | None = None
@@ -162,6 +167,19 @@ class KnowledgePointProbe(pl.Callback):
         self.side_effects = SideEffects(owner)
         knobs = "probe fewer images, use fewer `samples` or `steps` or a coarser `grid`, or probe less often (`epochs`/`every_n_epochs`)"
         self.cost = CostGuard(owner, knobs)
+
+    def _read_probe_set(self, source: Any, masks: Tensor | None = None) -> None:
+        self.probe_set = read_probe_inputs(source, masks, self.sigma_options)
+        self.images, self.masks = self.probe_set.inputs, self.probe_set.masks
+        if self.probe_set.units is not None:
+            self.sigma_options["units"] = self.probe_set.units
+        self.foreground = self.probe_set.foreground  # the probe inputs' foreground units
+        count_knowledge_points(
+            torch.zeros(1, *self.foreground.shape[1:]),
+            self.foreground[:1],
+            threshold=self.threshold,
+            baseline=self.baseline,
+        )  # checks threshold and baseline now
 
     @property
     def prefix(self) -> str:
@@ -176,6 +194,7 @@ class KnowledgePointProbe(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or getattr(trainer, "fast_dev_run", False):
             return
+        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
         network = find_network(pl_module, self.module_path)
         resolve_layer(network, self.layer)
         check_knowledge_point_setup(network, self.images, self.layer)
@@ -193,6 +212,7 @@ class KnowledgePointProbe(pl.Callback):
             rank_zero_info(f"kd_probe: `{self.layer}` has no weight of its own; the path length D tracks `{tracked}`.")
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             self._warn_once("no TensorBoardLogger: the `maps` images and histograms are not logged, scalars are.")
+        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -228,6 +248,7 @@ class KnowledgePointProbe(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # the HParams metrics
         if getattr(trainer, "fast_dev_run", False) or not self.history or not trainer.is_global_zero:
             return
         self._log_scalars(trainer, None, self._dynamics(None))
@@ -301,7 +322,7 @@ class KnowledgePointProbe(pl.Callback):
         else:  # every rank gathers here, before any rank-zero-only work
             full = {key: gather_shards(trainer, value.to(device), count).cpu() for key, value in fields.items()}
             try:
-                entry.update(self._knowledge_points(full))
+                entry.update(checkpoint_fields(full, self.masks, threshold=self.threshold, baseline=self.baseline))
             except Exception as error:
                 entry["failed"] = failure_reason(error)
         if entry["failed"] is not None:
@@ -314,27 +335,6 @@ class KnowledgePointProbe(pl.Callback):
         self._publish(trainer, entry)
         return entry
 
-    def _knowledge_points(self, maps: dict[str, Tensor]) -> dict[str, Any]:
-        effective = maps["effective"] > 0.5
-        points = count_knowledge_points(
-            maps["entropy"], self.masks, threshold=self.threshold, baseline=self.baseline, effective=effective
-        )
-        used = effective if effective.any() else torch.ones_like(effective)
-        return {
-            "entropy": maps["entropy"],
-            "sigma_f": maps["sigma_f"],
-            "effective": effective,
-            "reached_target": maps["reached_target"] > 0.5,
-            "boosted": maps["boosted"] > 0.5,
-            "step": maps["step"].long(),
-            "points": points.points,
-            "n_fg": points.n_fg,
-            "n_bg": points.n_bg,
-            "fg_ratio": points.fg_ratio,
-            "fg_ratio_with_points": points.fg_ratio_with_points,
-            "baseline": float(points.baseline[used].nanmean()),
-        }
-
     def _any_rank_failed(self, trainer: pl.Trainer, failed: bool, device: torch.device) -> bool:
         if trainer.world_size == 1:
             return failed
@@ -346,26 +346,14 @@ class KnowledgePointProbe(pl.Callback):
         """Rank zero, after the entry is recorded: scalars to each logger, the dynamics, the media, the history
         file — each guarded (a problem is warned about once and noted in ``entry["problems"]``)."""
         if entry["failed"] is None:
-            self._log_scalars(trainer, entry, {**self._scalars(entry), **self._dynamics(entry)})
+            scalars = {f"{self.prefix}/{key}": value for key, value in checkpoint_scalars(entry).items()}
+            self._log_scalars(trainer, entry, {**scalars, **self._dynamics(entry)})
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     what = "writing the maps and the histogram to TensorBoard"
                     self.side_effects.run(entry, what, self._log_media, logger, entry, trainer.global_step)
         what = f"saving {self._file_name('kd_probe_history', 'pt')}"
         self.side_effects.run(entry, what, self._save_history, trainer)
-
-    def _scalars(self, entry: dict[str, Any]) -> dict[str, float]:
-        effective = entry["effective"]
-        used = effective if effective.any() else torch.ones_like(effective)
-        scalars = {
-            "knowledge_points/n_fg": float(entry["n_fg"][used].float().mean()),
-            "knowledge_points/n_bg": float(entry["n_bg"][used].float().mean()),
-            "knowledge_points/fg_ratio": entry["fg_ratio"],
-            "knowledge_points/baseline_entropy": entry["baseline"],
-            "sigma/reached_target_fraction": float(entry["reached_target"].float().mean()),
-            "sigma/effective_fraction": float(effective.float().mean()),
-        }
-        return {f"{self.prefix}/{key}": value for key, value in scalars.items() if math.isfinite(value)}
 
     def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
         writer = logger.experiment

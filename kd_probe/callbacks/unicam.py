@@ -26,6 +26,7 @@ from kd_probe.callbacks._common import (
     save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
+from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
 from kd_probe.core.distance_correlation import (
     correlation_of_distances,
     distance_matrix,
@@ -59,7 +60,7 @@ def _pairs(layers: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-class UniCAMProbe(BatchProbe):
+class UniCAMProbe(ProbeSetReader, BatchProbe):
     """Measure during training how much of the teacher's label-relevant knowledge the student holds ([UC]).
 
     On a fixed held-out batch, at epoch 0 (before any optimizer step) and every ``every_n_epochs``, for each
@@ -78,8 +79,9 @@ class UniCAMProbe(BatchProbe):
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect; ``N ≥ 4``, two classes or more), a
-            dataset of ``(image, label, ...)`` items, or a data module with a ``probe_set``. Distance
-            correlations are batch statistics: a few dozen images give steadier curves than a handful.
+            dataset of ``(image, label, ...)`` items, a data module with a ``probe_set``, ``"datamodule"`` (the
+            Trainer's, read at ``setup``) or the path of a file ``torch.save({"images": ..., "labels": ...})``.
+            Distance correlations are batch statistics: a few dozen images give steadier curves than a handful.
         labels: ``[N]`` classes when ``images`` is a tensor.
         layers: ``(student layer, teacher layer)`` pairs (a plain name means the same name in both); the
             student's name labels the tags. The reference uses the student's names.
@@ -110,7 +112,8 @@ class UniCAMProbe(BatchProbe):
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
     ``<p>/rs/{teacher,student}/<layer>``, ``<p>/rs/reference/<layer>`` (with reference),
     ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/unicam/distilled``
-    and ``<p>/unicam/residual`` (rows: input, map). The history (every value, and the maps of the first
+    and ``<p>/unicam/residual`` (rows: input, map), and with a ``TensorBoardLogger`` the run's Custom Scalars
+    layout and HParams (:class:`ProbeCallback`). The history (every value, and the maps of the first
     images) is kept in the checkpoint and in ``kd_probe_unicam[_<name>].pt`` in the logger's folder.
 
     The file (``torch.load(path, weights_only=True)``) holds ``entries`` (the history), ``maps``, ``images``
@@ -160,22 +163,6 @@ class UniCAMProbe(BatchProbe):
         features: str = "pooled",
         normalize_rows: bool = False,
     ) -> None:
-        self.images, _, probe_labels = read_probe_set(
-            images, None, labels, need_masks=False, need_labels=True, owner="UniCAMProbe"
-        )
-        assert probe_labels is not None  # read_probe_set requires labels here
-        self.labels = probe_labels
-        if self.images.shape[0] < 4:
-            raise ValueError(
-                f"`images` holds {self.images.shape[0]} probe images; FSS, RS and UniCAM use the bias-corrected "
-                "distance correlation, which needs at least 4."
-            )
-        if int(self.labels.unique().numel()) < 2:
-            raise ValueError(
-                f"`labels` hold a single class ({int(self.labels[0])}); RS (relevance to the labels) is undefined "
-                "with one class: the probe batch needs at least two."
-            )
-        self.targets = label_embedding(self.labels, label_embeddings)
         self.pairs = _pairs(layers)
         cam: tuple = (cam_layer, cam_layer) if isinstance(cam_layer, str) else (cam_layer,)
         cam = tuple(cam_layer) if isinstance(cam_layer, (tuple, list)) else cam
@@ -202,13 +189,38 @@ class UniCAMProbe(BatchProbe):
         check_prefix_tokens(prefix_tokens)
         self.prefix_tokens = prefix_tokens
         self.teacher, self.student, self.log_images = teacher, student, log_images
-        check_normalization(normalization, self.images.shape[1])
-        self.mean, self.std = probe_normalization(images, normalization, self.images.shape[1])
         self.history: list[dict[str, Any]] = []
         self.maps: list[dict[str, Any]] = []
         self.distances: dict[str, Any] | None = None  # of the latest successful probe (class docstring)
         self._cache: dict[str, Any] | None = None
         self._start_guards()
+        self._take_probe_set(images, labels=labels, label_embeddings=label_embeddings, normalization=normalization)
+
+    def _read_probe_set(
+        self,
+        source: Any,
+        labels: Tensor | None = None,
+        label_embeddings: Tensor | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        self.images, _, probe_labels = read_probe_set(
+            source, None, labels, need_masks=False, need_labels=True, owner="UniCAMProbe"
+        )
+        assert probe_labels is not None  # read_probe_set requires labels here
+        self.labels = probe_labels
+        if self.images.shape[0] < 4:
+            raise ValueError(
+                f"`images` holds {self.images.shape[0]} probe images; FSS, RS and UniCAM use the bias-corrected "
+                "distance correlation, which needs at least 4."
+            )
+        if int(self.labels.unique().numel()) < 2:
+            raise ValueError(
+                f"`labels` hold a single class ({int(self.labels[0])}); RS (relevance to the labels) is undefined "
+                "with one class: the probe batch needs at least two."
+            )
+        self.targets = label_embedding(self.labels, label_embeddings)
+        check_normalization(normalization, self.images.shape[1])
+        self.mean, self.std = probe_normalization(source, normalization, self.images.shape[1])
 
     @property
     def prefix(self) -> str:
@@ -228,6 +240,7 @@ class UniCAMProbe(BatchProbe):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
         student, teacher, _ = self._networks(pl_module)
         checks = [(student, [s for s, _ in self.pairs], "layers"), (teacher, [t for _, t in self.pairs], "layers")]
         checks += [(student, [self.cam_layer[0]], "cam_layer"), (teacher, [self.cam_layer[1]], "cam_layer")]
@@ -246,6 +259,7 @@ class UniCAMProbe(BatchProbe):
             check_cam_layer(shape, self.images, "cam_layer", layer, self.prefix_tokens)
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             rank_zero_warn("kd_probe: no TensorBoardLogger: the UniCAM map grids are not logged, scalars are.")
+        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     @property
     def _other_cam(self) -> str:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe.callbacks._common import find_network
+from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.core.dynamics import CountSketch, cosine, path_efficiency
 from kd_probe.core.layers import resolve_layer
 
@@ -46,7 +47,7 @@ class _Track:
         return track
 
 
-class WeightTrajectoryMonitor(pl.Callback):
+class WeightTrajectoryMonitor(ProbeCallback):
     """Log the length, the direction stability and the straightness of the weights' path during training.
 
     For each tracked group of parameters (default: every top-level child with parameters of the probed
@@ -75,7 +76,8 @@ class WeightTrajectoryMonitor(pl.Callback):
     Logged metrics (``<m>`` = the module name; step = ``trainer.global_step``):
         ``kd_probe/weights/<m>/step_length``, ``kd_probe/weights/<m>/distance``,
         ``kd_probe/weights/<m>/update_cosine``, ``kd_probe/weights/<m>/direction_consistency``,
-        ``kd_probe/weights/<m>/final_alignment``, ``kd_probe/weights/<m>/path_efficiency``.
+        ``kd_probe/weights/<m>/final_alignment``, ``kd_probe/weights/<m>/path_efficiency``; with a
+        ``TensorBoardLogger`` also the run's Custom Scalars layout and HParams (:class:`ProbeCallback`).
 
     Example::
 
@@ -123,6 +125,7 @@ class WeightTrajectoryMonitor(pl.Callback):
         if not names:
             raise ValueError(f"{type(network).__name__} has no child module with parameters to track.")
         self._groups = {name: list(network.get_submodule(name).parameters()) for name in names}
+        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     def _vector(self, name: str) -> Tensor:
         flat = torch.cat([p.detach().flatten() for p in self._groups[name]])
@@ -181,6 +184,7 @@ class WeightTrajectoryMonitor(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # the HParams metrics
         for name, track in self._tracks.items():
             final = self._vector(name).cpu() - track.start
             tag = f"kd_probe/weights/{name}"

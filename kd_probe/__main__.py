@@ -1,0 +1,8 @@
+"""``python -m kd_probe``: the ``kd-probe`` command (``demo``, ``report``, ``fit``, ``validate``, ``test``)."""
+
+import sys
+
+from kd_probe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
