@@ -2,11 +2,7 @@ import argparse
 import json
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from kd_probe.data import ShapesDataModule
 from kd_probe.demo import _agreement, _unicam, run_demo
 from kd_probe.demo import main as demo_main
 from kd_probe.report import METRICS, UNICAM, _format
+from tests.tensorboard_server import get_json, tensorboard_server
 
 
 @pytest.fixture(scope="module")
@@ -155,46 +152,17 @@ def test_report_without_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     assert "no run with a kd_probe_summary.json" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.slow
 def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) -> None:
     folder, _ = quick_demo
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(folder),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--reload_interval",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with tensorboard_server(folder) as base:
         scalars: dict = {}
         images: dict = {}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                scalars = _get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
-                images = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
+                scalars = get_json(f"{base}/data/plugin/scalars/tags")
+                images = get_json(f"{base}/data/plugin/images/tags")
             except OSError:
                 pass
             if all("kd_probe/unicam/residual" in images.get(run, {}) for run in ("distilled", "baseline")):
@@ -207,9 +175,6 @@ def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) 
                 "kd_probe/fss/features.relu4" in scalars[run] and "kd_probe/rs/residual/features.relu2" in scalars[run]
             )
             assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(images[run])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow

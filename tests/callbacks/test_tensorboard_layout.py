@@ -2,9 +2,6 @@
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -32,6 +29,7 @@ from kd_probe.callbacks._tensorboard import (
 )
 from kd_probe.data import ShapesDataModule
 from tests.callbacks.conftest import PROBE, RecordingLogger, loaders, tiny_data, tiny_net, trainer
+from tests.tensorboard_server import get_json, tensorboard_server
 
 LAYOUT_TAG = "custom_scalars__config__"
 
@@ -255,37 +253,16 @@ def test_named_probes_get_their_own_hparams_metrics() -> None:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, body: dict | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"} if body is not None else {}
-    request = urllib.request.Request(url, data=data, headers=headers)
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.slow
 def test_a_real_tensorboard_serves_the_layout_and_hparams(runs: dict[str, Any]) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}/data/plugin"
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs["root"]), "--host", "127.0.0.1"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with tensorboard_server(runs["root"]) as server:
+        base = f"{server}/data/plugin"
         layout: dict = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                layout = _get(f"{base}/custom_scalars/layout")
-                runs_seen = _get(f"http://127.0.0.1:{port}/data/runs")
+                layout = get_json(f"{base}/custom_scalars/layout")
+                runs_seen = get_json(f"{server}/data/runs")
             except OSError:
                 runs_seen = []
             if layout and {"distilled", "baseline"} <= set(runs_seen):
@@ -301,12 +278,12 @@ def test_a_real_tensorboard_serves_the_layout_and_hparams(runs: dict[str, Any]) 
         )
         for run in ("distilled", "baseline"):  # the chart draws both runs
             query = urllib.parse.urlencode({"run": run, "tag": n_fg})
-            scalars = _get(f"{base}/custom_scalars/scalars?{query}")
+            scalars = get_json(f"{base}/custom_scalars/scalars?{query}")
             assert scalars["regex_valid"] and list(scalars["tag_to_events"]) == ["kd_probe/knowledge_points/n_fg"]
-        experiment = _get(f"{base}/hparams/experiment", {"experimentName": ""})
+        experiment = get_json(f"{base}/hparams/experiment", {"experimentName": ""})
         assert [m["name"]["tag"] for m in experiment["metricInfos"]][-1] == ACCURACY_TAG
         assert {"kd_probe/teacher", "kd_probe/layer", "temperature"} <= {h["name"] for h in experiment["hparamInfos"]}
-        groups = _get(
+        groups = get_json(
             f"{base}/hparams/session_groups",
             {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "startIndex": 0, "sliceSize": 10},
         )
@@ -317,6 +294,3 @@ def test_a_real_tensorboard_serves_the_layout_and_hparams(runs: dict[str, Any]) 
             session = {m["name"]["tag"]: m["value"] for m in sessions[run]["metricValues"]}
             assert session["kd_probe/hparams/fg_ratio"] == pytest.approx(runs[run].summary["fg_ratio"], rel=1e-6)
             assert session[ACCURACY_TAG] == pytest.approx(runs[run].test_acc, rel=1e-6)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

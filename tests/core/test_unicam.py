@@ -49,12 +49,9 @@ def test_maps_light_up_where_the_label_information_is(objective):
     assert result.maps.shape == (24, 8, 8) and result.maps.min() >= 0 and result.maps.max() <= 1
 
 
-def test_maps_and_score_equal_the_hand_computation():
-    student, teacher = _pair()
-    images, labels = torch.randn(8, 3, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    result = UniCAM(student, teacher, layer="features.conv2", feature_layer_x="features.relu2")(images, labels)
-
-    # by hand: full forwards in eval mode, hooks, autograd on the whole graph
+def _by_hand(student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor) -> dict:
+    """By hand: full forwards of copies in eval mode, hooks, the student's graph kept for autograd: the CAM
+    layer's activations ``a``, the student's features ``f`` and the teacher's ``t``."""
     student_copy, teacher_copy = copy.deepcopy(student).eval(), copy.deepcopy(teacher).eval()
     store = {}
     student_copy.features.conv2.register_forward_hook(lambda _m, _i, out: store.update(a=out))
@@ -63,6 +60,15 @@ def test_maps_and_score_equal_the_hand_computation():
     student_copy(images)
     with torch.no_grad():
         teacher_copy(images)
+    return store
+
+
+def test_maps_and_score_equal_the_hand_computation():
+    student, teacher = _pair()
+    images, labels = torch.randn(8, 3, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    result = UniCAM(student, teacher, layer="features.conv2", feature_layer_x="features.relu2")(images, labels)
+
+    store = _by_hand(student, teacher, images)
     score = relevance_given(store["f"].mean(dim=(2, 3)), store["t"].mean(dim=(2, 3)), labels)
     (gradient,) = torch.autograd.grad(score, store["a"])
     cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(dim=1))
@@ -79,14 +85,7 @@ def test_flattened_features_equal_the_hand_computation():
     options = dict(layer="features.conv2", feature_layer_x="features.relu2", features="flattened")
     result = UniCAM(student, teacher, **options)(images, labels)
 
-    student_copy, teacher_copy = copy.deepcopy(student).eval(), copy.deepcopy(teacher).eval()
-    store = {}
-    student_copy.features.conv2.register_forward_hook(lambda _m, _i, out: store.update(a=out))
-    student_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(f=out))
-    teacher_copy.features.relu2.register_forward_hook(lambda _m, _i, out: store.update(t=out))
-    student_copy(images)
-    with torch.no_grad():
-        teacher_copy(images)
+    store = _by_hand(student, teacher, images)
     assert store["f"].dim() == 4 and store["f"].shape[2:] != (1, 1)  # a real map, not a pooled vector
     score = relevance_given(store["f"].reshape(8, -1), store["t"].reshape(8, -1), labels)
     (gradient,) = torch.autograd.grad(score, store["a"])
