@@ -39,14 +39,33 @@ Example::
     pl.Trainer(max_epochs=5).fit(student, datamodule=data)
 """
 
-from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
-from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
-from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
-from kd_probe.core.unicam import UniCAM
-from kd_probe.core.units import ImageGrid, Points, Tokens
-from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
-from kd_probe.metrics import KnowledgePointCount
-from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
+    from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
+    from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
+    from kd_probe.core.unicam import UniCAM
+    from kd_probe.core.units import ImageGrid, Points, Tokens
+    from kd_probe.data import CUB200, ImageMaskFolder, ShapesDataModule
+    from kd_probe.metrics import KnowledgePointCount
+    from kd_probe.modules import DistillationModule, TwoPhaseResult, run_two_phase
+
+# where each public name lives: imported on first use (PEP 562), so that `kd-probe --help` needs no torch
+_PUBLIC = {
+    "kd_probe.callbacks": ("AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor"),
+    "kd_probe.core.knowledge_points": ("KnowledgePoints", "count_knowledge_points"),
+    "kd_probe.core.sigma": ("SigmaMaps", "estimate_sigma_maps"),
+    "kd_probe.core.unicam": ("UniCAM",),
+    "kd_probe.core.units": ("ImageGrid", "Points", "Tokens"),
+    "kd_probe.data": ("CUB200", "ImageMaskFolder", "ShapesDataModule"),
+    "kd_probe.metrics": ("KnowledgePointCount",),
+    "kd_probe.modules": ("DistillationModule", "TwoPhaseResult", "run_two_phase"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
 __version__ = "0.1.0"
 
@@ -72,3 +91,22 @@ __all__ = [
     "estimate_sigma_maps",
     "run_two_phase",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, or a sub-module (``kd_probe.models``), imported on first use."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

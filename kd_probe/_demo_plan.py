@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from kd_probe._paths import check_name
+from kd_probe._cli_options import add_demo_arguments as add_arguments
+from kd_probe._cli_options import check_demo_arguments, sigma_method
 from kd_probe.callbacks import KnowledgePointProbe
 
 __all__ = ["PROBE_DEFAULTS", "Plan", "ProbeClock", "add_arguments", "check_arguments", "make_plan", "sigma_options"]
@@ -35,100 +35,12 @@ PROBE_DEFAULTS: dict[tuple[str, bool], tuple[int, int, int | None]] = {
 EPOCHS = {"image": (10, 10), "text": (40, 30), "points": (20, 20)}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _experiment(text: str) -> str:
-    try:
-        return check_name(text, "--experiment")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
-    add = parser.add_argument
-    add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
-    add(
-        "--experiment",
-        type=_experiment,
-        default="demo",
-        help="experiment name, one folder name: logs go to OUT/EXPERIMENT/<run>",
-    )
-    add("--overwrite", action="store_true", help="remove the runs and report of an earlier demo in OUT/EXPERIMENT")
-    add(
-        "--protocol",
-        choices=("hinton", "paper"),
-        default="hinton",
-        help="hinton: logit KD into a smaller student; paper: [KP]'s two-phase feature mimicking, one architecture",
-    )
-    add(
-        "--modality",
-        choices=("image", "text", "points"),
-        default="image",
-        help="built-in data: image (shapes, the default), text (sentiment sentences) or points (3-D point clouds)",
-    )
-    add("--seed", type=int, default=0, help="seed of the data and of the first run")
-    add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
-    add(
-        "--epochs",
-        type=_positive,
-        default=None,
-        help="epochs of the students (default 10 for images, 40 for text, 20 for points; ×3 with --full)",
-    )
-    add(
-        "--teacher-epochs",
-        type=_positive,
-        default=None,
-        help="epochs of the teacher (default 10 for images, 30 for text, 20 for points; ×2 with --full)",
-    )
-    add("--num-classes", type=int, default=6, help="shape classes (2-8)")
-    add("--image-size", type=int, default=32, help="image side in pixels")
-    add("--train-size", type=_positive, default=None, help="training images (default 4000; 5000 with --full)")
-    add(
-        "--background-bias",
-        type=float,
-        default=0.2,
-        help="probability that the background is tied to the class (a shortcut)",
-    )
-    add(
-        "--method",
-        choices=("secant", "faithful"),
-        default=None,
-        help="σ maps: secant (spec §1.8, the default) or faithful (spec §1.2, the default with --full)",
-    )
-    add(
-        "--probe-images",
-        type=_positive,
-        default=None,
-        help="held-out probe images (default 40 with secant, 10 with faithful, 32 with --full)",
-    )
-    add(
-        "--samples",
-        type=_positive,
-        default=None,
-        help="noise samples per secant pass (default 64) or per faithful σ step (default 16; 96 with --full)",
-    )
-    add("--passes", type=_positive, default=None, help="secant passes (default 2)")
-    add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
-    add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
-    return parser
-
-
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse option combinations that argparse alone cannot, as argparse does (usage, message, exit 2)."""
     try:
         make_plan(args)
     except ValueError as error:
         parser.error(str(error))
-
-
-def _method(args: argparse.Namespace) -> str:
-    return str(getattr(args, "method", None) or ("faithful" if args.full else "secant"))
 
 
 @dataclass
@@ -154,10 +66,8 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """What the options amount to (defaults filled in)."""
-    method = _method(args)
-    passes = getattr(args, "passes", None)
-    if passes is not None and method != "secant":
-        raise ValueError(f"argument --passes: applies to --method secant only, got --method {method}")
+    check_demo_arguments(args)
+    method, passes = sigma_method(args), getattr(args, "passes", None)
     if args.quick:
         quick_passes = (passes or 2) if method == "secant" else None
         samples = args.samples or (8 if method == "secant" else 4)

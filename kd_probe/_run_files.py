@@ -98,20 +98,58 @@ class RunSummary:
         return self._history
 
 
-def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do."""
+def find_runs(paths: Sequence[Path], *, not_runs: list[Path] | None = None) -> list[Path]:
+    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do.
+
+    Hidden folders, virtual environments and ``site-packages`` are never searched. A folder whose
+    ``kd_probe_summary.json`` is not a summary written by kd_probe (a JSON object with ``settings`` or
+    ``history_file``), and that holds no other file of a probed run, is not a run: it is appended to
+    ``not_runs`` and never read as one (a damaged summary next to a run's other files stays a run, so that the
+    report names the damage).
+
+    Raises:
+        FileNotFoundError: a path that is not a folder, or no run among ``paths``.
+    """
     runs: list[Path] = []
     for path in map(Path, paths):
+        if not path.is_dir():
+            raise FileNotFoundError(f"no such folder: {path}")
         if (path / SUMMARY_FILE).exists():
-            runs.append(path)
+            found = [path]
         else:
-            runs.extend(sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}")))
+            found = sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}") if not _never_a_run(p.parent))
+        for folder in found:
+            if _is_run(folder):
+                runs.append(folder)
+            elif not_runs is not None:
+                not_runs.append(folder)
     if not runs:
         raise FileNotFoundError(
-            f"no run with a {SUMMARY_FILE} in {[str(p) for p in paths]}; run a "
+            f"no run with a {SUMMARY_FILE} in {', '.join(str(p) for p in paths)}; run a "
             "KnowledgePointProbe (or `kd-probe demo`) first."
         )
     return runs
+
+
+def _never_a_run(folder: Path) -> bool:
+    """A hidden folder, a virtual environment or an installed package tree: not searched for runs."""
+    return (
+        folder.name.startswith(".")
+        or folder.name in ("site-packages", "__pycache__")
+        or (folder / "pyvenv.cfg").exists()
+    )
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a probed run: its summary is one kd_probe writes, or it holds a run's other files."""
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        summary = None
+    if isinstance(summary, dict) and ("settings" in summary or "history_file" in summary):
+        return True
+    others = (RUN_FILE, "kd_probe_history*.pt", "events.out.tfevents.*")
+    return any(next(folder.glob(pattern), None) is not None for pattern in others)
 
 
 def load_run(path: Path) -> RunSummary:

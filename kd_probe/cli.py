@@ -1,15 +1,23 @@
 """The ``kd-probe`` command: ``kd-probe demo`` runs the main job; ``kd-probe report RUN_DIR...`` explains runs;
 ``kd-probe fit|validate|test --config run.yaml`` runs Lightning's ``LightningCLI`` over kd_probe
-(:mod:`kd_probe.lightning_cli`)."""
+(:mod:`kd_probe.lightning_cli`).
+
+Only the options are imported at start (:mod:`kd_probe._cli_options`): torch, Lightning, the demo and the report
+are imported for the command that runs, so ``--help`` and a mistyped option answer at once.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from kd_probe import __version__, lightning_cli
-from kd_probe import report as report_app
-from kd_probe.demo import add_arguments, report, run_demo
+from kd_probe import __version__
+from kd_probe._cli_options import (
+    LIGHTNING_COMMANDS,
+    Parser,
+    add_demo_arguments,
+    add_report_arguments,
+    check_demo_arguments,
+)
 
 __all__ = ["main"]
 
@@ -17,26 +25,28 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if arguments and arguments[0] in lightning_cli.COMMANDS:  # LightningCLI parses the rest itself
+    if arguments and arguments[0] in LIGHTNING_COMMANDS:  # LightningCLI parses the rest itself
+        from kd_probe import lightning_cli
+
         return lightning_cli.main(argv)
-    parser = argparse.ArgumentParser(prog="kd-probe", description="Explain knowledge distillation while it happens.")
+    parser = Parser(prog="kd-probe", description="Explain knowledge distillation while it happens.")
     parser.add_argument("--version", action="version", version=f"kd_probe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_arguments(
+    demo = add_demo_arguments(
         commands.add_parser(
             "demo",
             help="train a teacher, a distilled student and a from-scratch baseline on the built-in data",
             description="Train a teacher, a distilled student and a from-scratch baseline on the built-in data.",
         )
     )
-    report_app.add_arguments(
+    add_report_arguments(
         commands.add_parser(
             "report",
             help="write report.md for probed runs: metrics, the paper's hypotheses, figures",
             description="Write report.md for probed runs: metrics, the paper's hypotheses, figures.",
         )
     )
-    for command, what in zip(lightning_cli.COMMANDS, ("train", "validate", "test"), strict=True):
+    for command, what in zip(LIGHTNING_COMMANDS, ("train", "validate", "test"), strict=True):
         commands.add_parser(  # listed for --help; `main` hands these to LightningCLI before parsing
             command,
             add_help=False,
@@ -48,7 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "report":
+        from kd_probe import report as report_app
+
         return report_app.run(args)
+    try:
+        check_demo_arguments(args)
+    except ValueError as error:
+        demo.error(str(error))
+    from kd_probe.demo import report, run_demo
+
     try:
         result = run_demo(args)
     except FileExistsError as error:  # an earlier demo in OUT/EXPERIMENT, refused before any training

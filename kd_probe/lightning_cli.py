@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from torch import nn
 from typing_extensions import override
 
+from kd_probe._cli_options import LIGHTNING_COMMANDS
 from kd_probe.callbacks import KnowledgePointProbe
 from kd_probe.core.sigma import estimate_sigma_maps
 from kd_probe.models import load_weights
@@ -33,7 +34,7 @@ from kd_probe.modules import DistillationModule
 
 __all__ = ["COMMANDS", "CLIDistillationModule", "ConfigurationError", "KDProbeCLI", "SaveFitConfig", "main"]
 
-COMMANDS = ("fit", "validate", "test")
+COMMANDS = LIGHTNING_COMMANDS
 _SIGMA_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(estimate_sigma_maps).parameters.items()

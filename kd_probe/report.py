@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from kd_probe._cli_options import Parser
+from kd_probe._cli_options import add_report_arguments as add_arguments
 from kd_probe._paths import write_atomically
 from kd_probe._report_sections import (
     UNICAM,
@@ -56,6 +58,7 @@ from kd_probe._report_sections import (
 from kd_probe._report_stats import Measure, effective_keep, knowledge_point_measures
 from kd_probe._run_files import (
     METRICS,
+    SUMMARY_FILE,
     RunFileError,
     RunSummary,
     error_text,
@@ -237,8 +240,16 @@ def _check_one_protocol(runs: Sequence[RunSummary]) -> None:
 
 def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
     """The runs that load, and one line per run left out (also printed on stderr)."""
-    runs, left_out = [], []
-    for path in find_runs(paths):
+    runs, left_out, not_runs = [], [], []  # type: list[RunSummary], list[str], list[Path]
+    try:
+        found = find_runs(paths, not_runs=not_runs)
+    finally:  # named even when no run is left
+        for path in not_runs:
+            print(
+                f"kd-probe report: {path} is not a run: its {SUMMARY_FILE} was not written by kd_probe.",
+                file=sys.stderr,
+            )
+    for path in found:
         try:
             runs.append(load_run(path))
         except RunFileError as error:
@@ -252,20 +263,33 @@ def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
 
 
 def write_report(
-    paths: Sequence[Path], out_dir: Path, *, figures: bool = True, resamples: int = RESAMPLES
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    figures: bool = True,
+    resamples: int = RESAMPLES,
+    note: str | None = None,
 ) -> tuple[Path, str]:
     """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text.
 
     Runs whose files are missing, damaged or hostile are left out (named on stderr and under "Left out").
-    ``resamples``: bootstrap resamples behind every interval (seed 0).
+    ``resamples``: bootstrap resamples behind every interval (seed 0). ``note``: a line written right under the
+    title (the demo's ``--quick`` says its verdicts are on chance-level models).
 
     Raises:
         FileNotFoundError: no run folder among ``paths``.
-        ReportError: no usable run, runs of different protocols, or two runs with the same role and seed.
+        ReportError: no usable run, runs of one role only (none left out), runs of different protocols, or two
+            runs with the same role and seed.
     """
     runs, left_out = _usable_runs(paths)
     distilled = [run for run in runs if run.role == "distilled"]
     baseline = [run for run in runs if run.role == "baseline"]
+    if not left_out and not (distilled and baseline):
+        found = "distilled" if distilled else "baseline"
+        raise ReportError(
+            f"a comparison needs both a distilled and a baseline run; {', '.join(str(p) for p in paths)} holds "
+            f"only {found} runs ({', '.join(run.name for run in runs)})."
+        )
     evidence = Evidence(distilled, baseline, _pairs(distilled, baseline), resamples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +298,7 @@ def write_report(
     lines = [
         "# kd_probe report",
         "",
+        *([note, ""] if note else []),
         f"{time.strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(cell(r.name) for r in runs)}; protocol: "
         f"{runs[0].protocol or 'not recorded'}; σ maps: {runs[0].sigma_method}, λ = {cell(str(lam))}.",
         "",
@@ -394,32 +419,9 @@ def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``kd-probe report RUN_DIR... [--out DIR]``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="kd-probe report", description=__doc__))
+    parser = add_arguments(Parser(prog="kd-probe report", description=__doc__))
     args = parser.parse_args(argv)
     return run(args)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or experiment folders holding runs")
-    parser.add_argument("--out", type=Path, default=None, help="where report.md goes (default: the first folder)")
-    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    parser.add_argument(
-        "--resamples",
-        type=_resamples,
-        default=RESAMPLES,
-        help=f"bootstrap resamples per interval (default {RESAMPLES})",
-    )
-    return parser
-
-
-def _resamples(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 100:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 100 (bootstrap resamples), got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

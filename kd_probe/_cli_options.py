@@ -1,0 +1,190 @@
+"""The ``kd-probe`` command's options, importable without torch or Lightning so that ``--help`` and a mistyped
+option answer at once (``kd_probe.cli`` imports the heavy modules only for the command it runs)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from kd_probe._paths import check_name
+
+__all__ = [
+    "LIGHTNING_COMMANDS",
+    "MAX_CLASSES",
+    "MIN_IMAGE_SIZE",
+    "QUICK_NOTE",
+    "RESAMPLES",
+    "Parser",
+    "add_demo_arguments",
+    "add_report_arguments",
+    "check_demo_arguments",
+]
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")  # handed to LightningCLI (kd_probe.lightning_cli)
+MAX_CLASSES = 8  # len(kd_probe.data.shapes.SHAPES), one class per built-in shape (tests/test_cli.py checks)
+MIN_IMAGE_SIZE = 16  # the demo's knowledge-point probe takes σ on a 16×16 grid of the image
+RESAMPLES = 2000  # kd_probe.core.uncertainty.RESAMPLES (tests/test_cli.py checks), without importing torch
+QUICK_NOTE = (
+    "Note: --quick trains each model for 1 epoch on 256 images, so the models are near chance level and the "
+    "verdicts below say nothing about distillation; run without --quick for real ones."
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose mistakes are one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+def _integer(low: int, expected: str, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` (to ``high``), else "expected <expected>, got <text>"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+_positive = _integer(1, "a positive integer")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got {text}")
+    return value
+
+
+def _experiment(text: str) -> str:
+    try:
+        return check_name(text, "--experiment")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
+    add = parser.add_argument
+    add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
+    add(
+        "--experiment",
+        type=_experiment,
+        default="demo",
+        help="experiment name, one folder name: logs go to OUT/EXPERIMENT/<run>",
+    )
+    add("--overwrite", action="store_true", help="remove the runs and report of an earlier demo in OUT/EXPERIMENT")
+    add(
+        "--protocol",
+        choices=("hinton", "paper"),
+        default="hinton",
+        help="hinton: logit KD into a smaller student; paper: [KP]'s two-phase feature mimicking, one architecture",
+    )
+    add(
+        "--modality",
+        choices=("image", "text", "points"),
+        default="image",
+        help="built-in data: image (shapes, the default), text (sentiment sentences) or points (3-D point clouds)",
+    )
+    add("--seed", type=int, default=0, help="seed of the data and of the first run")
+    add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
+    add(
+        "--epochs",
+        type=_positive,
+        default=None,
+        help="epochs of the students (default 10 for images, 40 for text, 20 for points; ×3 with --full)",
+    )
+    add(
+        "--teacher-epochs",
+        type=_positive,
+        default=None,
+        help="epochs of the teacher (default 10 for images, 30 for text, 20 for points; ×2 with --full)",
+    )
+    add(
+        "--num-classes",
+        type=_integer(2, f"an integer from 2 to {MAX_CLASSES} (one class per built-in shape)", MAX_CLASSES),
+        default=6,
+        help=f"shape classes (2-{MAX_CLASSES})",
+    )
+    add(
+        "--image-size",
+        type=_integer(MIN_IMAGE_SIZE, f"an integer of at least {MIN_IMAGE_SIZE} pixels (the σ maps' grid is 16×16)"),
+        default=32,
+        help=f"image side in pixels (at least {MIN_IMAGE_SIZE})",
+    )
+    add("--train-size", type=_positive, default=None, help="training images (default 4000; 5000 with --full)")
+    add(
+        "--background-bias",
+        type=_probability,
+        default=0.2,
+        help="probability that the background is tied to the class (a shortcut)",
+    )
+    add(
+        "--method",
+        choices=("secant", "faithful"),
+        default=None,
+        help="σ maps: secant (spec §1.8, the default) or faithful (spec §1.2, the default with --full)",
+    )
+    add(
+        "--probe-images",
+        type=_positive,
+        default=None,
+        help="held-out probe images (default 40 with secant, 10 with faithful, 32 with --full)",
+    )
+    add(
+        "--samples",
+        type=_positive,
+        default=None,
+        help="noise samples per secant pass (default 64) or per faithful σ step (default 16; 96 with --full)",
+    )
+    add("--passes", type=_positive, default=None, help="secant passes (default 2)")
+    add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
+    add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
+    return parser
+
+
+def sigma_method(args: argparse.Namespace) -> str:
+    """The demo's σ method: ``--method``, else faithful with ``--full`` and secant without."""
+    return str(getattr(args, "method", None) or ("faithful" if args.full else "secant"))
+
+
+def check_demo_arguments(args: argparse.Namespace) -> None:
+    """A ``ValueError`` for option combinations that argparse alone cannot refuse."""
+    method = sigma_method(args)
+    if getattr(args, "passes", None) is not None and method != "secant":
+        raise ValueError(f"argument --passes: applies to --method secant only, got --method {method}")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``kd-probe report``'s options."""
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or experiment folders holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md goes (default: the first folder)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--resamples",
+        type=_resamples,
+        default=RESAMPLES,
+        help=f"bootstrap resamples per interval (default {RESAMPLES})",
+    )
+    return parser
+
+
+def _resamples(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 100 (bootstrap resamples), got {text!r}")
+    return value
