@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import stability
@@ -17,6 +18,7 @@ from kd_probe.core.knowledge_points import unit_foreground
 from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
 
 _COLORS = {"distilled": "tab:blue", "baseline": "tab:orange"}
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def _done(run: Any) -> list[dict[str, Any]]:
@@ -24,21 +26,74 @@ def _done(run: Any) -> list[dict[str, Any]]:
 
 
 def curves_figure(runs: list[Any], path: Path) -> Path | None:
-    """N_fg, fg_ratio and the live ρ over training, distilled vs baseline (one line per run)."""
+    """N_fg, fg_ratio and the live ρ over training, distilled vs baseline: per group the mean over seeds with
+    a min–max band, and each seed as a thin line with its own marker."""
+    fig = _draw_curves(runs)
+    if fig is None:
+        return None
+    _save(fig, path)
+    return path
+
+
+def _series(run: Any) -> tuple[list[int], list[list[float]]] | None:
+    """The epochs and the N_fg, fg_ratio and live ρ values of one run's successful probes."""
+    entries = _done(run)
+    if not entries:
+        return None
+    foreground = unit_foreground(run.history["masks"], tuple(entries[0]["entropy"].shape[1:]))
+    points = torch.stack([e["points"] for e in entries])
+    live_rho = [stability(points[: i + 1], foreground) for i in range(len(entries))]
+    n_fg = [float(e["n_fg"].float().mean()) for e in entries]
+    return [e["epoch"] for e in entries], [n_fg, [float(e["fg_ratio"]) for e in entries], live_rho]
+
+
+def _draw_curves(runs: list[Any]) -> Figure | None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     drawn = False
-    for run in runs:
-        entries = _done(run)
-        if run.role not in _COLORS or not entries:
-            continue
-        epochs = [e["epoch"] for e in entries]
-        foreground = unit_foreground(run.history["masks"], tuple(entries[0]["entropy"].shape[1:]))
-        points = torch.stack([e["points"] for e in entries])
-        live_rho = [stability(points[: i + 1], foreground) for i in range(len(entries))]
-        series = ([float(e["n_fg"].float().mean()) for e in entries], [e["fg_ratio"] for e in entries], live_rho)
-        for axis, values in zip(axes, series, strict=True):
-            axis.plot(epochs, values, marker="o", color=_COLORS[run.role], label=run.name, alpha=0.85)
-        drawn = True
+    for role, color in _COLORS.items():
+        group = [(run, found) for run in runs if run.role == role and (found := _series(run)) is not None]
+        for index, (run, (epochs, values)) in enumerate(group):
+            marker = _MARKERS[index % len(_MARKERS)]
+            for axis, series in zip(axes, values, strict=True):
+                if len(group) == 1:
+                    axis.plot(epochs, series, marker="o", color=color, label=run.name, alpha=0.85)
+                else:
+                    axis.plot(
+                        epochs,
+                        series,
+                        marker=marker,
+                        markersize=3,
+                        linewidth=0.7,
+                        color=color,
+                        alpha=0.5,
+                        label=run.name,
+                    )
+        if len(group) > 1:
+            for metric, axis in enumerate(axes):
+                by_epoch: dict[int, list[float]] = {}
+                for _run, (epochs, values) in group:
+                    for epoch, value in zip(epochs, values[metric], strict=True):
+                        by_epoch.setdefault(epoch, []).append(value)
+                epochs = sorted(by_epoch)
+                stacked = [torch.tensor(by_epoch[epoch], dtype=torch.float64) for epoch in epochs]
+                low, high = [float(v.min()) for v in stacked], [float(v.max()) for v in stacked]
+                axis.fill_between(
+                    epochs,
+                    low,
+                    high,
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                    label=f"{role}: min–max of {len(group)} seeds",
+                )
+                axis.plot(
+                    epochs,
+                    [float(v.mean()) for v in stacked],
+                    color=color,
+                    linewidth=2.2,
+                    label=f"{role}: mean of {len(group)} seeds",
+                )
+        drawn = drawn or bool(group)
     if not drawn:
         plt.close(fig)
         return None
@@ -46,11 +101,14 @@ def curves_figure(runs: list[Any], path: Path) -> Path | None:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
     write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)
-    return path
 
 
 def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
@@ -81,6 +139,7 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
             entry["points"][:count],
             history["masks"][:count],
             scale=1,
+            labels=None,
         )
         height = panel.shape[1] // count
         width = panel.shape[2] // 3
@@ -107,7 +166,9 @@ def _unit_maps_figure(columns: list[tuple[Any, dict[str, Any]]], count: int, pat
         if inputs.dim() == 2:
             picture = token_strips(entropy, points, masks & ~entropy.isnan())
         else:
-            picture = point_projections(inputs, entropy, points, masks, size=64)[:, :, 64:]  # the point kinds
+            picture = point_projections(inputs, entropy, points, masks, size=64, labels=None)[
+                :, :, 64:
+            ]  # the point kinds
         axis = axes[0][column]
         axis.imshow(picture.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
         axis.set_xticks([])
@@ -121,7 +182,16 @@ def _unit_maps_figure(columns: list[tuple[Any, dict[str, Any]]], count: int, pat
 
 def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
     """UniCAM distilled and residual maps at the last probe over the same images, for the first distilled and
-    the first baseline run (the maps explain a batch-level score, so both use the same probe batch)."""
+    the first baseline run (the maps explain a batch-level score, so both use the same probe batch); each column
+    says which run and which map, and a colour bar gives the map scale."""
+    fig = _draw_unicam(runs, images)
+    if fig is None:
+        return None
+    _save(fig, path)
+    return path
+
+
+def _draw_unicam(runs: list[Any], images: int) -> Figure | None:
     chosen = []
     for role in ("distilled", "baseline"):
         for run in (r for r in runs if r.role == role):
@@ -134,22 +204,25 @@ def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
         return None
     count = min(images, int(chosen[0][1]["images"].shape[0]))
     columns = 1 + 2 * len(chosen)
-    fig, axes = plt.subplots(count, columns, figsize=(1.8 * columns, 1.9 * count), squeeze=False)
+    fig, axes = plt.subplots(
+        count, columns, figsize=(2.1 * columns + 0.8, 1.9 * count + 0.5), squeeze=False, layout="constrained"
+    )
+    shown: Any = None
     for row in range(count):
         picture = chosen[0][1]["images"][row].permute(1, 2, 0).numpy()
         axes[row][0].imshow(picture)
         for index, (run, _record, maps) in enumerate(chosen):
+            student = f"{run.role} student" + (f" ({run.name})" if run.name != run.role else "")
             for offset, kind in enumerate(("distilled", "residual")):
                 axis = axes[row][1 + 2 * index + offset]
                 axis.imshow(picture.mean(axis=2), cmap="gray", vmin=0, vmax=1)
-                axis.imshow(maps[kind][row].numpy(), cmap="viridis", vmin=0, vmax=1, alpha=0.6)
+                shown = axis.imshow(maps[kind][row].numpy(), cmap="viridis", vmin=0, vmax=1, alpha=0.6)
                 if row == 0:
-                    axis.set_title(f"{run.name}\n{kind}, epoch {maps['epoch']}", fontsize=8)
+                    axis.set_title(f"{student}:\n{kind} map, epoch {maps['epoch']}", fontsize=8)
     axes[0][0].set_title("input", fontsize=8)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    fig.tight_layout()
-    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    bar = fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.9, aspect=30)
+    bar.set_label("UniCAM map (each scaled to [0, 1])", fontsize=8)
+    return fig

@@ -21,7 +21,9 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Subset
 
+from kd_probe._cli_options import QUICK_NOTE, Parser
 from kd_probe._demo_modalities import Modality, modality
 from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
@@ -66,6 +69,7 @@ class DemoResult:
     report_text: str = field(default="", repr=False)
     probe_seconds: float = 0.0  # spent in the knowledge-point probes (σ maps, counts, logging)
     modality: str = "image"
+    note: str | None = None  # one line printed before the report and written at its top (--quick)
 
     def accuracy(self, role: str) -> float:
         values = [run.accuracy for run in self.runs if run.role == role]
@@ -278,10 +282,11 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
 
     from kd_probe.report import write_report
 
-    report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir)
+    note = QUICK_NOTE if args.quick else None
+    report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir, note=note)
     seconds = time.perf_counter() - start
     probe_seconds = sum(clock.seconds for clock in clocks)
-    return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name)
+    return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name, note)
 
 
 def _test(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule) -> float:
@@ -325,7 +330,7 @@ def _two_phase(
 
 def main(argv: list[str] | None = None) -> DemoResult:
     """Entry point of ``python -m kd_probe.demo``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="kd-probe demo", description=__doc__))
+    parser = add_arguments(Parser(prog="kd-probe demo", description=__doc__))
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     try:
@@ -341,11 +346,22 @@ def report(result: DemoResult) -> DemoResult:
     for run in result.runs:
         print(f"  {run.name:<22}{run.accuracy:6.1%}")
     if result.report_text:
+        if result.note:
+            print(f"\n{result.note}")
         print(f"\n{result.report_text}")
         print(f"Report written to {result.report_path}")
     probes = f" ({result.probe_seconds:.0f} s of it in the knowledge-point probes)" if result.probe_seconds else ""
-    print(f"\nDone in {result.seconds:.0f} s{probes}. Watch the curves with:\n  tensorboard --logdir {result.log_dir}")
+    print(f"\nDone in {result.seconds:.0f} s{probes}. Watch the curves with:\n  {_tensorboard_command(result.log_dir)}")
     return result
+
+
+def _tensorboard_command(log_dir: Path) -> str:
+    """A TensorBoard command that works as printed, with or without the virtual environment active: this
+    Python's ``tensorboard`` script, else ``python -m tensorboard.main``; ``--samples_per_plugin images=0`` keeps
+    every image grid (TensorBoard keeps 10 per tag by default, dropping the one from before training)."""
+    script = Path(sys.executable).parent / "tensorboard"
+    program = [str(script)] if script.is_file() else [sys.executable, "-m", "tensorboard.main"]
+    return shlex.join([*program, "--logdir", str(log_dir), "--samples_per_plugin", "images=0"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,10 @@
 import argparse
 import json
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from kd_probe import __version__
 from kd_probe._demo_plan import Plan, add_arguments, make_plan, sigma_options
 from kd_probe.cli import main
 from kd_probe.data import ShapesDataModule
-from kd_probe.demo import _agreement, _unicam, run_demo
+from kd_probe.demo import _agreement, _tensorboard_command, _unicam, run_demo
 from kd_probe.demo import main as demo_main
 from kd_probe.report import METRICS, UNICAM, _format
 from tests.tensorboard_server import get_json, tensorboard_server
@@ -34,7 +37,7 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_demo_trains_probes_and_reports(quick_demo: tuple[Path, str]) -> None:
     folder, out = quick_demo
-    for line in ("teacher", "distilled", "baseline", f"tensorboard --logdir {folder}", "## The paper's hypotheses"):
+    for line in ("teacher", "distilled", "baseline", f"--logdir {folder}", "## The paper's hypotheses"):
         assert line in out
     for run in ("teacher", "distilled", "baseline"):
         assert list((folder / run).glob("events.out.tfevents.*")), run
@@ -150,6 +153,27 @@ def test_report_command_on_an_experiment_folder(
 def test_report_without_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "no run with a kd_probe_summary.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_printed_tensorboard_command_runs_as_shown_and_keeps_every_image(quick_demo: tuple[Path, str]) -> None:
+    folder, out = quick_demo
+    command = shlex.split(out.split("Watch the curves with:\n", 1)[1].splitlines()[0])
+    script = Path(sys.executable).parent / "tensorboard"
+    assert (
+        command[:1] == [str(script)] if script.is_file() else command[:3] == [sys.executable, "-m", "tensorboard.main"]
+    )
+    assert command[-4:] == ["--logdir", str(folder), "--samples_per_plugin", "images=0"]
+    version = subprocess.run([*command[:-4], "--version_tb"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+\S*", version.stdout.strip()), version
+
+
+def test_the_tensorboard_command_falls_back_to_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "my env" / "python"))  # no tensorboard script beside it
+    assert shlex.split(_tensorboard_command(tmp_path / "runs")) == [
+        str(tmp_path / "my env" / "python"),
+        *("-m", "tensorboard.main", "--logdir", str(tmp_path / "runs"), "--samples_per_plugin", "images=0"),
+    ]
 
 
 @pytest.mark.slow

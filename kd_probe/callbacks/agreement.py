@@ -109,7 +109,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         ``<p>/agreement/adv_transfer/eps_<k>`` and ``<p>/agreement/teacher_fooling_rate/eps_<k>`` for each
         (``k`` = ε·255: ``eps_1``, ``eps_0.5``; a transfer no image fooled the teacher for is NaN in the entry
         and not logged), ``<p>/agreement/invariance/<transform>/{student,teacher}``, and the image grid
-        ``<p>/agreement/cams`` (rows: input, teacher CAM, student CAM); with a ``TensorBoardLogger`` also the
+        ``<p>/agreement/cams`` (a row per image; columns, named in a strip on top: input, teacher CAM, student CAM); with a ``TensorBoardLogger`` also the
         run's Custom Scalars layout and HParams (:class:`ProbeCallback`).
 
     Example::
@@ -349,7 +349,9 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         assert self._cache is not None  # the teacher side of the entry being published
         shown = min(self.log_images, cams.shape[0])
         pictures = probe_pictures(self.images[:shown], self.mean, self.std)
-        return map_rows(pictures, [self._cache["cams"][:shown], cams[:shown]])
+        return map_rows(
+            pictures, [self._cache["cams"][:shown], cams[:shown]], labels=("input", "teacher CAM", "student CAM")
+        )
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_agreement[_<name>].pt`` in the logger's folder (else the Trainer's root directory), written

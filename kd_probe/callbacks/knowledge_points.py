@@ -117,7 +117,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         - ``<p>/sigma/reached_target_fraction``, ``<p>/sigma/effective_fraction``: images whose σ optimisation
           reached the target entropy / whose features respond to noise (``σ_f > 0``).
         - ``<p>/maps`` (image, TensorBoard): images: per image the input, its entropy map and its knowledge
-          points (red) with the foreground outline (green); tokens: a strip per sequence (entropy, then knowledge
+          points (red) with the foreground outline (green), columns named in a strip on top; tokens: a strip per sequence (entropy, then knowledge
           points red / foreground green) and the same as text; points: a top view per cloud (entropy; knowledge
           points red, object green) and ``<p>/maps_points`` (mesh plugin, points coloured likewise).
         - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.

@@ -112,7 +112,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
     ``<p>/rs/{teacher,student}/<layer>``, ``<p>/rs/reference/<layer>`` (with reference),
     ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/unicam/distilled``
-    and ``<p>/unicam/residual`` (rows: input, map), and with a ``TensorBoardLogger`` the run's Custom Scalars
+    and ``<p>/unicam/residual`` (a row per image; columns, named in a strip on top: input, the map), and with a ``TensorBoardLogger`` the run's Custom Scalars
     layout and HParams (:class:`ProbeCallback`). The history (every value, and the maps of the first
     images) is kept in the checkpoint and in ``kd_probe_unicam[_<name>].pt`` in the logger's folder.
 
@@ -402,7 +402,8 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
 
     def _write_grid(self, logger: TensorBoardLogger, kind: str, maps: Tensor, step: int) -> None:
         pictures = probe_pictures(self.images[: maps.shape[0]], self.mean, self.std)
-        logger.experiment.add_image(f"{self.prefix}/unicam/{kind}", map_rows(pictures, [maps]), step)
+        grid = map_rows(pictures, [maps], labels=("input", f"{kind} map"))
+        logger.experiment.add_image(f"{self.prefix}/unicam/{kind}", grid, step)
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_unicam[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""

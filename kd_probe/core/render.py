@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_probe.core._font import label_strip
 from kd_probe.core.units import upsample_units
 
 __all__ = [
@@ -16,6 +19,7 @@ __all__ = [
     "per_image_unit",
     "point_projections",
     "token_strips",
+    "with_column_labels",
 ]
 
 # a perceptually ordered dark-blue → teal → yellow ramp (viridis-like anchors)
@@ -71,10 +75,35 @@ def _outline(mask: Tensor) -> Tensor:
     return mask & (eroded < 0.5)
 
 
-def knowledge_point_panels(images: Tensor, entropy: Tensor, points: Tensor, mask: Tensor, *, scale: int = 4) -> Tensor:
-    """One RGB picture ``[3, N·H·scale, 3·W·scale]``: per image (a row) the input, its entropy map (low
+def with_column_labels(picture: Tensor, labels: Sequence[str] | None) -> Tensor:
+    """``picture`` ``[3, H, W]`` under a strip naming its ``len(labels)`` equally wide columns (white text on
+    black, see :func:`~kd_probe.core._font.label_strip`); unchanged when ``labels`` is ``None``."""
+    if labels is None:
+        return picture
+    if not labels or picture.shape[-1] % len(labels):
+        raise ValueError(
+            f"`labels` must name the {picture.shape[-1]}-pixel-wide picture's equally wide columns, "
+            f"got {len(labels)} labels: {list(labels)}."
+        )
+    return torch.cat([label_strip(labels, picture.shape[-1] // len(labels)).to(picture), picture], dim=-2)
+
+
+_PANEL_LABELS = ("input", "entropy", "knowledge points")
+
+
+def knowledge_point_panels(
+    images: Tensor,
+    entropy: Tensor,
+    points: Tensor,
+    mask: Tensor,
+    *,
+    scale: int = 4,
+    labels: Sequence[str] | None = _PANEL_LABELS,
+) -> Tensor:
+    """One RGB picture ``[3, strip + N·H·scale, 3·W·scale]``: per image (a row) the input, its entropy map (low
     entropy = dark), and the knowledge points (red units) over the grey input with the foreground outline
-    (green).
+    (green), under a strip naming the columns (``INPUT | ENTROPY | KNOWLEDGE POINTS``; no strip with
+    ``labels=None``).
 
     Args:
         images: ``[N, C, H, W]`` inputs as given to the model.
@@ -94,17 +123,22 @@ def knowledge_point_panels(images: Tensor, entropy: Tensor, points: Tensor, mask
     overlay = torch.where(edge[:, None], torch.tensor([0.1, 1.0, 0.2])[None, :, None, None], overlay)
     rows = torch.cat([shown, heat, overlay], dim=-1)  # [N, 3, H, 3W]
     picture = torch.cat(list(rows), dim=-2)  # [3, N·H, 3W]
-    return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    picture = picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    return with_column_labels(picture, labels)
 
 
-def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4) -> Tensor:
+def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4, labels: Sequence[str] | None = None) -> Tensor:
     """One RGB picture ``[3, N·H·scale, (1 + len(maps))·W·scale]``: per image (a row) the picture (values in
     [0, 1], ``[N, C, H, W]`` with any ``C``: see :func:`as_rgb`) followed by each map ``[N, H, W]`` coloured
-    after per-image min–max scaling."""
+    after per-image min–max scaling; with ``labels`` (one per column, the picture's first), under a strip naming
+    the columns."""
+    if labels is not None and len(labels) != 1 + len(maps):
+        raise ValueError(f"`labels` must name the picture and each of the {len(maps)} maps, got {list(labels)}.")
     coloured = [colorize(per_image_unit(m.detach().float().cpu()), 0.0, 1.0) for m in maps]
     rows = torch.cat([as_rgb(pictures.detach().float().cpu()), *coloured], dim=-1)
     picture = torch.cat(list(rows), dim=-2)
-    return picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    picture = picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    return with_column_labels(picture, labels)
 
 
 def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12) -> Tensor:
@@ -134,11 +168,18 @@ def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: i
 
 
 def point_projections(
-    points: Tensor, entropy: Tensor, knowledge_points: Tensor, foreground: Tensor, *, size: int = 96
+    points: Tensor,
+    entropy: Tensor,
+    knowledge_points: Tensor,
+    foreground: Tensor,
+    *,
+    size: int = 96,
+    labels: Sequence[str] | None = ("entropy", "knowledge points"),
 ) -> Tensor:
-    """One RGB picture ``[3, N·size, 2·size]`` of point clouds seen from above (x–y): per cloud, the points
-    coloured by entropy (low = dark), and the knowledge points (red) among object points (green) and
-    background points (grey).
+    """One RGB picture ``[3, strip + N·size, 2·size]`` of point clouds seen from above (x–y): per cloud, the
+    points coloured by entropy (low = dark), and the knowledge points (red) among object points (green) and
+    background points (grey), under a strip naming the columns (``ENTROPY | KNOWLEDGE POINTS``; no strip with
+    ``labels=None``).
 
     Args:
         points: ``[N, P, 3]`` point clouds (channels last).
@@ -170,4 +211,4 @@ def point_projections(
                 for dx in (0, 1):
                     r, c = (row + dy).clamp(max=size - 1), (column + dx).clamp(max=offset + size - 1)
                     panels[n, :, r, c] = colours[:, index]
-    return torch.cat(list(panels), dim=-2).clamp(0, 1)
+    return with_column_labels(torch.cat(list(panels), dim=-2).clamp(0, 1), labels)

@@ -41,7 +41,7 @@ def test_a_short_fit_logs_every_tag_with_an_epoch_0_probe_and_saves_the_history(
     for tag in TAGS:
         assert [e.step for e in events.Scalars(tag)] == [0, 4, 8], tag
     assert [e.step for e in events.Images("kd_probe/maps")] == [0, 4, 8]
-    assert events.Images("kd_probe/maps")[0].height == 2 * 16 * 4
+    assert events.Images("kd_probe/maps")[0].height == 20 + 2 * 16 * 4  # the column labels on two lines, 2 images
     assert "kd_probe/knowledge_points/entropy_gap" in events.Tags()["histograms"]
     first = events.Scalars("kd_probe/knowledge_points/n_fg")[0].value
     assert first == pytest.approx(probe.history[0]["n_fg"].float().mean().item())
