@@ -22,6 +22,17 @@ class GeneratedDataModule(pl.LightningDataModule, Generic[SplitSet]):
 
     noun = "samples"
 
+    @staticmethod
+    def _check_loading(sizes: dict[str, int], batch_size: int, num_workers: int) -> None:
+        """One sentence for a split size, ``batch_size`` or ``num_workers`` that is not a fitting int."""
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
+
     def _init_splits(self, batch_size: int, num_workers: int) -> None:
         self.batch_size, self.num_workers = batch_size, num_workers
         self._sets: dict[str, SplitSet] = {}

@@ -57,17 +57,10 @@ class ShapesDataModule(GeneratedDataModule[TripletDataset]):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in dict(
-            train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size
-        ).items():
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
+        self._check_loading(sizes, batch_size, num_workers)
         _check_options(count=0, image_size=image_size, num_classes=num_classes, background_bias=background_bias)
         _check_seed("seed", seed)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
         self.num_classes, self.image_size = num_classes, image_size
         self.class_names = SHAPES[:num_classes]

@@ -117,11 +117,8 @@ class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in dict(
-            train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size
-        ).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
+        self._check_loading(sizes, batch_size, num_workers)
         _check_options(
             count=0,
             points=points,
@@ -132,10 +129,6 @@ class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
         _check_seed("seed", seed)
         if not isinstance(random_rotation, bool):
             raise ValueError(f"`random_rotation` must be True or False, got {random_rotation!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
         self.num_classes, self.points = num_classes, points
         self.object_fraction = (float(object_fraction[0]), float(object_fraction[1]))

@@ -102,17 +102,10 @@ class SentimentDataModule(GeneratedDataModule[TokenDataset]):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in dict(
-            train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size
-        ).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
+        self._check_loading(sizes, batch_size, num_workers)
         _check_options(count=0, min_length=min_length, max_length=max_length, background_bias=background_bias)
         _check_seed("seed", seed)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
         self.save_hyperparameters()
         self.min_length, self.max_length = min_length, max_length
         self.background_bias, self.seed = float(background_bias), seed
