@@ -149,6 +149,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="noise samples per secant pass (default 64) or per faithful σ step (default 16; 96 with --full)",
     )
     add("--passes", type=_positive, default=None, help="secant passes (default 2)")
+    add(
+        "--threads",
+        type=_integer(0, "an integer of at least 0 (0: PyTorch's own choice, one per core)"),
+        default=2,
+        help="CPU threads for every computation (default 2): the results are bitwise the same for the same "
+        "threads, seed and kind of machine; 0 leaves PyTorch's choice (one per core), and then they vary with the "
+        "core count",
+    )
     add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
     add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
     return parser

@@ -26,16 +26,20 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Subset
 
 from kd_probe._cli_options import QUICK_NOTE, Parser
+from kd_probe._demo_eta import DemoClock, DemoProgressBar, EpochTimer
 from kd_probe._demo_modalities import Modality, modality
 from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
@@ -85,6 +89,12 @@ def _logger(log_dir: Path, run: str) -> TensorBoardLogger:
 
 def _trainer(logger: TensorBoardLogger, epochs: int, callbacks: list[pl.Callback], quick: bool) -> pl.Trainer:
     return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, **_trainer_options(quick))
+
+
+def _timed(callbacks: Sequence[pl.Callback], clock: DemoClock, kind: str, ends_run: bool = True) -> list[pl.Callback]:
+    """``callbacks``, then the timer of the demo's epochs (after the probes, so it counts them) and the progress
+    bar that shows the demo's time left."""
+    return [*callbacks, EpochTimer(clock, kind, ends_run), DemoProgressBar(clock)]
 
 
 def _trainer_options(quick: bool) -> dict[str, Any]:
@@ -158,6 +168,7 @@ def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality) -> RunResu
         "epochs": plan.epochs,
         "layer": kit.layer,
         "modality": kit.name,
+        "threads": torch.get_num_threads(),
     }
     (run.log_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
     return run
@@ -226,6 +237,29 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         ValueError: the options contradict each other (``--passes`` without the secant method); nothing is
             trained or removed.
     """
+    with computing_threads(getattr(args, "threads", 2)):
+        return _run_demo(args)
+
+
+@contextmanager
+def computing_threads(threads: int) -> Iterator[None]:
+    """Compute with exactly ``threads`` intra-op CPU threads (``0``: leave PyTorch's setting), then restore.
+
+    PyTorch's CPU kernels split some reductions (a convolution's weight gradient, a long sum) into one part per
+    thread, so the float results depend on the thread count: 1 and 2 threads give different weights after a few
+    steps, and a different demo after ten epochs. A fixed count makes the demo bitwise repeatable on every
+    machine of one kind, whatever its cores or ``OMP_NUM_THREADS``.
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(args: argparse.Namespace) -> DemoResult:
     start = time.perf_counter()
     plan = make_plan(args)
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
@@ -236,11 +270,14 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
     total = 1 + 2 * args.seeds
     clocks: list[ProbeClock] = []
+    head_epochs = max(1, plan.epochs // 3) if args.protocol == "paper" else 0
+    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds)
 
-    print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data)")
+    threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
+    print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
     pl.seed_everything(args.seed, verbose=False)
     teacher = DistillationModule(kit.teacher(), **options)
-    trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, [], args.quick)
+    trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, _timed([], clock, "teacher"), args.quick)
     trainer.fit(teacher, datamodule=data)
     accuracy = _test(trainer, teacher, data)
     runs = [
@@ -252,30 +289,33 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else "logit KD (T=4)"
         print(
             f"[{2 + 2 * index}/{total}] distilled student{suffix}: {kit.describe_student}, {how}, "
-            f"{plan.epochs} epochs, knowledge points at {kit.layer}"
+            f"{plan.epochs} epochs, knowledge points at {kit.layer} ({clock.describe()})"
         )
         pl.seed_everything(seed, verbose=False)
         student = kit.student()
         name = f"distilled{suffix}"
         if args.protocol == "paper":
             probes = _probes(plan, kit, seed, clocks)
-            accuracy = _two_phase(student, teacher.student, kit, log_dir, name, plan, seed, probes, options, args.quick)
+            accuracy = _two_phase(
+                student, teacher.student, kit, (log_dir, name), plan, seed, probes, options, (clock, args.quick)
+            )
         else:
             module = DistillationModule(student, teacher.student, **options)
             callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
-            trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
+            trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
             trainer.fit(module, datamodule=data)
             accuracy = _test(trainer, module, data)
         runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit))
 
         print(
-            f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs"
+            f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs "
+            f"({clock.describe()})"
         )
         pl.seed_everything(seed, verbose=False)
         module = DistillationModule(kit.student(), **options)
         name = f"baseline{suffix}"
         callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
-        trainer = _trainer(_logger(log_dir, name), plan.epochs, callbacks, args.quick)
+        trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
         trainer.fit(module, datamodule=data)
         accuracy = _test(trainer, module, data)
         runs.append(_record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
@@ -298,15 +338,15 @@ def _two_phase(
     student: nn.Module,
     teacher: Any,
     kit: Modality,
-    log_dir: Path,
-    name: str,
+    where: tuple[Path, str],
     plan: Plan,
     seed: int,
     probes: list[pl.Callback],
     options: dict[str, Any],
-    quick: bool,
+    timing: tuple[DemoClock, bool],
 ) -> float:
     """[KP]: phase 1 mimics the teacher's layer (probed), phase 2 trains the head with labels."""
+    (log_dir, name), (clock, quick) = where, timing
     head_epochs = max(1, plan.epochs // 3)
     data = kit.data
     head = [_agreement(plan, data, teacher, seed)] if isinstance(data, ShapesDataModule) else []
@@ -319,8 +359,8 @@ def _two_phase(
         mimic_epochs=plan.epochs,
         head_epochs=head_epochs,
         trainer_options=_trainer_options(quick),
-        mimic_callbacks=[*probes, *mimic],
-        head_callbacks=head,
+        mimic_callbacks=_timed([*probes, *mimic], clock, "student", ends_run=False),
+        head_callbacks=_timed(head, clock, "student"),
         mimic_trainer_options={"logger": _logger(log_dir, name)},
         head_trainer_options={"logger": _logger(log_dir / name, "head")},
         **options,

@@ -39,6 +39,8 @@ def test_demo_trains_probes_and_reports(quick_demo: tuple[Path, str]) -> None:
     folder, out = quick_demo
     for line in ("teacher", "distilled", "baseline", f"--logdir {folder}", "## The paper's hypotheses"):
         assert line in out
+    assert re.search(r"\[2/3\] distilled .*\(demo: 2 runs left, about \d+ s\)", out), "an estimate of the time left"
+    assert re.search(r"\[3/3\] baseline .*\(demo: 1 run left, about \d+ s\)", out)
     for run in ("teacher", "distilled", "baseline"):
         assert list((folder / run).glob("events.out.tfevents.*")), run
         assert json.loads((folder / run / "kd_probe_run.json").read_text())["role"] == run
@@ -411,3 +413,54 @@ def test_demo_on_tokens_and_point_clouds(modality: str, protocol: str, tmp_path:
         assert not (folder / run / "kd_probe_unicam.pt").exists()  # image-only probes are not attached
     report = (folder / "report.md").read_text()
     assert "## The paper's hypotheses" in report and (folder / "maps.png").exists()
+
+
+def _quick_run(out: Path, *argv: str) -> tuple[str, dict, dict]:
+    """The quick demo's report (without its time line), the distilled run's record and probe history."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    with redirect_stdout(StringIO()):
+        assert main(["demo", "--quick", "--out", str(out), *argv]) == 0
+    report = (out / "demo" / "report.md").read_text().splitlines()
+    report = [line for line in report if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d;", line)]
+    record = json.loads((out / "demo" / "distilled" / "kd_probe_run.json").read_text())
+    history = torch.load(out / "demo" / "distilled" / "kd_probe_history.pt", weights_only=True)
+    return "\n".join(report), record, history
+
+
+@pytest.mark.slow
+def test_the_demo_computes_with_its_own_thread_count_whatever_the_callers(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _quick_run(tmp_path / "one")
+        assert torch.get_num_threads() == 1, "the caller's thread count is restored"
+        torch.set_num_threads(3)
+        three = _quick_run(tmp_path / "three")
+        assert torch.get_num_threads() == 3
+        own = _quick_run(tmp_path / "own", "--threads", "0")
+    finally:
+        torch.set_num_threads(before)
+    assert one[1]["threads"] == three[1]["threads"] == 2 and own[1]["threads"] == 3
+    assert one[0] == three[0], "the same report, to the last digit"
+    assert one[1] == three[1]
+    assert _bitwise_equal(one[2], three[2]), "the same σ maps and knowledge points, bit for bit"
+
+
+def _bitwise_equal(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_bitwise_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_bitwise_equal, a, b))  # type: ignore[arg-type]
+    return a == b
+
+
+def test_threads_must_be_a_count(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        demo_main(["--threads", "-1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "--threads" in err and "got -1" in err

@@ -158,6 +158,11 @@ class ProbeProgress:
 
         return tick
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
+        """Show the bar full when the probe is done (tqdm skips redraws within ``mininterval``, so the last one
+        drawn could be at 75 %), then clear it; a failed or stopped probe's bar is cleared as it stands."""
         if self.bar is not None:
+            if error is None:
+                self.bar.update(self.bar.total - self.bar.n)
+                self.bar.refresh()
             self.bar.close()

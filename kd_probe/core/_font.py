@@ -99,11 +99,11 @@ def _wrap(text: str, characters: int) -> list[str]:
     return lines
 
 
-def label_strip(labels: Sequence[str], width: int) -> Tensor:
+def label_strip(labels: Sequence[str], width: int, scale: int | None = None) -> Tensor:
     """An RGB strip ``[3, h, len(labels)·width]``: white text on black, each label centred over its column of
     ``width`` pixels, wrapped onto as many lines as the longest label needs (every pixel line of a glyph drawn
-    ``max(1, width // 96)`` pixels tall and wide)."""
-    size = max(1, width // 96)
+    ``scale`` pixels tall and wide, by default ``max(1, width // 96)``)."""
+    size = scale or max(1, width // 96)
     characters = max(1, (width // size + 1) // _ADVANCE)
     wrapped = [_wrap(label, characters) for label in labels]
     lines = max(len(w) for w in wrapped) if wrapped else 1
@@ -116,3 +116,17 @@ def label_strip(labels: Sequence[str], width: int) -> Tensor:
             left = column * width + (width - mask.shape[1]) // 2
             strip[top : top + mask.shape[0], left : left + mask.shape[1]][mask] = _FOREGROUND
     return strip.expand(3, -1, -1).clone()
+
+
+def row_labels(labels: Sequence[str], height: int) -> Tensor:
+    """An RGB column ``[3, len(labels)·height, w]``: white text on black, each label left-aligned and centred
+    vertically in its band of ``height`` pixels (at least 7), one line each, ``w`` as wide as the longest."""
+    if height < GLYPH_HEIGHT:
+        raise ValueError(f"`height` must be at least {GLYPH_HEIGHT} pixels (a glyph's height), got {height}.")
+    masks = [text_mask(label) for label in labels]
+    width = max((mask.shape[1] for mask in masks), default=0) + 4
+    column = torch.full((len(labels) * height, width), _BACKGROUND)
+    for row, mask in enumerate(masks):
+        top = row * height + (height - GLYPH_HEIGHT) // 2
+        column[top : top + GLYPH_HEIGHT, 2 : 2 + mask.shape[1]][mask] = _FOREGROUND
+    return column.expand(3, -1, -1).clone()

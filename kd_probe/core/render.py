@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_probe.core._font import label_strip
+from kd_probe.core._font import label_strip, row_labels
 from kd_probe.core.units import upsample_units
 
 __all__ = [
@@ -141,16 +141,21 @@ def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4, labels: Se
     return with_column_labels(picture, labels)
 
 
-def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12) -> Tensor:
-    """One RGB picture ``[3, N·2·cell, T·cell]`` of token units: per sequence a row of cells coloured by entropy
-    (low = dark; padding, NaN, black), under it a row marking knowledge points (red) and foreground tokens
-    (green; both: yellow).
+_TOKEN_ROWS = ("entropy", "points")
+_TOKEN_LEGEND = "points: red knowledge point, green foreground, yellow both"
+
+
+def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12, labels: bool = True) -> Tensor:
+    """One RGB picture ``[3, strip + N·2·cell, gutter + T·cell]`` of token units: per sequence a row of cells
+    coloured by entropy (low = dark; padding, NaN, black), under it a row marking knowledge points (red) and
+    foreground tokens (green; both: yellow). With ``labels`` a gutter names each row's kind (``ENTROPY``,
+    ``POINTS``) and a strip on top gives the colours (no gutter or strip with ``labels=False``).
 
     Args:
         entropy: ``[N, T]`` entropy per token (NaN at padding).
         points: ``[N, T]`` bool knowledge points.
         foreground: ``[N, T]`` bool foreground tokens.
-        cell: pixels per token.
+        cell: pixels per token (at least 7 with ``labels``, a glyph's height).
     """
     values = entropy.detach().float().cpu()
     real = ~values.isnan()
@@ -164,7 +169,11 @@ def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: i
     picture = rows.permute(1, 0, 2, 3).reshape(3, -1, values.shape[1])
     picture = picture.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
     picture[:, :, ::cell] = 0.25  # thin separators between tokens
-    return picture.clamp(0, 1)
+    picture = picture.clamp(0, 1)
+    if not labels:
+        return picture
+    picture = torch.cat([row_labels(_TOKEN_ROWS * values.shape[0], cell), picture], dim=-1)
+    return torch.cat([label_strip([_TOKEN_LEGEND], picture.shape[-1], scale=1), picture], dim=-2)
 
 
 def point_projections(

@@ -66,3 +66,23 @@ def test_wide_columns_draw_larger_glyphs() -> None:
     rows, columns = (strip[0] > 0.5).nonzero(as_tuple=True)
     drawn = strip[0, int(rows.min()) : int(rows.max()) + 1, int(columns.min()) : int(columns.max()) + 1] > 0.5
     assert torch.equal(drawn, glyph("A").repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_row_labels_write_each_label_in_its_own_band() -> None:
+    from kd_probe.core._font import row_labels
+
+    column = row_labels(["entropy", "kp"], 12)
+    assert column.shape == (3, 24, text_mask("entropy").shape[1] + 4)
+    for band, label in enumerate(["entropy", "kp"]):
+        top = band * 12 + (12 - GLYPH_HEIGHT) // 2
+        mask = text_mask(label)
+        drawn = column[0, top : top + GLYPH_HEIGHT, 2 : 2 + mask.shape[1]] == 1
+        assert torch.equal(drawn, mask)
+        assert column[0, band * 12 : (band + 1) * 12].sum() == mask.sum(), "nothing else in the band"
+    with pytest.raises(ValueError, match=r"`height` must be at least 7 pixels .* got 6"):
+        row_labels(["x"], 6)
+
+
+def test_a_label_strip_can_keep_small_glyphs_on_a_wide_strip() -> None:
+    assert label_strip(["AB"], 400, scale=1).shape[1] == GLYPH_HEIGHT + 4
+    assert label_strip(["AB"], 400).shape[1] == 4 * (GLYPH_HEIGHT + 2) + 8

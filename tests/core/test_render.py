@@ -41,3 +41,21 @@ def test_labels_must_match_the_columns() -> None:
     with pytest.raises(ValueError, match=r"`labels` must name the 10-pixel-wide picture's equally wide columns, got 3"):
         with_column_labels(torch.rand(3, 4, 10), ["a", "b", "c"])
     assert torch.equal(with_column_labels(picture := torch.rand(3, 4, 10), None), picture)
+
+
+def test_token_strips_name_the_kind_of_every_row_and_give_the_colours() -> None:
+    from kd_probe.core._font import row_labels
+    from kd_probe.core.render import token_strips
+
+    entropy = torch.rand(3, 10)
+    entropy[2, 7:] = float("nan")  # padding
+    points, foreground = torch.rand(3, 10) > 0.5, torch.rand(3, 10) > 0.5
+    bare = token_strips(entropy, points, foreground, labels=False)
+    assert bare.shape == (3, 3 * 2 * 12, 10 * 12)
+    labelled = token_strips(entropy, points, foreground)
+    gutter = row_labels(["entropy", "points"] * 3, 12)
+    strip = labelled.shape[1] - bare.shape[1]
+    assert strip > 0 and labelled.shape[2] == gutter.shape[2] + bare.shape[2]
+    assert torch.equal(labelled[:, strip:, gutter.shape[2] :], bare), "the strips themselves are unchanged"
+    assert torch.equal(labelled[:, strip:, : gutter.shape[2]], gutter), "ENTROPY and POINTS rows alternate"
+    assert labelled[:, :strip].amax() == 1, "the colour legend is written on top"
