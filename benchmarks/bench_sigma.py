@@ -101,9 +101,12 @@ def _methods(args: argparse.Namespace) -> list[Method]:
     methods = [Method(REFERENCE, dict(method="faithful", samples=96, seed=0))]
     methods.append(Method(FLOOR, dict(method="faithful", samples=96, seed=1)))
     methods += [Method(f"faithful-{s}", dict(method="faithful", samples=s)) for s in args.faithful if s != 96]
-    for preset in args.presets:
-        passes, samples = (int(part) for part in preset.lower().split("x"))
-        methods.append(Method(f"secant {passes}x{samples}", dict(method="secant", passes=passes, samples=samples)))
+    for preset in args.presets:  # PASSESxSAMPLES, or PASSESxSAMPLES@SEED for another seed of the noise than 0
+        shape, _, seed = preset.lower().partition("@")
+        passes, samples = (int(part) for part in shape.split("x"))
+        name = f"secant {passes}x{samples}" + (f" seed {seed}" if seed else "")
+        options = dict(method="secant", passes=passes, samples=samples, seed=int(seed or 0))
+        methods.append(Method(name, options))
     return methods
 
 
@@ -360,7 +363,7 @@ def main() -> None:
         "--presets",
         nargs="+",
         default=["3x256", "3x192", "2x384", "2x256", "3x96", "1x288"],
-        help="secant presets PASSESxSAMPLES",
+        help="secant presets PASSESxSAMPLES, or PASSESxSAMPLES@SEED (the noise's seed; default 0)",
     )
     add("--stop-images", type=int, default=4, help="images of the early-stop section")
     add("--stop-seeds", nargs="+", type=int, default=[0, 1, 2])
