@@ -1,14 +1,17 @@
-"""How long the demo has left: the epochs (with their probes) still to run, times the seconds per epoch seen so far.
+"""How long the demo has left: the epochs still to run times the seconds per epoch seen so far, plus the
+knowledge-point probes still to run times the seconds per probe seen so far.
 
-``DemoClock`` counts the teacher's and the students' epochs; ``EpochTimer`` (a callback on every run) tells it
-when each epoch ends, probes included; ``DemoProgressBar`` shows the estimate next to Lightning's own numbers,
-and the run headers print it too.
+``DemoClock`` counts the teacher's and the students' epochs and the students' probes; ``EpochTimer`` (a callback on
+every run) tells it when each epoch ends, probes included; the probes' own clocks tell it what the probes took, so
+that an epoch's rate is its training alone (the probes are not spread evenly: the demo probes its first epochs
+most); ``DemoProgressBar`` shows the estimate next to Lightning's own numbers, and the run headers print it too.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -27,22 +30,47 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-class DemoClock:
-    """The demo's epochs by kind (``"teacher"``, ``"student"``), those still to run and their seconds so far.
+class ProbeTimes(Protocol):
+    """What a knowledge-point probe's clock tells: its probes' seconds and how many probes they were, so far."""
 
-    The students' seconds per epoch count their probes (every probe of an epoch runs before the epoch's end is
-    recorded); until a student epoch has run, a student epoch is guessed to cost a teacher epoch.
+    seconds: float
+    probes: int
+
+
+class DemoClock:
+    """The demo's epochs by kind (``"teacher"``, ``"student"``) and the students' knowledge-point probes, those
+    still to run and their seconds so far.
+
+    ``probe_clocks`` (filled as the runs start) time the probes, ``probes_per_run`` of them in each student run.
+    A student epoch's seconds are its training: what its probes took (every probe of an epoch runs before the
+    epoch's end is recorded) is counted per probe instead. Until a student epoch has run, a student epoch is
+    guessed to cost a teacher epoch; until a probe has run, a probe is not counted.
     """
 
-    def __init__(self, teacher_epochs: int, student_epochs: int, student_runs: int) -> None:
+    def __init__(
+        self,
+        teacher_epochs: int,
+        student_epochs: int,
+        student_runs: int,
+        probes_per_run: int = 0,
+        probe_clocks: Sequence[ProbeTimes] = (),
+    ) -> None:
         self.left = {"teacher": teacher_epochs, "student": student_epochs * student_runs}
         self.runs_left = 1 + student_runs
+        self.probes_total = probes_per_run * student_runs
+        self._probe_clocks = probe_clocks
+        self._probe_mark = 0.0  # the probes' seconds when the last epoch ended
         self._seconds = {"teacher": 0.0, "student": 0.0}
         self._done = {"teacher": 0, "student": 0}
 
+    def _probe_seconds(self) -> float:
+        return sum(clock.seconds for clock in self._probe_clocks)
+
     def epoch_done(self, kind: str, seconds: float) -> None:
+        probes = self._probe_seconds()
+        within, self._probe_mark = probes - self._probe_mark, probes
         self.left[kind] = max(0, self.left[kind] - 1)
-        self._seconds[kind] += seconds
+        self._seconds[kind] += max(0.0, seconds - within)
         self._done[kind] += 1
 
     def run_done(self) -> None:
@@ -54,7 +82,11 @@ class DemoClock:
         if not rates:
             return None
         student = rates.get("student", rates.get("teacher", 0.0))
-        return self.left["teacher"] * rates.get("teacher", student) + self.left["student"] * student
+        epochs = self.left["teacher"] * rates.get("teacher", student) + self.left["student"] * student
+        probes_done = sum(clock.probes for clock in self._probe_clocks)
+        if not probes_done:
+            return epochs
+        return epochs + max(0, self.probes_total - probes_done) * self._probe_seconds() / probes_done
 
     def describe(self) -> str:
         """``"demo: 3 runs left, about 4 min"``, or without the time before any epoch has ended."""

@@ -106,11 +106,12 @@ class ProbeClock(pl.Callback):
     of its hooks runs after the probe's."""
 
     def __init__(self, probe: KnowledgePointProbe) -> None:
-        self.probe, self.seconds, self._seen = probe, 0.0, 0
+        self.probe, self.seconds, self.probes, self._seen = probe, 0.0, 0, 0
 
     def _read(self) -> None:
         if len(self.probe.history) > self._seen and self.probe.cost.measured is not None:
             self.seconds += self.probe.cost.measured
+            self.probes += 1
         self._seen = len(self.probe.history)
 
     @override

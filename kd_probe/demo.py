@@ -43,6 +43,7 @@ from kd_probe._demo_eta import DemoClock, DemoProgressBar, EpochTimer
 from kd_probe._demo_modalities import Modality, modality
 from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
+from kd_probe.callbacks._common import ProbeSchedule
 from kd_probe.data import ShapesDataModule
 from kd_probe.modules import DistillationModule, run_two_phase
 
@@ -271,7 +272,8 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     total = 1 + 2 * args.seeds
     clocks: list[ProbeClock] = []
     head_epochs = max(1, plan.epochs // 3) if args.protocol == "paper" else 0
-    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds)
+    probes_per_run = len(ProbeSchedule(plan.schedule, None).resolve(plan.epochs))
+    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds, probes_per_run, clocks)
 
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
     print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
