@@ -46,7 +46,7 @@ class _ProbeClock:
 
 def test_probes_are_counted_per_probe_not_spread_over_the_epochs() -> None:
     """The demo probes its first epochs most: a rate per epoch that included them would count them again in
-    every later epoch (the --full demo once said 1 h 52 min where about 40 min were left)."""
+    every later epoch (the --full demo once said 1 h 52 min where under 30 min were left)."""
     clocks: list[_ProbeClock] = []
     clock = DemoClock(teacher_epochs=1, student_epochs=4, student_runs=2, probes_per_run=3, probe_clocks=clocks)
     clock.epoch_done("teacher", 1.0)
