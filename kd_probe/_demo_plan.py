@@ -63,6 +63,11 @@ class Plan:
     def layer(self) -> str:
         return f"features.bn{2 * len(self.student_widths)}"  # the last convolution's pre-ReLU output
 
+    @property
+    def head_epochs(self) -> int:
+        """Epochs of the two-phase protocol's phase 2 (the head trained with labels), after ``epochs`` of phase 1."""
+        return max(1, self.epochs // 3)
+
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """What the options amount to (defaults filled in)."""

@@ -271,7 +271,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
     total = 1 + 2 * args.seeds
     clocks: list[ProbeClock] = []
-    head_epochs = max(1, plan.epochs // 3) if args.protocol == "paper" else 0
+    head_epochs = plan.head_epochs if args.protocol == "paper" else 0
     probes_per_run = len(ProbeSchedule(plan.schedule, None).resolve(plan.epochs))
     clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds, probes_per_run, clocks)
 
@@ -349,7 +349,6 @@ def _two_phase(
 ) -> float:
     """[KP]: phase 1 mimics the teacher's layer (probed), phase 2 trains the head with labels."""
     (log_dir, name), (clock, quick) = where, timing
-    head_epochs = max(1, plan.epochs // 3)
     data = kit.data
     head = [_agreement(plan, data, teacher, seed)] if isinstance(data, ShapesDataModule) else []
     mimic = [_unicam(plan, data, teacher)] if isinstance(data, ShapesDataModule) else []
@@ -359,7 +358,7 @@ def _two_phase(
         data,
         layer=kit.layer,
         mimic_epochs=plan.epochs,
-        head_epochs=head_epochs,
+        head_epochs=plan.head_epochs,
         trainer_options=_trainer_options(quick),
         mimic_callbacks=_timed([*probes, *mimic], clock, "student", ends_run=False),
         head_callbacks=_timed(head, clock, "student"),
