@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # the report figures need the optional matplotlib (in the `test` and `report` extras)
-collect_ignore = [] if importlib.util.find_spec("matplotlib") else ["kd_probe/_figures.py"]
+collect_ignore = [] if importlib.util.find_spec("matplotlib") else ["kd_probe/apps/report/figures.py"]
 
 ROOT = Path(__file__).resolve().parent
 _SKIPPED = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "build", "dist"}

@@ -1,8 +1,8 @@
 """The demo's knowledge-point probe before and after issue 15, timed side by side in one run.
 
-**old** is ``kd-probe demo --method faithful``: faithful σ maps (spec §1.2) of 10 probe images with 16 noise
-samples per step — the demo's probe until issue 15. **new** is the demo's probe now (``kd_probe/_demo_plan.py``:
-secant, spec §1.8, 40 images, 2 passes × 64 samples); ``--candidates PxS ...`` adds secant presets of P passes ×
+**old** is ``kd-probe demo --method faithful``: faithful σ maps (methods §1.2) of 10 probe images with 16 noise
+samples per step — the demo's probe until issue 15. **new** is the demo's probe now (``kd_probe/apps/demo/plan.py``:
+secant, methods §1.8, 40 images, 2 passes × 64 samples); ``--candidates PxS ...`` adds secant presets of P passes ×
 S samples on the same images as new, to choose it. Every setting is exactly what the demo's
 ``KnowledgePointProbe`` passes to ``estimate_sigma_maps``, on the demo's probe images (seed 0).
 
@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kd_probe import DistillationModule, ShapesDataModule, SigmaMaps, count_knowledge_points, estimate_sigma_maps
-from kd_probe._demo_plan import Plan, add_arguments, make_plan, sigma_options
+from kd_probe.apps.demo.plan import Plan, add_arguments, make_plan, sigma_options
 from kd_probe.callbacks._common import read_probe_set
 from kd_probe.models import VGG
 

@@ -1,7 +1,7 @@
 """The σ-map engine measured three ways, each a section of one run (``--sections``, default: fidelity early-stop).
 
-**fidelity** — the fast ``method="secant"`` (spec §1.8) and cheaper faithful runs against the paper's faithful
-96-sample maps (spec §1.2, ``patience=None``), on a trained VGG of the demo, the same VGG at its initialisation
+**fidelity** — the fast ``method="secant"`` (methods §1.8) and cheaper faithful runs against the paper's faithful
+96-sample maps (methods §1.2, ``patience=None``), on a trained VGG of the demo, the same VGG at its initialisation
 and a trained ResNet (``benchmarks/_sigma_models.py``), ``--images`` held-out probe images of the built-in shapes.
 Per model, every method runs on the same block of images in turn (``--block`` images per round, the order
 rotated each round), so a shared machine's drifts hit every method alike; the per-image noise seeding makes the
@@ -18,7 +18,7 @@ IoU(0.2) ≥ the noise floor's − 0.01; a faster preset ≥ 20× with IoU(0.2) 
 and the speed gain (``patience=None`` time over ``patience=k`` time, interleaved per seed).
 
 **speed** — the engine against the straightforward per-image oracle
-(:func:`benchmarks.sigma_oracle.oracle_sigma_maps`, spec §1.2 written the obvious way: one image at a time,
+(:func:`benchmarks.sigma_oracle.oracle_sigma_maps`, methods §1.2 written the obvious way: one image at a time,
 full forward with a hook, ``torch.optim.SGD`` on σ) and the machine (a 64→64 3×3 convolution forward on
 32×32 channels-last inputs, batch 128), interleaved in rounds of ``--block`` images on the trained VGG at
 ``--layers``. Both produce the same maps from the same per-image noise; the table shows how close they are;

@@ -1,4 +1,4 @@
-"""A straightforward per-image implementation of spec §1.2: the oracle for the library's σ engine.
+"""A straightforward per-image implementation of methods §1.2: the oracle for the library's σ engine.
 
 Written the obvious way, independently of :mod:`kd_probe.core.sigma` (only the per-image noise seeding,
 part of the public contract, is shared): one image at a time, a full forward with a hook to read the

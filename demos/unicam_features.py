@@ -5,7 +5,7 @@ runs), takes the first validation images, as the demo's UniCAM probe does (64), 
 scores and for both ``features="pooled"`` (the default) and ``features="flattened"`` (the [UC] authors' choice
 for intermediate layers): the feature similarity FSS (bias-corrected, and the V-statistic without and with
 ``normalize_rows``, each image's feature vector scaled to unit norm as the authors' scripts do) and the relevance
-RS of student and teacher to the labels (spec §3; the same functions as ``UniCAMProbe``). The pooled column
+RS of student and teacher to the labels (methods §3; the same functions as ``UniCAMProbe``). The pooled column
 repeats the report's UniCAM table, which checks that the right images and weights are loaded.
 
 Run: ``python demos/unicam_features.py runs/demo`` after ``kd-probe demo`` (seconds; it reads, never writes).

@@ -11,12 +11,12 @@ Public API:
   keeps information about), returning :class:`SigmaMaps`; :func:`count_knowledge_points` turns entropy maps
   into knowledge points (:class:`KnowledgePoints`: ``N_fg``, ``N_bg``, ``fg_ratio``);
   :class:`KnowledgePointCount` accumulates them across batches and processes (a torchmetrics ``Metric``).
-  Input units (spec §1.1): :class:`ImageGrid` (images, the default), :class:`Tokens` (σ per token on an
+  Input units (methods §1.1): :class:`ImageGrid` (images, the default), :class:`Tokens` (σ per token on an
   embedding's output) and :class:`Points` (σ per point of a point cloud), the modalities of [KP-J].
 - :class:`KnowledgePointProbe` — a Lightning callback that finds knowledge points on held-out images at
   scheduled epochs and logs their curves, image grids and per-image history (any LightningModule, DDP).
 - :class:`WeightTrajectoryMonitor` — per-module weight step lengths, update cosines, direction consistency
-  and path efficiency (spec §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
+  and path efficiency (methods §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
 - :class:`AgreementProbe` — teacher–student agreement during training ([WK]): Grad-CAM localisation,
   adversarial transfer and invariance agreement, teacher side cached.
 - :class:`UniCAM` — UniCAM maps ([UC]): where the features a student holds beyond its teacher (distilled) or
@@ -25,6 +25,10 @@ Public API:
   training; ``kd_probe.functional`` has ``distance_correlation`` (R*, FSS) and ``relevance_given`` (RS).
 - :mod:`kd_probe.models` — small VGG/ResNet-style CNNs; :mod:`kd_probe.functional` — the pure-torch
   functions (σ maps, knowledge points, losses, layer lookup, feature capture).
+
+Docstrings cite "methods §N.M": section N.M of the Methods page of the docs (``docs/methods.md``), which derives
+each formula. The apps (``kd-probe demo``, ``report``, ``fit``) live in ``kd_probe.apps``, the run folder's file
+names in ``kd_probe.io.run_files``.
 
 Example::
 

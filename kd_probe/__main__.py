@@ -2,7 +2,7 @@
 
 import sys
 
-from kd_probe.cli import main
+from kd_probe.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

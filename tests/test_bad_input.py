@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kd_probe import UniCAM, count_knowledge_points, estimate_sigma_maps
 from kd_probe import functional as KF
-from kd_probe.cli import main
+from kd_probe.apps.cli import main
 from kd_probe.core.distance_correlation import correlation_of_distances, distance_matrix, relevance_given_of_distances
 from kd_probe.models import VGG
 

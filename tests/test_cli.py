@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kd_probe._cli_options import MAX_CLASSES, QUICK_NOTE, RESAMPLES
-from kd_probe.cli import main
+from kd_probe.apps.cli import main
+from kd_probe.apps.options import MAX_CLASSES, QUICK_NOTE, RESAMPLES
 from tests.test_report_files import runs, tiny_runs  # noqa: F401  (fixtures)
 
 HINT = "(kd-probe demo --help lists the options)"
@@ -29,7 +29,7 @@ def test_the_light_constants_match_the_modules_they_stand_for() -> None:
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["report", "--help"], ["demo", "--seeds", "0"]])
 def test_help_and_mistakes_import_no_torch(argv: list[str]) -> None:
     code = (
-        "import sys\nfrom kd_probe.cli import main\n"
+        "import sys\nfrom kd_probe.apps.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print('heavy:', sorted({'torch', 'lightning'} & set(sys.modules)), file=sys.stderr)"
     )
@@ -134,7 +134,7 @@ def test_report_skips_hidden_folders_venvs_and_stray_summaries(runs: Path, capsy
 
 
 def test_the_quick_note_heads_the_report(runs: Path, tmp_path: Path) -> None:  # noqa: F811
-    from kd_probe.report import write_report
+    from kd_probe.apps.report.write import write_report
 
     _, text = write_report([runs], tmp_path, figures=False, resamples=100, note=QUICK_NOTE)
     assert text.splitlines()[:3] == ["# kd_probe report", "", QUICK_NOTE]

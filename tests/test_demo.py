@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from kd_probe import __version__
-from kd_probe._demo_plan import Plan, add_arguments, make_plan, sigma_options
-from kd_probe.cli import main
+from kd_probe.apps.cli import main
+from kd_probe.apps.demo.plan import Plan, add_arguments, make_plan, sigma_options
+from kd_probe.apps.demo.run import _agreement, _tensorboard_command, _unicam, run_demo
+from kd_probe.apps.demo.run import main as demo_main
+from kd_probe.apps.report.write import METRICS, UNICAM, _format
 from kd_probe.data import ShapesDataModule
-from kd_probe.demo import _agreement, _tensorboard_command, _unicam, run_demo
-from kd_probe.demo import main as demo_main
-from kd_probe.report import METRICS, UNICAM, _format
 from tests.tensorboard_server import get_json, tensorboard_server
 
 
@@ -250,7 +250,7 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise _Trained
 
-    monkeypatch.setattr("kd_probe.demo.modality", refuse)  # builds the data: the first step of training
+    monkeypatch.setattr("kd_probe.apps.demo.run.modality", refuse)  # builds the data: the first step of training
 
 
 def _earlier_demo(folder: Path) -> None:

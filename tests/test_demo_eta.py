@@ -2,7 +2,7 @@
 
 import pytest
 
-from kd_probe._demo_eta import DemoClock, duration
+from kd_probe.apps.demo.eta import DemoClock, duration
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from kd_probe._figures import _draw_curves, _draw_unicam, curves_figure, unicam_figure
+from kd_probe.apps.report.figures import _draw_curves, _draw_unicam, curves_figure, unicam_figure
 from tests.test_report import _history, _run
 
 

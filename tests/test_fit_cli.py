@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
-from kd_probe.lightning_cli import main
+from kd_probe.apps.lightning_cli import main
 from kd_probe.models import VGG, load_weights
 from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
 

@@ -176,11 +176,11 @@ def test_the_built_wheel_installs_and_runs_in_a_fresh_environment(tmp_path: Path
         wheel_metadata = archive.read(f"{info}/METADATA").decode()
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
     assert "kd_probe/py.typed" in names
-    assert {"kd_probe/__init__.py", "kd_probe/cli.py"} <= set(names)
+    assert {"kd_probe/__init__.py", "kd_probe/apps/cli.py"} <= set(names)
     assert {n.split("/")[0] for n in names} == {"kd_probe", info}, "only the kd_probe package is shipped"
     assert f"\nVersion: {version}\n" in wheel_metadata
     assert "Classifier: Typing :: Typed" in wheel_metadata
-    assert "kd-probe = kd_probe.cli:main" in entry_points
+    assert "kd-probe = kd_probe.apps.cli:main" in entry_points
     requires = [line.split(": ", 1)[1] for line in wheel_metadata.splitlines() if line.startswith("Requires-Dist: ")]
 
     # 3. a fresh virtual environment that sees only the wheel's installed dependencies; pip resolves them offline

@@ -170,7 +170,9 @@ def test_sigma_maps_of_an_overwritten_batchnorm_equal_the_twins(fold_batchnorm: 
     images, _ = _images(2)
     options = dict(layer="layer4.1.bn2", fold_batchnorm=fold_batchnorm, **SIGMA)
     maps, expected = estimate_sigma_maps(net, images, **options), estimate_sigma_maps(twin, images, **options)
-    torch.testing.assert_close(maps.sigma, expected.sigma, rtol=1e-5, atol=1e-7)
+    # the twins' convolutions may pick other CPU kernels: 80 SGD steps amplify float32 rounding to ~3e-7 (seen on
+    # one Xeon: 1 of 32 units off by 2.5e-7 of 0.01), far below what changes a knowledge point
+    torch.testing.assert_close(maps.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(maps.sigma_f, expected.sigma_f, rtol=1e-5, atol=0)
     assert bool(maps.effective.all())
 

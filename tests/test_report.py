@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_probe._report_sections import Evidence
-from kd_probe._report_stats import effective_keep, knowledge_point_measures
+from kd_probe.apps.report.sections import Evidence
+from kd_probe.apps.report.stats import effective_keep, knowledge_point_measures
+from kd_probe.apps.report.write import METRICS, ReportError, RunSummary, verdicts
 from kd_probe.callbacks._dynamics import history_metrics
 from kd_probe.core.knowledge_points import count_knowledge_points
-from kd_probe.report import METRICS, ReportError, RunSummary, verdicts
 
 GRID = 4
 
@@ -109,7 +109,7 @@ def test_runs_probed_on_different_images_have_no_effective_view() -> None:
 
 
 def test_verdicts_refuse_two_runs_with_the_same_role_and_seed(tmp_path: Path) -> None:
-    from kd_probe.report import _pairs
+    from kd_probe.apps.report.write import _pairs
 
     first, second = _run("baseline", 0, _history(4, 1, 0)), _run("baseline", 0, _history(4, 1, 0))
     first.path, second.path = Path("e/baseline"), Path("other/baseline")
@@ -122,7 +122,7 @@ def test_verdicts_refuse_two_runs_with_the_same_role_and_seed(tmp_path: Path) ->
 
 
 def test_each_run_row_shows_its_own_numbers() -> None:
-    from kd_probe.report import _runs_section, _views
+    from kd_probe.apps.report.write import _runs_section, _views
 
     evidence = _evidence([_run("distilled", 0, _history(20, 1.0, 1))], [_run("baseline", 0, _history(20, 0.2, 2))])
     rows = {line.split(" | ")[0].strip("| "): line for line in _runs_section(evidence, _views(evidence))}
@@ -155,7 +155,7 @@ def _agreement(fooled_teacher: int, fooled_student: int, images: int = 64) -> di
 
 
 def test_a_transfer_from_fewer_than_ten_teacher_fooled_images_is_shown_as_too_few() -> None:
-    from kd_probe._report_sections import agreement_section
+    from kd_probe.apps.report.sections import agreement_section
 
     distilled, baseline = _run("distilled", 0, _history(8, 1, 0)), _run("baseline", 0, _history(8, 1, 1))
     distilled.agreement, baseline.agreement = _agreement(4, 2), _agreement(4, 1)

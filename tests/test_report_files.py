@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
-from kd_probe.cli import main
-from kd_probe.report import _format, write_report
+from kd_probe.apps.cli import main
+from kd_probe.apps.report.write import _format, write_report
 from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
 
 PAIRS = [("features.relu1", "features.relu1"), "features.relu2"]

@@ -2,7 +2,8 @@
 
 from kd_probe.callbacks.agreement import AgreementProbe
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
+from kd_probe.callbacks.schedule import probe_epochs
 from kd_probe.callbacks.unicam import UniCAMProbe
 from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
-__all__ = ["AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor"]
+__all__ = ["AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor", "probe_epochs"]

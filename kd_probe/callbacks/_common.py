@@ -9,23 +9,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from typing_extensions import override
 
-from kd_probe._paths import write_atomically
-from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
-from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import ProbeFile, open_probe_source
-from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.render import per_image_unit
+from kd_probe.io.paths import write_atomically
 
 __all__ = [
-    "PAPER_EPOCHS",
-    "BatchProbe",
-    "ProbeSchedule",
     "find_network",
     "gather_shards",
     "networks_by_role",
@@ -36,8 +28,6 @@ __all__ = [
     "save_atomically",
     "shard_indices",
 ]
-
-PAPER_EPOCHS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)  # [KP]'s probed checkpoints
 
 
 def read_probe_set(
@@ -127,49 +117,6 @@ def read_probe_set(
             raise ValueError(f"`labels` must be classes ≥ 0, got {int(labels.min())}.")
         labels = labels.long().clone()
     return images.detach().clone(), masks, labels
-
-
-class ProbeSchedule:
-    """The epochs after which to probe: 0 is before the first optimizer step; ``e`` is after ``e`` epochs.
-
-    ``epochs``: a list of epochs, or ``"paper"`` ([KP]'s 0, 2, 5, …, 150 scaled to ``max_epochs``);
-    ``every_n_epochs``: every n epochs (and 0). Neither: every epoch. With ``max_steps`` and no ``max_epochs``
-    a list or ``every_n_epochs`` works (a last, partial epoch counts as an epoch); ``"paper"`` is refused.
-    """
-
-    def __init__(self, epochs: Sequence[int] | str | None, every_n_epochs: int | None) -> None:
-        if epochs is not None and every_n_epochs is not None:
-            raise ValueError("Give `epochs` or `every_n_epochs`, not both.")
-        if isinstance(epochs, str) and epochs != "paper":
-            raise ValueError(f"`epochs` must be a list of epochs or 'paper', got {epochs!r}.")
-        if epochs is not None and not isinstance(epochs, str):
-            epochs = list(epochs)
-            if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
-                raise ValueError(f"`epochs` must hold non-negative integers, got {epochs!r}.")
-        if every_n_epochs is not None and not (isinstance(every_n_epochs, int) and every_n_epochs >= 1):
-            raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
-        self.epochs, self.every_n_epochs = epochs, every_n_epochs
-
-    def resolve(self, max_epochs: int | None) -> list[int]:
-        """The sorted epochs to probe for a run of ``max_epochs`` (needed for ``"paper"``)."""
-        if self.epochs == "paper":
-            if max_epochs is None or max_epochs < 1:
-                raise ValueError(
-                    f"`epochs='paper'` scales the paper's checkpoints to the run's length in epochs and needs "
-                    f"Trainer(max_epochs=...) ≥ 1, got max_epochs={max_epochs!r} (a run bounded by `max_steps` "
-                    "alone has no length in epochs: give `epochs=[...]` or `every_n_epochs` instead)."
-                )
-            return sorted({min(max_epochs, round(e * max_epochs / 150)) for e in PAPER_EPOCHS})
-        if isinstance(self.epochs, list):
-            return sorted(set(self.epochs))
-        step = self.every_n_epochs or 1
-        last = max_epochs if max_epochs is not None and max_epochs >= 0 else 10**9
-        return [0, *range(step, last + 1, step)] if last < 10**9 else [0]
-
-    def includes(self, epoch: int, max_epochs: int | None) -> bool:
-        if self.epochs is None and (max_epochs is None or max_epochs < 0):
-            return epoch % (self.every_n_epochs or 1) == 0
-        return epoch in self.resolve(max_epochs)
 
 
 def find_network(pl_module: pl.LightningModule, path: str | None) -> nn.Module:
@@ -272,84 +219,3 @@ def save_atomically(record: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda temporary: torch.save(record, temporary))
-
-
-class BatchProbe(ProbeCallback):
-    """What the probes of one fixed held-out batch share (``AgreementProbe``, ``UniCAMProbe``): probe at epoch 0
-    (before any optimizer step) and after every ``every_n_epochs`` epochs, on rank zero only (no collectives),
-    never during sanity checking or ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where
-    it stopped). A probe is computed first (:meth:`measure`), then recorded as exactly one history entry
-    (failed, with the reason, when computing raised), then published (:meth:`publish`: scalars, images, files),
-    each side effect in its own guard: a probe problem never stops training. At the start of fit a dry run
-    (:meth:`estimate_cost`) says what a probe costs, and after the first epoch which share of an epoch. Probes
-    compute in float32 with autocast off (a mixed-precision Trainer is noted once; a Trainer whose weights are
-    not float32, ``precision="bf16-true"``, is refused at the start of fit)."""
-
-    description = "probe"
-    knobs = "probe fewer images or less often (`every_n_epochs`)"
-    every_n_epochs: int
-    history: list[dict[str, Any]]
-    name: str | None
-    side_effects: SideEffects
-    cost: CostGuard
-
-    def _start_guards(self) -> None:
-        owner = type(self).__name__ + (f" {self.name!r}" if self.name else "")
-        self.side_effects, self.cost = SideEffects(owner), CostGuard(owner, self.knobs)
-
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
-        """Compute one probe without side effects: the history entry, and what :meth:`publish` shows."""
-        raise NotImplementedError
-
-    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
-        """Log and save a recorded entry (``shown`` is ``None`` for a failed one), every side effect guarded
-        with ``self.side_effects.run``."""
-
-    def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
-        """Seconds one probe is expected to take (from a tiny dry run), and what that covers."""
-        raise NotImplementedError
-
-    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        """Probe now on this process: compute, append exactly one history entry, publish it."""
-        shown = None
-        try:
-            with float32_probe():  # autocast off: the probe's numbers do not depend on the training precision
-                entry, shown = self.cost.timed(lambda: self.measure(trainer, pl_module, epoch))
-        except Exception as error:  # a probe problem never stops training nor loses the history
-            reason = failure_reason(error)
-            rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({reason}); training continues.")
-            entry = {"epoch": epoch, "global_step": trainer.global_step, "failed": reason}
-        self.history.append(entry)
-        self.publish(trainer, entry, shown)
-        return entry
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_precision(trainer, self.side_effects.owner)  # every rank: a refused precision stops them all
-        if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
-            with float32_probe():
-                self.side_effects.run(
-                    None, "estimating the cost", lambda: self.cost.expect(*self.estimate_cost(pl_module))
-                )
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch)
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.cost.epoch_started()
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            self.cost.epoch_ended()
-        self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
-
-    def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
-            return
-        if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
-            return
-        stop_check(trainer)()  # SIGTERM received: let Lightning shut down rather than start a probe
-        self.probe(trainer, pl_module, epoch)

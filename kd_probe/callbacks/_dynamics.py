@@ -10,16 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import learning_speed, normalised_step, stability
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import modules_through
+from kd_probe.io.paths import write_atomically
 
 __all__ = ["PathLength", "checkpoint_fields", "checkpoint_scalars", "final_metrics", "history_metrics", "write_summary"]
 
 
 class PathLength:
-    """``D``: the sum over optimizer steps of ``‖W_{t+1} − W_t‖ / ‖W_0‖`` for one layer's weight (spec §1.4).
+    """``D``: the sum over optimizer steps of ``‖W_{t+1} − W_t‖ / ‖W_0‖`` for one layer's weight (methods §1.4).
 
     The weight is the probed layer's own (a parameter ``weight`` with at least 2 dimensions: convolutions,
     linear layers); for a layer without one (an activation, a normalisation, a pooling) the nearest module
@@ -154,7 +154,7 @@ def checkpoint_fields(
     maps: dict[str, Tensor], masks: Tensor, *, threshold: float, baseline: str | float
 ) -> dict[str, Any]:
     """One checkpoint's history fields from the gathered σ-map fields: the maps themselves and the knowledge
-    points counted on the images with ``σ_f > 0`` (spec §1.3)."""
+    points counted on the images with ``σ_f > 0`` (methods §1.3)."""
     effective = maps["effective"] > 0.5
     points = count_knowledge_points(maps["entropy"], masks, threshold=threshold, baseline=baseline, effective=effective)
     used = effective if effective.any() else torch.ones_like(effective)

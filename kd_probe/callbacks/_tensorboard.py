@@ -1,5 +1,7 @@
 """What every kd_probe callback adds to a TensorBoard run folder: a *Custom Scalars* layout of the probe tags and
-an *HParams* entry (the run's hyper-parameters, the final knowledge-point metrics and the accuracy)."""
+an *HParams* entry (the run's hyper-parameters, the probes' final metrics and the accuracy). The functions take the
+probes' contributions as arguments (:class:`~kd_probe.callbacks._base.ProbeCallback` gathers them), so this module
+knows no callback class."""
 
 from __future__ import annotations
 
@@ -7,37 +9,31 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from typing_extensions import override
 
-from kd_probe._paths import write_atomically
-from kd_probe.callbacks._dynamics import final_metrics
 from kd_probe.callbacks._guard import failure_reason
-from kd_probe.callbacks._probe_sources import read_pending_probe_sets
 from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.transforms import TRANSFORMS
-
-if TYPE_CHECKING:
-    from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
+from kd_probe.io.paths import write_atomically
+from kd_probe.io.run_files import FORMAT_VERSION, TENSORBOARD_FILE
 
 __all__ = [
     "ACCURACY_TAG",
-    "HPARAMS_METRICS",
     "MARKER_FILE",
-    "ProbeCallback",
-    "hparams_metric_tags",
     "hyperparameters",
+    "log_final_metrics",
     "probe_layout",
+    "start_run",
+    "tensorboard_loggers",
 ]
 
-MARKER_FILE = "kd_probe_tensorboard.json"  # in the run folder: the layout and HParams are written there already
-HPARAMS_METRICS = ("n_fg", "fg_ratio", "d_mean", "d_std", "rho")  # per knowledge-point probe: <p>/hparams/<key>
+MARKER_FILE = TENSORBOARD_FILE  # in the run folder: the layout and HParams are written there already
 ACCURACY_TAG = "kd_probe/hparams/accuracy"
 _ACCURACY = {"fit": "val/acc", "test": "test/acc"}  # what the accuracy column reads at the end of fit / of a test
 _PROBE = r"^kd_probe/(?:[\w.-]+/)?"  # kd_probe/ or kd_probe/<name>/ (a probe's `name`: one safe path component)
@@ -114,98 +110,38 @@ def probe_layout() -> dict[str, dict[str, list[Any]]]:
     }
 
 
-def hparams_metric_tags(trainer: pl.Trainer) -> list[str]:
-    """The *HParams* metrics of a run: ``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}`` per knowledge-point
-    probe (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``) and ``kd_probe/hparams/accuracy``."""
-    tags = [f"{probe.prefix}/hparams/{key}" for probe in _knowledge_point_probes(trainer) for key in HPARAMS_METRICS]
-    return [*tags, ACCURACY_TAG]
-
-
-class ProbeCallback(pl.Callback):
-    """The base of the kd_probe callbacks: what they add to each ``TensorBoardLogger``'s run folder, on rank zero,
-    done by the first kd_probe callback of the Trainer (so once, however many there are).
-
-    - At setup for fit, once per run folder (a ``kd_probe_tensorboard.json`` marker in it keeps a resumed or a
-      second fit from writing it again): the *Custom Scalars* layout (:func:`probe_layout`) and the *HParams*
-      declaration — the hyper-parameters (the LightningModule's and data module's, as Lightning logs them; the
-      teacher's class as ``kd_probe/teacher``, ``none`` without one; each knowledge-point probe's layer and
-      settings as ``<p>/<setting>``) and the metric tags (:func:`hparams_metric_tags`). Written before Lightning
-      logs its own hyper-parameters, so the columns are kd_probe's also with ``default_hp_metric=True``.
-    - At the end of training: the metrics' values — each knowledge-point probe's final ``n_fg``, ``fg_ratio``,
-      ``d_mean``, ``d_std`` and ``rho`` (those of ``kd_probe_summary.json``) and the last ``val/acc`` — and at the
-      end of a test with the same Trainer ``test/acc``, which the accuracy column then shows.
-
-    A failing write is warned about once and training goes on. Subclasses that override ``setup`` or
-    ``on_train_end`` call ``super()``.
-    """
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not _acts(self, trainer):
-            return
-        read_pending_probe_sets(trainer)  # the probes given images="datamodule": their settings are read below
-        for logger in _tensorboard_loggers(trainer):
-            try:
-                _start_run(logger, trainer, pl_module)
-            except Exception as error:  # a probe never breaks training
-                rank_zero_warn(
-                    f"kd_probe: writing the TensorBoard layout and HParams to {logger.log_dir} failed "
-                    f"({failure_reason(error)}); training goes on."
-                )
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if _acts(self, trainer):
-            _log_final_metrics(trainer, "fit")
-
-    @override
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if _acts(self, trainer):
-            _log_final_metrics(trainer, "test")
-
-
-def _acts(callback: ProbeCallback, trainer: pl.Trainer) -> bool:
-    """Whether ``callback`` writes the run's TensorBoard entries: rank zero, a TensorBoard logger, no
-    ``fast_dev_run``, and it is the Trainer's first kd_probe callback."""
-    if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False) or not _tensorboard_loggers(trainer):
-        return False
-    first = next((c for c in trainer.callbacks if isinstance(c, ProbeCallback)), None)  # type: ignore[attr-defined]
-    return first is callback
-
-
-def _tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+def tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+    r"""The Trainer's ``TensorBoardLogger``\ s."""
     return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
-def _knowledge_point_probes(trainer: pl.Trainer) -> list[KnowledgePointProbe]:
-    from kd_probe.callbacks.knowledge_points import KnowledgePointProbe  # imports this module
-
-    return [c for c in trainer.callbacks if isinstance(c, KnowledgePointProbe)]  # type: ignore[attr-defined]
-
-
-def _start_run(logger: TensorBoardLogger, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-    """The layout and the HParams declaration into ``logger``'s run folder, unless its marker says they are
-    there; the marker is written last, so a failed write is tried again by the next fit."""
+def start_run(logger: TensorBoardLogger, params: dict[str, bool | int | float | str], metric_tags: list[str]) -> None:
+    """The layout and the HParams declaration (``params``, and ``metric_tags`` as metric names) into ``logger``'s
+    run folder, unless its marker says they are there; the marker is written last, so a failed write is tried
+    again by the next fit."""
     from torch.utils.tensorboard.summary import hparams
 
     marker = Path(logger.log_dir) / MARKER_FILE
     if marker.exists():
         return
-    layout, params, metrics = probe_layout(), hyperparameters(trainer, pl_module), hparams_metric_tags(trainer)
+    layout = probe_layout()
     writer = logger.experiment
     writer.add_custom_scalars(layout)
-    for summary in hparams(params, dict.fromkeys(metrics, math.nan)):  # only the names: values come at the end
+    for summary in hparams(params, dict.fromkeys(metric_tags, math.nan)):  # only the names: values come at the end
         writer._get_file_writer().add_summary(summary)
     writer.flush()
-    record = {"version": 1, "layout": layout, "hparams": params, "metrics": metrics}
+    record = {"version": FORMAT_VERSION[TENSORBOARD_FILE], "layout": layout, "hparams": params, "metrics": metric_tags}
     text = json.dumps(record, indent=2, ensure_ascii=False)
     write_atomically(marker, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def hyperparameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, bool | int | float | str]:
+def hyperparameters(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, probe_params: Mapping[str, Any] | None = None
+) -> dict[str, bool | int | float | str]:
     """The *HParams* columns of a run: the LightningModule's and the data module's hyper-parameters (flattened
     with ``/``, as Lightning logs them), ``kd_probe/teacher`` (the class of the module's ``teacher``, ``none``
-    without one) and each knowledge-point probe's ``<p>/layer`` and ``<p>/<setting>``."""
+    without one) and the probes' own columns ``probe_params`` (a knowledge-point probe's ``<p>/layer`` and
+    ``<p>/<setting>``)."""
     params: dict[str, Any] = {}
     if getattr(pl_module, "_log_hyperparams", True):
         params.update(pl_module.hparams_initial)
@@ -215,9 +151,7 @@ def hyperparameters(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[
     params.pop("_class_path", None)  # LightningCLI's own
     teacher = getattr(pl_module, "teacher", None)
     params["kd_probe/teacher"] = type(unwrap_compiled(teacher)).__name__ if isinstance(teacher, nn.Module) else "none"
-    for probe in _knowledge_point_probes(trainer):
-        params[f"{probe.prefix}/layer"] = probe.layer
-        params.update({f"{probe.prefix}/{key}": value for key, value in probe.settings.items()})
+    params.update(probe_params or {})
     return dict(_flatten(params))
 
 
@@ -236,17 +170,15 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, boo
     return items
 
 
-def _log_final_metrics(trainer: pl.Trainer, stage: str) -> None:
-    values: dict[str, float] = {}
-    if stage == "fit":
-        for probe in _knowledge_point_probes(trainer):
-            metrics = final_metrics(probe.history, probe.foreground)
-            values.update({f"{probe.prefix}/hparams/{key}": float(metrics[key]) for key in HPARAMS_METRICS})
+def log_final_metrics(trainer: pl.Trainer, stage: str, probe_values: Mapping[str, float]) -> None:
+    """The *HParams* metrics' values: the probes' final ``probe_values`` (at the end of fit) and the accuracy
+    (the last ``val/acc`` at the end of fit, ``test/acc`` at the end of a test); non-finite values are left out."""
+    values = dict(probe_values)
     accuracy = trainer.callback_metrics.get(_ACCURACY[stage])
     if accuracy is not None:
         values[ACCURACY_TAG] = float(accuracy)
     finite = {tag: value for tag, value in values.items() if math.isfinite(value)}
-    for logger in _tensorboard_loggers(trainer) if finite else []:
+    for logger in tensorboard_loggers(trainer) if finite else []:
         try:
             logger.log_metrics(finite, step=trainer.global_step)
         except Exception as error:  # a probe never breaks training

@@ -1,4 +1,4 @@
-"""What ``KnowledgePointProbe`` needs to know about its input units (spec §1.1): the probe inputs and their
+"""What ``KnowledgePointProbe`` needs to know about its input units (methods §1.1): the probe inputs and their
 foreground units for images, token sequences and point clouds, and the TensorBoard media of each."""
 
 from __future__ import annotations

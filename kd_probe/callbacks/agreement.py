@@ -1,4 +1,4 @@
-"""``AgreementProbe``: what gets distilled — localisation, adversarial and invariance agreement (spec §2)."""
+"""``AgreementProbe``: what gets distilled — localisation, adversarial and invariance agreement (methods §2)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from kd_probe._paths import check_name
 from kd_probe.callbacks._agreement_eps import DEFAULT_EPS, check_eps, eps_key
+from kd_probe.callbacks._base import BatchProbe
 from kd_probe.callbacks._checks import (
     check_agreement_options,
     check_agreement_setup,
@@ -23,7 +22,6 @@ from kd_probe.callbacks._checks import (
     check_prefix_tokens,
 )
 from kd_probe.callbacks._common import (
-    BatchProbe,
     networks_by_role,
     probe_normalization,
     probe_pictures,
@@ -32,7 +30,7 @@ from kd_probe.callbacks._common import (
     save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
-from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
+from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -49,6 +47,8 @@ from kd_probe.core.agreement import (
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.render import map_rows
 from kd_probe.core.transforms import TRANSFORMS
+from kd_probe.io.paths import check_name
+from kd_probe.io.run_files import AGREEMENT_FILE, FORMAT_VERSION, probe_file
 
 __all__ = ["AgreementProbe"]
 
@@ -63,7 +63,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     fool the student) at each radius of an ε sweep in [0, 1] pixel units, and invariance agreement per
     transform. Teacher-side work (teacher CAMs, the adversarial images of every ε, teacher predictions) is
     computed once and cached, so each probe costs one student backward and a few forwards. Probe work runs
-    on rank zero only (the batch is small); the model is left as it was (spec §4). A failing probe (e.g. a
+    on rank zero only (the batch is small); the model is left as it was (methods §4). A failing probe (e.g. a
     diverged student with NaN logits or CAMs) is warned about and recorded as failed with the reason, never
     as numbers; a logger, an image grid or a file that fails is warned about once and noted in the entry's
     ``problems``; training goes on. At the start of fit a dry run logs what a probe is expected to cost, and
@@ -188,11 +188,10 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, student_layer=self.student_layer)
 
+    media = "the agreement CAM grid is"
+
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
+    def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         resolve_layer(teacher, self.teacher_layer, argument="teacher_layer")
         resolve_layer(student, self.student_layer, argument="student_layer")
@@ -208,9 +207,6 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             self.reference,
             self.prefix_tokens,
         )
-        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-            rank_zero_warn("kd_probe: no TensorBoardLogger: the agreement CAM grid is not logged, scalars are.")
-        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     def _teacher_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
         """Everything that depends only on the (frozen) teacher and the reference: computed once."""
@@ -358,13 +354,13 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         atomically after every probe: ``{"version": 1, "eps": [floats], "eps_keys": ["eps_1", ...], "steps",
         "transforms": [names], "teacher_layer", "student_layer", "reference": bool, "masks": bool, "images": N,
         "labels": [N] long, "entries": history}``."""
-        return run_folder(trainer) / f"kd_probe_agreement{'_' + self.name if self.name else ''}.pt"
+        return run_folder(trainer) / probe_file(AGREEMENT_FILE, self.name)
 
     def _save(self, trainer: pl.Trainer) -> None:
         """The settings, the probe labels and every entry (with its per-image values): plain containers,
         numbers, strings and tensors, so that ``torch.load(path, weights_only=True)`` reads it."""
         record = {
-            "version": 1,
+            "version": FORMAT_VERSION[AGREEMENT_FILE],
             "eps": list(self.eps),
             "eps_keys": list(self.eps_keys),
             "steps": self.steps,

@@ -1,4 +1,4 @@
-"""``KnowledgePointProbe``: live knowledge-point curves of a network during training (spec §1, §4)."""
+"""``KnowledgePointProbe``: live knowledge-point curves of a network during training (methods §1, §4)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
-from kd_probe._paths import check_name
+from kd_probe.callbacks._base import ProbeCallback
 from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options
 from kd_probe.callbacks._common import (
-    ProbeSchedule,
     find_network,
     gather_shards,
     run_folder,
@@ -29,20 +28,25 @@ from kd_probe.callbacks._dynamics import (
     PathLength,
     checkpoint_fields,
     checkpoint_scalars,
+    final_metrics,
     history_metrics,
     write_summary,
 )
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
-from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
+from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
-from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.callbacks._units import describe_units, log_unit_media, read_probe_inputs
+from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.sigma import estimate_sigma_maps
+from kd_probe.io.paths import check_name
+from kd_probe.io.run_files import FORMAT_VERSION, HISTORY_FILE, SUMMARY_FILE, probe_file
 
 __all__ = ["KnowledgePointProbe"]
+
+HPARAMS_METRICS = ("n_fg", "fg_ratio", "d_mean", "d_std", "rho")  # the HParams metrics: <p>/hparams/<key>
 
 _SIGMA_OPTIONS = (
     "grid",
@@ -101,8 +105,8 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             probes (student and teacher, two layers) can run in one Trainer; one safe path component
             (letters, digits, ``_``, ``-``, ``.``).
         log_images: how many probe images appear in the ``maps`` image grid (0: none).
-        threshold: ``b`` of spec §1.3, in nats.
-        baseline: ``"dataset"``, ``"image"`` or a float (spec §1.3).
+        threshold: ``b`` of methods §1.3, in nats.
+        baseline: ``"dataset"``, ``"image"`` or a float (methods §1.3).
         sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``units``, ``grid``, ``method``,
             ``samples``, ``passes``, ``steps``, ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``,
             ``seed``, ``max_batch``, ``channels_last``, ``fold_batchnorm``, ``patience``). ``lam`` (λ, default 7):
@@ -162,7 +166,6 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
         self._network: torch.nn.Module | None = None
-        self._warned_no_tensorboard = False
         owner = "KnowledgePointProbe" + (f" {name!r}" if name else "")
         self.side_effects = SideEffects(owner)
         knobs = "probe fewer images, use fewer `samples` or `steps` or a coarser `grid`, or probe less often (`epochs`/`every_n_epochs`)"
@@ -190,11 +193,14 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     def state_key(self) -> str:
         return self._generate_state_key(layer=self.layer, name=self.name, module=self.module_path)
 
+    media = "the `maps` images and histograms are"
+
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or getattr(trainer, "fast_dev_run", False):
-            return
-        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
+    def sets_up(self, trainer: pl.Trainer) -> bool:
+        return not getattr(trainer, "fast_dev_run", False)
+
+    @override
+    def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = find_network(pl_module, self.module_path)
         resolve_layer(network, self.layer)
         check_knowledge_point_setup(network, self.images, self.layer)
@@ -210,9 +216,22 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
         if tracked != self.layer:
             rank_zero_info(f"kd_probe: `{self.layer}` has no weight of its own; the path length D tracks `{tracked}`.")
-        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-            self._warn_once("no TensorBoardLogger: the `maps` images and histograms are not logged, scalars are.")
-        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
+
+    @override
+    def hparams(self) -> dict[str, Any]:
+        """The probe's layer and settings as *HParams* columns ``<p>/layer``, ``<p>/<setting>``."""
+        return {f"{self.prefix}/layer": self.layer, **{f"{self.prefix}/{k}": v for k, v in self.settings.items()}}
+
+    @override
+    def hparams_metric_tags(self) -> list[str]:
+        """``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}``."""
+        return [f"{self.prefix}/hparams/{key}" for key in HPARAMS_METRICS]
+
+    @override
+    def final_hparams_metrics(self) -> dict[str, float]:
+        """The final values of :meth:`hparams_metric_tags`, those of ``kd_probe_summary.json``."""
+        metrics = final_metrics(self.history, self.foreground)
+        return {f"{self.prefix}/hparams/{key}": float(metrics[key]) for key in HPARAMS_METRICS}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -252,9 +271,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         if getattr(trainer, "fast_dev_run", False) or not self.history or not trainer.is_global_zero:
             return
         self._log_scalars(trainer, None, self._dynamics(None))
-        self.side_effects.run(
-            None, f"writing {self._file_name('kd_probe_summary', 'json')}", self._write_summary, trainer
-        )
+        self.side_effects.run(None, f"writing {probe_file(SUMMARY_FILE, self.name)}", self._write_summary, trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -352,7 +369,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
                 if isinstance(logger, TensorBoardLogger):
                     what = "writing the maps and the histogram to TensorBoard"
                     self.side_effects.run(entry, what, self._log_media, logger, entry, trainer.global_step)
-        what = f"saving {self._file_name('kd_probe_history', 'pt')}"
+        what = f"saving {probe_file(HISTORY_FILE, self.name)}"
         self.side_effects.run(entry, what, self._save_history, trainer)
 
     def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
@@ -372,7 +389,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             self.side_effects.run(entry, what, logger.log_metrics, metrics, step=trainer.global_step)
 
     def _dynamics(self, entry: dict[str, Any] | None) -> dict[str, float]:
-        """Live D_mean, D_std, ρ, ρ_all and the path length over the checkpoints so far (spec §1.4–1.5)."""
+        """Live D_mean, D_std, ρ, ρ_all and the path length over the checkpoints so far (methods §1.4–1.5)."""
         values: dict[str, float] = {}
         what = "computing D_mean, D_std and ρ"
         self.side_effects.run(entry, what, lambda: values.update(history_metrics(self.history, self.foreground)))
@@ -399,7 +416,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "settings": self.settings,
             "history_file": self.history_path(trainer).name,
         }
-        path = run_folder(trainer) / self._file_name("kd_probe_summary", "json")
+        path = run_folder(trainer) / probe_file(SUMMARY_FILE, self.name)
         write_summary(path, self.history, self.foreground, extra)
 
     @property
@@ -414,16 +431,13 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "baseline": self.baseline,
         }
 
-    def _file_name(self, stem: str, extension: str) -> str:
-        return f"{stem}{'_' + self.name if self.name else ''}.{extension}"
-
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
-        return run_folder(trainer) / self._file_name("kd_probe_history", "pt")
+        return run_folder(trainer) / probe_file(HISTORY_FILE, self.name)
 
     def _save_history(self, trainer: pl.Trainer) -> None:
         record = {
-            "version": 1,
+            "version": FORMAT_VERSION[HISTORY_FILE],
             "layer": self.layer,
             "module": self.module_path,
             "name": self.name,
@@ -434,8 +448,3 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "entries": self.history,
         }
         save_atomically(record, self.history_path(trainer))
-
-    def _warn_once(self, message: str) -> None:
-        if not self._warned_no_tensorboard:
-            rank_zero_warn(f"kd_probe: {message}")
-            self._warned_no_tensorboard = True

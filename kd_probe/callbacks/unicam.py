@@ -1,4 +1,4 @@
-"""``UniCAMProbe``: feature similarity (FSS), relevance (RS) and UniCAM maps during training ([UC], spec §3)."""
+"""``UniCAMProbe``: feature similarity (FSS), relevance (RS) and UniCAM maps during training ([UC], methods §3)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from kd_probe._paths import check_name
+from kd_probe.callbacks._base import BatchProbe
 from kd_probe.callbacks._checks import check_cam_layer, check_images_fit, check_normalization, check_prefix_tokens
 from kd_probe.callbacks._common import (
-    BatchProbe,
     networks_by_role,
     probe_normalization,
     probe_pictures,
@@ -26,7 +24,7 @@ from kd_probe.callbacks._common import (
     save_atomically,
 )
 from kd_probe.callbacks._guard import seconds_per_pass
-from kd_probe.callbacks._probe_sources import ProbeSetReader, read_pending_probe_sets
+from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.core.distance_correlation import (
     correlation_of_distances,
     distance_matrix,
@@ -36,6 +34,8 @@ from kd_probe.core.distance_correlation import (
 from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
 from kd_probe.core.render import map_rows
 from kd_probe.core.unicam import OBJECTIVES, UniCAM, check_features, feature_vectors
+from kd_probe.io.paths import check_name
+from kd_probe.io.run_files import FORMAT_VERSION, UNICAM_FILE, probe_file
 
 __all__ = ["UniCAMProbe"]
 
@@ -71,7 +71,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     labels; beyond the reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the
     teacher — or the reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``.
     Teacher- and reference-side features are computed once and cached. Runs on rank zero only (the batch is
-    small); the models are left as they were (spec §4). A failed probe (e.g. NaN or infinite features or maps of a
+    small); the models are left as they were (methods §4). A failed probe (e.g. NaN or infinite features or maps of a
     diverged student) is warned about and recorded as failed with the reason, never as numbers; a logger, an
     image grid or the file that fails is warned about once and noted in the entry's ``problems``; training
     goes on. At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch
@@ -236,11 +236,10 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         return student, teacher, self.reference if self.reference is not None else teacher
 
+    media = "the UniCAM map grids are"
+
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        read_pending_probe_sets(trainer)  # images="datamodule": this probe's and the others'
+    def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         student, teacher, _ = self._networks(pl_module)
         checks = [(student, [s for s, _ in self.pairs], "layers"), (teacher, [t for _, t in self.pairs], "layers")]
         checks += [(student, [self.cam_layer[0]], "cam_layer"), (teacher, [self.cam_layer[1]], "cam_layer")]
@@ -257,9 +256,6 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         for network, layer in ((student, self.cam_layer[0]), (other, self._other_cam)):
             shape = output_shapes(network, [layer], self.images[:1].to(module_device(network)))[layer]
             check_cam_layer(shape, self.images, "cam_layer", layer, self.prefix_tokens)
-        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-            rank_zero_warn("kd_probe: no TensorBoardLogger: the UniCAM map grids are not logged, scalars are.")
-        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     @property
     def _other_cam(self) -> str:
@@ -407,11 +403,11 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_unicam[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""
-        return run_folder(trainer) / f"kd_probe_unicam{'_' + self.name if self.name else ''}.pt"
+        return run_folder(trainer) / probe_file(UNICAM_FILE, self.name)
 
     def _save(self, trainer: pl.Trainer) -> None:
         record = {
-            "version": 1,
+            "version": FORMAT_VERSION[UNICAM_FILE],
             "layers": self.pairs,
             "cam_layer": self.cam_layer,
             "reference": self.reference is not None,

@@ -1,4 +1,4 @@
-"""``WeightTrajectoryMonitor``: how straight and how steady the weights travel (spec §1.6)."""
+"""``WeightTrajectoryMonitor``: how straight and how steady the weights travel (methods §1.6)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from kd_probe.callbacks._base import ProbeCallback
 from kd_probe.callbacks._common import find_network
-from kd_probe.callbacks._tensorboard import ProbeCallback
 from kd_probe.core.dynamics import CountSketch, cosine, path_efficiency
 from kd_probe.core.layers import resolve_layer
 
@@ -112,9 +112,7 @@ class WeightTrajectoryMonitor(ProbeCallback):
         return self._generate_state_key(modules=self.modules, module=self.module_path)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = find_network(pl_module, self.module_path)
         if self.modules is None:
             names = [name for name, child in network.named_children() if any(True for _ in child.parameters())]
@@ -125,7 +123,6 @@ class WeightTrajectoryMonitor(ProbeCallback):
         if not names:
             raise ValueError(f"{type(network).__name__} has no child module with parameters to track.")
         self._groups = {name: list(network.get_submodule(name).parameters()) for name in names}
-        super().setup(trainer, pl_module, stage)  # the TensorBoard layout and HParams, once per run folder
 
     def _vector(self, name: str) -> Tensor:
         flat = torch.cat([p.detach().flatten() for p in self._groups[name]])

@@ -1,6 +1,6 @@
 """The σ engine's feature function: the forward up to one layer, traced with BatchNorm folded when possible.
 
-Used by the σ engine (spec §1.2) to run thousands of perturbed forwards cheaply. The graph shares the
+Used by the σ engine (methods §1.2) to run thousands of perturbed forwards cheaply. The graph shares the
 model's modules (no weight copies, except the folded convolutions), stops at the probed layer, and is
 rebuilt for every call, so it always reflects the current weights. When the model cannot be traced with
 ``torch.fx`` the caller falls back to the plain forward with an early-exit hook.

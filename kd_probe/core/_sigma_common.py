@@ -2,7 +2,7 @@
 recurrence itself (clamp, record, SGD step, step-59 stop/boost, closest-to-target selection).
 
 The faithful engine drives the recurrence with gradients sampled from the model at every step; the secant
-engine (spec §1.8) drives the same recurrence with the gradient of a quadratic surrogate fitted to a few
+engine (methods §1.8) drives the same recurrence with the gradient of a quadratic surrogate fitted to a few
 sampled gradients. Pure torch.
 """
 
@@ -34,9 +34,9 @@ __all__ = [
     "upsample_units",
 ]
 
-SIGMA_INIT = 0.01  # σ at the start of the optimisation, and the uniform σ of the normaliser σ_f (spec §1.2)
-SIGMA_RANGE = (1e-3, 1.0)  # σ is clamped to this range before every step (spec §1.2)
-BOOST_STEPS = 20  # λ is boosted for the last 20 steps when the target entropy was not exceeded (spec §1.2)
+SIGMA_INIT = 0.01  # σ at the start of the optimisation, and the uniform σ of the normaliser σ_f (methods §1.2)
+SIGMA_RANGE = (1e-3, 1.0)  # σ is clamped to this range before every step (methods §1.2)
+BOOST_STEPS = 20  # λ is boosted for the last 20 steps when the target entropy was not exceeded (methods §1.2)
 METHODS = ("faithful", "secant")
 _ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
 
@@ -49,14 +49,14 @@ class SigmaMaps:
     Attributes:
         sigma: ``[N, *units]`` the selected noise scales σ_i in input units: ``[N, grid, grid]`` for images,
             ``[N, T]`` for tokens (embedding units; NaN at padding, which is not a unit), ``[N, P]`` for points.
-        entropy: ``[N, *units]`` ``H_i = log σ_i + ½·log(2πe)``, nats per dimension (spec §1.2).
+        entropy: ``[N, *units]`` ``H_i = log σ_i + ½·log(2πe)``, nats per dimension (methods §1.2).
         mean_entropy: ``[N]`` ``Ĥ``, the mean of ``entropy`` over units (closest recorded value to the target).
         reached_target: ``[N]`` bool, ``Ĥ`` exceeded the target entropy at some recorded step.
         boosted: ``[N]`` bool, λ was multiplied by ``boost`` for the last 20 steps.
         sigma_f: ``[N]`` the normaliser ``σ_f`` (feature change under uniform σ = 0.01).
         effective: ``[N]`` bool, ``σ_f > 0`` (``False``: dead features, the map carries no information).
         step: ``[N]`` long, the index of the selected iterate (0 = the initial σ).
-        method: ``"faithful"`` (spec §1.2) or ``"secant"`` (spec §1.8), the engine that made the maps.
+        method: ``"faithful"`` (methods §1.2) or ``"secant"`` (methods §1.8), the engine that made the maps.
     """
 
     sigma: Tensor
@@ -93,7 +93,7 @@ class SigmaMaps:
 
 
 def gaussian_entropy(sigma: Tensor) -> Tensor:
-    """Differential entropy of one Gaussian dimension, ``H_i = log σ_i + ½·log(2πe)`` in nats (spec §1.2).
+    """Differential entropy of one Gaussian dimension, ``H_i = log σ_i + ½·log(2πe)`` in nats (methods §1.2).
 
     Example::
 
@@ -104,7 +104,7 @@ def gaussian_entropy(sigma: Tensor) -> Tensor:
 
 
 def mean_entropy(sigma: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``Ĥ`` per input ``[n]``: the mean of ``H_i`` over its units (spec §1.2); ``valid`` (bool, σ's shape)
+    """``Ĥ`` per input ``[n]``: the mean of ``H_i`` over its units (methods §1.2); ``valid`` (bool, σ's shape)
     leaves out positions that are not units (padding tokens)."""
     entropy = gaussian_entropy(sigma)
     dims = tuple(range(1, sigma.dim()))
@@ -114,7 +114,7 @@ def mean_entropy(sigma: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def entropy_gradient(sigma: Tensor, lam: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Gradient with respect to σ ``[n, *units]`` of the entropy term ``−λ·Ĥ(σ)`` of spec §1.2, one ``λ``
+    """Gradient with respect to σ ``[n, *units]`` of the entropy term ``−λ·Ĥ(σ)`` of methods §1.2, one ``λ``
     per input (``Ĥ`` is the mean over units, so each of the ``n_units`` units gets ``−λ / (n_units σ_i)``,
     positions outside ``valid`` 0)."""
     leaf = sigma.detach().requires_grad_(True)
@@ -126,7 +126,7 @@ def entropy_gradient(sigma: Tensor, lam: Tensor, valid: Tensor | None = None) ->
 
 def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The noise generator of image ``index``: seeded by ``(seed, index)`` only, so an image's noise never
-    depends on the batch it is in, the order of the batch or the number of processes (spec §4)."""
+    depends on the batch it is in, the order of the batch or the number of processes (methods §4)."""
     check_int("seed", seed, 0)
     check_int("index", index, 0)
     state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
@@ -137,7 +137,7 @@ def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -
 
 @dataclass(frozen=True)
 class Selected:
-    """What :func:`recurrence` selects per image (spec §1.2)."""
+    """What :func:`recurrence` selects per image (methods §1.2)."""
 
     sigma: Tensor
     mean_entropy: Tensor
@@ -162,7 +162,7 @@ def recurrence(
     progress: Callable[[int, int], None] | None = None,
     check: Callable[[], None] | None = None,
 ) -> Selected:
-    """The recurrence of spec §1.2 for ``count`` independent inputs of ``shape`` units each (``valid``: which
+    """The recurrence of methods §1.2 for ``count`` independent inputs of ``shape`` units each (``valid``: which
     positions are units, default all), driven by ``gradient(positions, σ, λ)`` (the loss gradient of the
     inputs at ``positions``, their σ rows and λ values in that order).
 

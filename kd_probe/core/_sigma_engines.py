@@ -1,4 +1,4 @@
-"""The two σ engines: faithful (spec §1.2, a sampled gradient at every step) and secant (spec §1.8, a
+"""The two σ engines: faithful (methods §1.2, a sampled gradient at every step) and secant (methods §1.8, a
 quadratic surrogate fitted to a few sampled gradients), over a set of independent inputs (images, token
 sequences, point clouds; :mod:`kd_probe.core.units`). Pure torch.
 
@@ -29,7 +29,7 @@ __all__ = ["SampledObjective", "faithful_maps", "secant_maps"]
 
 
 class SampledObjective:
-    """The feature term of spec §1.2 sampled with per-input noise: ``Σ`` over noise samples and feature elements
+    """The feature term of methods §1.2 sampled with per-input noise: ``Σ`` over noise samples and feature elements
     of ``(g(x + σ⊙ε) − g(x))²`` and its gradient with respect to σ, at most ``max_batch`` perturbed inputs per
     forward (gradients accumulated over chunks). ``units`` says how σ enters the input (§1.1)."""
 
@@ -98,7 +98,7 @@ class SampledObjective:
         return change.flatten(2).sum(dim=2).sum(dim=1)
 
     def normaliser(self) -> Tensor:
-        """``σ_f`` of every input: the mean squared feature change under uniform σ = 0.01 (spec §1.2)."""
+        """``σ_f`` of every input: the mean squared feature change under uniform σ = 0.01 (methods §1.2)."""
         total = torch.zeros(self.count, dtype=self.clean.dtype, device=self.device)
         with torch.no_grad():
             for group, noise, rows in self._chunks(list(range(self.count))):
@@ -136,7 +136,7 @@ def faithful_maps(
     patience: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> SigmaMaps:
-    """Spec §1.2: ``σ_f`` from its own draw of noise, then every step of the recurrence on a fresh sampled
+    """Methods §1.2: ``σ_f`` from its own draw of noise, then every step of the recurrence on a fresh sampled
     gradient of ``MSE(g(x'), g(x)) / σ_f − λ·Ĥ(σ)``."""
     sigma_f = objective.normaliser()
     effective = sigma_f > 0
@@ -185,7 +185,7 @@ def secant_maps(
     patience: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> SigmaMaps:
-    """Spec §1.8, the secant estimator. Pass 1 samples the feature term and its gradient ``G`` at uniform
+    """Methods §1.8, the secant estimator. Pass 1 samples the feature term and its gradient ``G`` at uniform
     σ = 0.01 (``σ_f`` comes from the same draw); each later pass samples ``G`` again at the map the recurrence
     selected from the passes so far. Each pass gives per-unit coefficients ``a_i = G_i / (2 σ_i)`` of a quadratic
     surrogate ``Σ_i a_i σ_i²`` of the normalised feature term (``G`` is the gradient of ``MSE / σ_f``); the

@@ -1,6 +1,6 @@
-"""What gets distilled [WK]: Grad-CAM, I-FGSM and the teacher–student agreement scores (spec §2), pure torch.
+"""What gets distilled [WK]: Grad-CAM, I-FGSM and the teacher–student agreement scores (methods §2), pure torch.
 
-Every function leaves the model as it found it (spec §4): eval mode only for the duration of the call,
+Every function leaves the model as it found it (methods §4): eval mode only for the duration of the call,
 hooks removed in ``finally``, gradients taken with ``torch.autograd.grad`` so no parameter's ``.grad`` is
 touched, and frozen models work because the input is made to require grad.
 """
@@ -42,14 +42,14 @@ def grad_cam(
     max_batch: int | None = None,
     prefix_tokens: int | None = None,
 ) -> Tensor:
-    """Grad-CAM ``[N, H, W]`` of class ``targets[i]`` for image ``i`` at ``layer`` (spec §2).
+    """Grad-CAM ``[N, H, W]`` of class ``targets[i]`` for image ``i`` at ``layer`` (methods §2).
 
     ``α_k = mean_{u,v} ∂y_c/∂A_k`` over the layer's activations ``A``; map ``ReLU(Σ_k α_k A_k)``, bilinearly
     upsampled to the input size (not normalised: compare maps with :func:`cam_cosine`). The map of an image
     whose logits, activations or gradients hold a NaN or infinity is all NaN, never a plausible map.
 
     Args:
-        model: any ``nn.Module``, left as it was (spec §4).
+        model: any ``nn.Module``, left as it was (methods §4).
         images: ``[N, C, H, W]`` inputs as the model expects them.
         targets: ``[N]`` the class explained for each image.
         layer: dotted name of a layer whose output is a feature map ``[N, C, h, w]`` (a convolution, a block)
@@ -95,7 +95,7 @@ def grad_cam(
 
 
 def weighted_activations(activation: Tensor, gradient: Tensor) -> Tensor:
-    """The Grad-CAM map at the layer's resolution ``[N, h, w]`` (spec §2, and UniCAM in §3):
+    """The Grad-CAM map at the layer's resolution ``[N, h, w]`` (methods §2, and UniCAM in §3):
     ``α_k = mean_{u,v} ∂s/∂A_k``, ``ReLU(Σ_k α_k A_k)``, detached; all NaN for an image whose activations or
     gradients hold a NaN or infinity (``ReLU`` would turn ``−∞`` into a plausible 0)."""
     weights = gradient.mean(dim=(2, 3), keepdim=True)
@@ -115,7 +115,7 @@ def ifgsm(
     clamp: tuple[float | Tensor, float | Tensor] | None = None,
     max_batch: int | None = None,
 ) -> Tensor:
-    """Untargeted iterative FGSM (spec §2): ``steps`` signed-gradient ascent steps of size ``step_size``
+    """Untargeted iterative FGSM (methods §2): ``steps`` signed-gradient ascent steps of size ``step_size``
     (default ``eps / 4``) on the cross-entropy to ``labels``, projected onto the L∞ ball of radius ``eps``
     around ``images`` and into ``clamp = (low, high)``. ``eps``, ``step_size`` and ``clamp`` are in the units
     of ``images`` (tensors broadcast, e.g. per channel for normalised inputs). Images are attacked
@@ -180,7 +180,7 @@ def predictions(model: nn.Module, images: Tensor, *, batch_size: int = 256, max_
 
 
 def cam_cosine(cams: Tensor, others: Tensor) -> Tensor:
-    """Per-image cosine ``cos(CAM_a, CAM_b)`` ``[N]`` (spec §2: localisation agreement); 0 when a map is empty,
+    """Per-image cosine ``cos(CAM_a, CAM_b)`` ``[N]`` (methods §2: localisation agreement); 0 when a map is empty,
     NaN when a map holds a NaN or infinity."""
     a, b = cams.flatten(1).double(), others.flatten(1).double()
     finite = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1)
@@ -197,7 +197,7 @@ def cam_wins(student_cosine: Tensor, reference_cosine: Tensor) -> Tensor:
 
 
 def cam_win_rate(student_cosine: Tensor, reference_cosine: Tensor) -> float:
-    """``mean(c_S > c_ref)`` (spec §2): how often the student's CAM is closer to the teacher's than the
+    """``mean(c_S > c_ref)`` (methods §2): how often the student's CAM is closer to the teacher's than the
     reference model's is (chance 0.5)."""
     return float(cam_wins(student_cosine, reference_cosine).float().mean())
 
@@ -212,7 +212,7 @@ def cam_energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
 
 
 def fooled(clean: Tensor, adversarial: Tensor) -> Tensor:
-    """Per image, whether a model is fooled ``[N]`` (bool, spec §2): its prediction on the adversarial image
+    """Per image, whether a model is fooled ``[N]`` (bool, methods §2): its prediction on the adversarial image
     differs from its own clean prediction."""
     return adversarial != clean
 
@@ -220,7 +220,7 @@ def fooled(clean: Tensor, adversarial: Tensor) -> Tensor:
 def adversarial_transfer(
     teacher_clean: Tensor, teacher_adversarial: Tensor, student_clean: Tensor, student_adversarial: Tensor
 ) -> tuple[float, float]:
-    """``(transfer, teacher_fooling_rate)`` (spec §2): a model is fooled on an image when its prediction on
+    """``(transfer, teacher_fooling_rate)`` (methods §2): a model is fooled on an image when its prediction on
     the adversarial image differs from its own clean prediction; transfer = the fraction of the
     teacher-fooling images that also fool the student (NaN when the teacher is never fooled)."""
     teacher_fooled = fooled(teacher_clean, teacher_adversarial)
@@ -237,7 +237,7 @@ def prediction_unchanged(clean: Tensor, transformed: Tensor) -> Tensor:
 
 
 def prediction_agreement(clean: Tensor, transformed: Tensor) -> float:
-    """Invariance agreement (spec §2): the fraction of images whose top-1 prediction is unchanged."""
+    """Invariance agreement (methods §2): the fraction of images whose top-1 prediction is unchanged."""
     return float(prediction_unchanged(clean, transformed).float().mean())
 
 

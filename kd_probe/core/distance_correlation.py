@@ -1,4 +1,4 @@
-"""Distance correlation, its partial (residual) form and label embeddings: the [UC] toolkit (spec §3), pure torch.
+"""Distance correlation, its partial (residual) form and label embeddings: the [UC] toolkit (methods §3), pure torch.
 
 Two entry points for each score: from features ``[n, ...]`` (flattened per sample; :func:`distance_correlation`,
 :func:`relevance_given`, :func:`residual_matrix`) and from distance matrices ``[..., n, n]`` as
@@ -9,7 +9,7 @@ code. Everything is computed in float64 and returned in the inputs' floating dty
 takes gradients through it). The bias-corrected forms (U-centring) need ``n ≥ 4`` samples; the V-statistic
 form ``n ≥ 2``.
 
-Degenerate and broken input (spec §3): a centred matrix counts as zero when ``⟨Ã,Ã⟩ ≤ τ_A²`` with
+Degenerate and broken input (methods §3): a centred matrix counts as zero when ``⟨Ã,Ã⟩ ≤ τ_A²`` with
 ``τ_A = 8·n·ε₆₄·max_ij a_ij + 4·√ε`` (per matrix): the worst-case float64 rounding of its row and column sums
 relative to the uncentred distances, plus the most that the ``ε`` inside ``a_ij`` moves a centred entry. The
 residual ``P`` counts as zero when ``⟨P,P⟩ ≤ (τ_A + |β|·τ_B)²``, ``β = ⟨Ã,B̃⟩/⟨B̃,B̃⟩``. A correlation whose
@@ -97,7 +97,7 @@ def _same_count(x: Tensor, y: Tensor, names: tuple[str, str]) -> None:
 
 def _distances(a: Tensor, argument: str, *, minimum: int, eps: float) -> Tensor:
     """Distance matrices ``[..., n, n]`` as float64, with the checks every ``*_of_distances`` function needs, and
-    every distance between two samples at least ``√ε`` (``a_ij = sqrt(‖x_i − x_j‖² + ε)``, spec §3): a
+    every distance between two samples at least ``√ε`` (``a_ij = sqrt(‖x_i − x_j‖² + ε)``, methods §3): a
     resampled image is then ``√ε`` away from its copy, as in the distance matrix of the resampled features."""
     if not isinstance(a, Tensor):
         raise TypeError(f"`{argument}` must be a tensor [..., n, n] of distance matrices, got {type(a).__name__}.")
@@ -147,11 +147,11 @@ def _same_samples(matrices: dict[str, Tensor]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- formulas
 def distance_matrix(x: Tensor, *, eps: float = EPS, normalize_rows: bool = False) -> Tensor:
-    """``a_ij = sqrt(‖x_i − x_j‖² + ε)`` ``[n, n]`` for features ``[n, D]`` (spec §3), with ``a_ii = 0``.
+    """``a_ij = sqrt(‖x_i − x_j‖² + ε)`` ``[n, n]`` for features ``[n, D]`` (methods §3), with ``a_ii = 0``.
 
     Distances are taken from the differences (not the Gram matrix), so identical samples are exactly 0 apart
     and memory stays ``n²``. ``ε`` only keeps the gradient finite at coincident samples; the diagonal is the
-    distance of a sample to itself, 0 (the U-centring of spec §3 assumes it). ``normalize_rows=True`` scales
+    distance of a sample to itself, 0 (the U-centring of methods §3 assumes it). ``normalize_rows=True`` scales
     each sample's features to unit L2 norm first (``F.normalize``; a zero vector stays 0), as the [UC]
     authors' scripts do before the V-statistic.
     """
@@ -162,7 +162,7 @@ def distance_matrix(x: Tensor, *, eps: float = EPS, normalize_rows: bool = False
 
 
 def u_centre(a: Tensor) -> Tensor:
-    """U-centring (spec §3) of distance matrices ``[..., n, n]``: ``Ã_ij = a_ij − row_i/(n−2) − col_j/(n−2) +
+    """U-centring (methods §3) of distance matrices ``[..., n, n]``: ``Ã_ij = a_ij − row_i/(n−2) − col_j/(n−2) +
     total/((n−1)(n−2))`` for i ≠ j, ``Ã_ii = 0``."""
     n = a.shape[-1]
     rows, columns = a.sum(dim=-1, keepdim=True), a.sum(dim=-2, keepdim=True)
@@ -171,12 +171,12 @@ def u_centre(a: Tensor) -> Tensor:
 
 
 def double_centre(a: Tensor) -> Tensor:
-    """Double centring of the V-statistic (spec §3) of ``[..., n, n]``: ``A_ij = a_ij − mean_i − mean_j + mean``."""
+    """Double centring of the V-statistic (methods §3) of ``[..., n, n]``: ``A_ij = a_ij − mean_i − mean_j + mean``."""
     return a - a.mean(dim=-1, keepdim=True) - a.mean(dim=-2, keepdim=True) + a.mean(dim=(-2, -1), keepdim=True)
 
 
 def u_inner(a: Tensor, b: Tensor) -> Tensor:
-    """``⟨Ã, B̃⟩ = Σ_{i≠j} Ã_ij B̃_ij / (n(n−3))`` ``[...]`` of U-centred matrices ``[..., n, n]`` (spec §3; their
+    """``⟨Ã, B̃⟩ = Σ_{i≠j} Ã_ij B̃_ij / (n(n−3))`` ``[...]`` of U-centred matrices ``[..., n, n]`` (methods §3; their
     diagonals are 0)."""
     n = a.shape[-1]
     return (a * b).sum(dim=(-2, -1)) / (n * (n - 3))
@@ -184,7 +184,7 @@ def u_inner(a: Tensor, b: Tensor) -> Tensor:
 
 def v_inner(a: Tensor, b: Tensor) -> Tensor:
     """``⟨A, B⟩ = Σ_ij A_ij B_ij / n²`` ``[...]`` of double-centred matrices ``[..., n, n]`` (the V-statistic,
-    spec §3)."""
+    methods §3)."""
     return (a * b).mean(dim=(-2, -1))
 
 
@@ -211,7 +211,7 @@ def _centred(a: Tensor, bias_corrected: bool, eps: float) -> _Centred:
 
 
 def _correlation(a: _Centred, b: _Centred, bias_corrected: bool) -> Tensor:
-    """``⟨A,B⟩ / sqrt(⟨A,A⟩⟨B,B⟩)`` ``[...]`` (spec §3); 0 when ``A`` or ``B`` is zero up to rounding
+    """``⟨A,B⟩ / sqrt(⟨A,A⟩⟨B,B⟩)`` ``[...]`` (methods §3); 0 when ``A`` or ``B`` is zero up to rounding
     (``⟨A,A⟩ ≤ noise²``, as ``dcor`` does for an exact 0), NaN when either is NaN."""
     product = u_inner if bias_corrected else v_inner
     aa, bb = product(a.matrix, a.matrix), product(b.matrix, b.matrix)
@@ -221,7 +221,7 @@ def _correlation(a: _Centred, b: _Centred, bias_corrected: bool) -> Tensor:
 
 
 def _residual(a: _Centred, b: _Centred) -> _Centred:
-    """``P(Ã|B̃)`` (spec §3) with ``β = 0`` when ``B̃`` is zero up to rounding, and the rounding bound of ``P``'s
+    """``P(Ã|B̃)`` (methods §3) with ``β = 0`` when ``B̃`` is zero up to rounding, and the rounding bound of ``P``'s
     entries, ``noise_Ã + |β|·noise_B̃``."""
     norm = u_inner(b.matrix, b.matrix)
     zero = norm <= b.noise.square()
@@ -231,7 +231,7 @@ def _residual(a: _Centred, b: _Centred) -> _Centred:
 
 
 def _relevance(a: Tensor, b: Tensor, g: Tensor, eps: float) -> Tensor:
-    """``R*(X|Y, G)`` ``[...]`` from the distance matrices of X, Y and G (spec §3)."""
+    """``R*(X|Y, G)`` ``[...]`` from the distance matrices of X, Y and G (methods §3)."""
     return _correlation(_residual(_centred(a, True, eps), _centred(b, True, eps)), _centred(g, True, eps), True)
 
 
@@ -239,7 +239,7 @@ def _relevance(a: Tensor, b: Tensor, g: Tensor, eps: float) -> Tensor:
 def distance_correlation(
     x: Tensor, y: Tensor, *, bias_corrected: bool = True, eps: float = EPS, normalize_rows: bool = False
 ) -> Tensor:
-    """Squared distance correlation of two samples of features ``[n, ...]`` (flattened per sample), spec §3.
+    """Squared distance correlation of two samples of features ``[n, ...]`` (flattened per sample), methods §3.
 
     ``bias_corrected=True``: ``R*(X, Y) = ⟨Ã,B̃⟩ / sqrt(⟨Ã,Ã⟩⟨B̃,B̃⟩)`` with U-centred distance matrices (unbiased;
     may be slightly negative for independent samples; needs n ≥ 4). ``False``: the V-statistic (double
@@ -267,7 +267,7 @@ def distance_correlation(
 
 
 def residual(a: Tensor, b: Tensor) -> Tensor:
-    """Residual of X given Y (spec §3): ``P(Ã|B̃) = Ã − (⟨Ã,B̃⟩/⟨B̃,B̃⟩) B̃`` for U-centred matrices ``[..., n, n]``.
+    """Residual of X given Y (methods §3): ``P(Ã|B̃) = Ã − (⟨Ã,B̃⟩/⟨B̃,B̃⟩) B̃`` for U-centred matrices ``[..., n, n]``.
 
     ``P`` is orthogonal to ``B̃`` under ``⟨·,·⟩``: what X's distances hold that Y's do not. ``B̃ = 0`` (a
     constant Y) leaves ``Ã`` unchanged. From centred matrices alone only an exact 0 counts as zero; the
@@ -279,7 +279,7 @@ def residual(a: Tensor, b: Tensor) -> Tensor:
 
 
 def label_embedding(labels: Tensor, embeddings: Tensor | None = None) -> Tensor:
-    """Per-sample label vectors ``G`` ``[n, d]`` (spec §3): one-hot rows by default, else ``embeddings[labels]``
+    """Per-sample label vectors ``G`` ``[n, d]`` (methods §3): one-hot rows by default, else ``embeddings[labels]``
     for a ``[num_classes, d]`` table (e.g. word embeddings of the class names)."""
     labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -315,7 +315,7 @@ def residual_matrix(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
 
 
 def relevance_given(x: Tensor, y: Tensor, g: Tensor, *, eps: float = EPS) -> Tensor:
-    """``R*(X|Y, G) = ⟨P(Ã|B̃), G̃⟩ / sqrt(⟨P,P⟩⟨G̃,G̃⟩)`` (spec §3): how much of what X holds beyond Y is about
+    """``R*(X|Y, G) = ⟨P(Ã|B̃), G̃⟩ / sqrt(⟨P,P⟩⟨G̃,G̃⟩)`` (methods §3): how much of what X holds beyond Y is about
     the labels.
 
     0 when ``P`` or ``G̃`` is zero up to rounding (X explained by Y, e.g. ``y = 2·x``; labels whose distances

@@ -1,4 +1,4 @@
-"""Learning speed, stability and weight-update direction (spec ``methods.md`` §1.4–1.6), pure torch."""
+"""Learning speed, stability and weight-update direction (methods §1.4–1.6), pure torch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ __all__ = [
 
 
 def learning_speed(n_fg_history: Tensor, distances: Tensor) -> tuple[float, float, float]:
-    """``(D_mean, D_std, D_var)`` of spec §1.4.
+    """``(D_mean, D_std, D_var)`` of methods §1.4.
 
     Per image, ``m̂(x) = argmax_c N_fg(x, c)`` over the probed checkpoints (ties → the earliest); ``D(m̂(x))``
     is the weight path length travelled until then; ``D_mean`` and ``D_std`` are the population mean and
@@ -48,14 +48,14 @@ def learning_speed(n_fg_history: Tensor, distances: Tensor) -> tuple[float, floa
 
 
 def travel_until_learned(n_fg_history: Tensor, distances: Tensor) -> Tensor:
-    """Per image ``D(m̂(x))`` ``[N]`` (float64), spec §1.4: the path length at ``m̂(x) = argmax_c N_fg(x, c)``
+    """Per image ``D(m̂(x))`` ``[N]`` (float64), methods §1.4: the path length at ``m̂(x) = argmax_c N_fg(x, c)``
     (ties → the earliest checkpoint); :func:`learning_speed` takes its mean and spread. Shapes as there."""
     learned_at = torch.argmax(n_fg_history, dim=0)  # first maximum: ties go to the earliest checkpoint
     return distances.double().to(learned_at.device)[learned_at]
 
 
 def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
-    """``ρ`` of spec §1.5: mean over images of ``|S_final(x)| / |∪_c S_c(x)|``, an empty union counting 0.
+    """``ρ`` of methods §1.5: mean over images of ``|S_final(x)| / |∪_c S_c(x)|``, an empty union counting 0.
 
     ``S_c(x)`` are the knowledge points of image ``x`` at checkpoint ``c`` (the last checkpoint is "final";
     for the live value pass the history up to now); units are ``[grid, grid]`` cells of images or ``[U]``
@@ -72,7 +72,7 @@ def stability(points_history: Tensor, fg_mask: Tensor | None = None) -> float:
 
 
 def image_stability(points_history: Tensor, fg_mask: Tensor | None = None) -> Tensor:
-    """Per image ``ρ(x) = |S_final(x)| / |∪_c S_c(x)|`` ``[N]`` (float64, 0 for an empty union), spec §1.5;
+    """Per image ``ρ(x) = |S_final(x)| / |∪_c S_c(x)|`` ``[N]`` (float64, 0 for an empty union), methods §1.5;
     :func:`stability` is their mean. Arguments as there."""
     if points_history.dim() not in (3, 4):
         raise ValueError(
@@ -93,7 +93,7 @@ def image_stability(points_history: Tensor, fg_mask: Tensor | None = None) -> Te
 
 
 def normalised_step(previous: Tensor, current: Tensor, initial_norm: float) -> float:
-    """``d_t = ‖W_{t+1} − W_t‖_F / ‖W_0‖_F`` (spec §1.4): one optimizer step's length relative to the start."""
+    """``d_t = ‖W_{t+1} − W_t‖_F / ‖W_0‖_F`` (methods §1.4): one optimizer step's length relative to the start."""
     if previous.shape != current.shape:
         raise ValueError(
             f"`previous` and `current` must be the same weights, got shapes {tuple(previous.shape)} and "
@@ -104,7 +104,7 @@ def normalised_step(previous: Tensor, current: Tensor, initial_norm: float) -> f
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    """Cosine of two flattened tensors (spec §1.6); NaN when either is zero."""
+    """Cosine of two flattened tensors (methods §1.6); NaN when either is zero."""
     if a.numel() != b.numel():
         raise ValueError(
             f"`a` and `b` must hold as many numbers, got {a.numel()} {tuple(a.shape)} and {b.numel()} {tuple(b.shape)}."
@@ -115,7 +115,7 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 def path_efficiency(displacement_norm: float, path_length: float) -> float:
-    """``‖W_final − W_0‖ / Σ_t ‖W_{t+1} − W_t‖`` (spec §1.6): 1 for a straight line; NaN before any step."""
+    """``‖W_final − W_0‖ / Σ_t ‖W_{t+1} − W_t‖`` (methods §1.6): 1 for a straight line; NaN before any step."""
     _check_length("displacement_norm", displacement_norm)
     _check_length("path_length", path_length)
     return displacement_norm / path_length if path_length > 0 else math.nan

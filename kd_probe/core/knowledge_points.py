@@ -1,4 +1,4 @@
-"""Knowledge points and their quality (spec ``methods.md`` §1.3), pure torch.
+"""Knowledge points and their quality (methods §1.3), pure torch.
 
 A unit of an image is a knowledge point when its entropy is clearly below the background's:
 ``H̄ − H_i > b``. Counting them on the foreground and the background of each image gives ``N_fg``,
@@ -56,7 +56,7 @@ class KnowledgePoints:
 
 def downsample_mask(mask: Tensor, grid: int, *, argument: str = "fg_mask") -> Tensor:
     """Foreground units ``[N, grid, grid]`` (bool) of masks ``[N, H, W]`` or ``[N, 1, H, W]``: a unit is
-    foreground iff the mask nearest-downsampled to the unit grid is > 0 (spec §1.3). Masks already at unit
+    foreground iff the mask nearest-downsampled to the unit grid is > 0 (methods §1.3). Masks already at unit
     resolution are only compared with 0.
 
     Example::
@@ -98,7 +98,7 @@ def unit_foreground(fg_mask: Tensor, units: tuple[int, ...], *, argument: str = 
 def background_baseline(
     entropy: Tensor, foreground: Tensor, *, baseline: str | float = "dataset", effective: Tensor | None = None
 ) -> Tensor:
-    """``H̄`` per image ``[N]`` (spec §1.3).
+    """``H̄`` per image ``[N]`` (methods §1.3).
 
     ``"dataset"``: the mean over (effective) images of each image's mean background entropy — one value for
     the network and checkpoint, repeated; ``"image"``: each image's own mean background entropy; a float:
@@ -126,7 +126,7 @@ def background_baseline(
 
 
 def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float, float]:
-    """``λ_fg`` (spec §1.3): mean over images of ``N_fg / (N_fg + N_bg)`` with 0 for an image without
+    """``λ_fg`` (methods §1.3): mean over images of ``N_fg / (N_fg + N_bg)`` with 0 for an image without
     points (the reference behaviour), and the same mean over the images that have points (NaN if none).
 
     Example::
@@ -147,7 +147,7 @@ def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float, float]:
 
 
 def image_foreground_ratios(n_fg: Tensor, n_bg: Tensor) -> Tensor:
-    """Per image ``N_fg / (N_fg + N_bg)`` ``[N]`` (float64), 0 for an image without points (spec §1.3, the
+    """Per image ``N_fg / (N_fg + N_bg)`` ``[N]`` (float64), 0 for an image without points (methods §1.3, the
     reference behaviour); :func:`foreground_ratio` is their mean.
 
     Example::
@@ -167,7 +167,7 @@ def count_knowledge_points(
     baseline: str | float = "dataset",
     effective: Tensor | None = None,
 ) -> KnowledgePoints:
-    """Knowledge points of ``N`` images at one checkpoint of one network (spec §1.3).
+    """Knowledge points of ``N`` images at one checkpoint of one network (methods §1.3).
 
     Unit ``i`` is a knowledge point iff ``H̄ − H_i > threshold`` (nats); ``N_fg``/``N_bg`` count them on the
     foreground / background units.
@@ -230,7 +230,7 @@ def check_threshold(threshold: object) -> None:
 
 
 def effective_images(sigma_f: Tensor, entropy: Tensor, fg_mask: Tensor, *, late: Sequence[bool] | Tensor) -> Tensor:
-    """The effective-image filter of the reference code (spec §1.3), ``[N]`` bool (True = keep).
+    """The effective-image filter of the reference code (methods §1.3), ``[N]`` bool (True = keep).
 
     An image is dropped when its ``σ_f`` is 0 at any checkpoint, or when at any late checkpoint (the paper:
     epochs ≥ 40 of 150) its mean foreground entropy exceeds its mean background entropy (or either mean is

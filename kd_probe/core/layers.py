@@ -1,6 +1,6 @@
 """Finding layers by name, capturing their outputs, and their order of execution (pure torch).
 
-Spec §4: unknown layer names raise an error that lists close matches among ``model.named_modules()``;
+Methods §4: unknown layer names raise an error that lists close matches among ``model.named_modules()``;
 hooks are registered per call and removed in ``finally``.
 """
 
@@ -92,7 +92,7 @@ def capture_outputs(model: nn.Module, names: Sequence[str], *, argument: str = "
     Each value is what the layer returned, at the moment it returned: the rest of the forward goes on with a
     copy, so an in-place operation after the layer (``ReLU(inplace=True)`` after a BatchNorm, ``out +=
     identity``) cannot overwrite it, and a gradient taken with respect to it is the gradient with respect to
-    the layer's output. Hooks are removed when the block exits, also on error (spec §4).
+    the layer's output. Hooks are removed when the block exits, also on error (methods §4).
 
     Example::
 
@@ -167,7 +167,7 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
 
     A forward hook on the layer raises as soon as it has produced its output, so the modules that would
     run after it cost nothing; the result equals the output captured during a full forward. The hook is
-    removed in ``finally`` (spec §4). Works for any ``nn.Module`` whose forward calls the layer (the first
+    removed in ``finally`` (methods §4). Works for any ``nn.Module`` whose forward calls the layer (the first
     call wins when the layer runs more than once).
 
     Args:
@@ -263,7 +263,7 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
 
 def eval_forward(model: nn.Module, inputs: Tensor) -> object:
     """One forward in eval mode under ``no_grad``; every module's train/eval mode is restored afterwards
-    (so BatchNorm statistics are untouched and training is not disturbed, spec §4)."""
+    (so BatchNorm statistics are untouched and training is not disturbed, methods §4)."""
     model = unwrap_compiled(model)
     modes = {m: m.training for m in model.modules()}
     try:
@@ -291,7 +291,7 @@ def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor)
 @contextmanager
 def probing(model: nn.Module) -> Iterator[None]:
     """Eval mode (BatchNorm statistics frozen, no dropout) with grad enabled, even inside ``no_grad`` or
-    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (spec §4)."""
+    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (methods §4)."""
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()

@@ -63,7 +63,7 @@ def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor) 
     """Feature (hint) distillation loss: mean squared error between the two features.
 
     The student feature is already adapted to the teacher's shape (FitNets' regressor). Used for the
-    feature KD of ``feature_pairs`` and for phase 1 of the knowledge-point protocol (spec §1.7), where
+    feature KD of ``feature_pairs`` and for phase 1 of the knowledge-point protocol (methods §1.7), where
     it is the only loss.
     """
     _check_pair("student_feature", student_feature, "teacher_feature", teacher_feature)

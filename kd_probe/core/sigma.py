@@ -1,6 +1,6 @@
 """The σ-map engine of the knowledge-point paper: which input units a layer keeps information about.
 
-Spec ``methods.md`` §1.1 (input units), §1.2 (the σ objective, faithful mode) and §4 (mechanics).
+Methods §1.1 (input units), §1.2 (the σ objective, faithful mode) and §4 (mechanics).
 Pure torch, no Lightning.
 """
 
@@ -41,7 +41,7 @@ __all__ = [
     "upsample_units",
 ]
 DEFAULT_SAMPLES = {"faithful": 96, "secant": 256}  # noise samples per step (faithful) or per pass (secant)
-DEFAULT_PASSES = 3  # secant passes (spec §1.8)
+DEFAULT_PASSES = 3  # secant passes (methods §1.8)
 
 
 def estimate_sigma_maps(
@@ -73,9 +73,9 @@ def estimate_sigma_maps(
 
     Inputs are images by default (``grid × grid`` units); ``units=Tokens(...)`` takes token ids ``[N, T]``
     (σ per token on the embedding's output) and ``units=Points()`` point clouds ``[N, P, 3]`` (σ per point),
-    spec §1.1 and [KP-J]: one engine, one recurrence and one fixed-entropy selection for every unit type.
+    methods §1.1 and [KP-J]: one engine, one recurrence and one fixed-entropy selection for every unit type.
 
-    The faithful algorithm of spec §1.2, each image an independent problem: σ (one value per unit of a
+    The faithful algorithm of methods §1.2, each image an independent problem: σ (one value per unit of a
     ``grid × grid`` partition, shared over channels) starts at 0.01 and is clamped to [1e-3, 1] before every
     step; each step draws ``samples`` noise images ``ε`` and takes a plain SGD step on
     ``MSE(g(x + σ⊙ε), g(x)) / σ_f − λ·Ĥ(σ)``, with ``g`` = ReLU of the layer's output and ``σ_f`` the same
@@ -83,13 +83,13 @@ def estimate_sigma_maps(
     image whose ``Ĥ`` has exceeded ``target_entropy`` stops there (as the reference code does), the others
     continue with λ multiplied by ``boost``. The returned map is the recorded iterate closest to the target.
 
-    ``method="secant"`` (spec §1.8) runs the same recurrence on a quadratic surrogate of the feature term
+    ``method="secant"`` (methods §1.8) runs the same recurrence on a quadratic surrogate of the feature term
     fitted to ``passes`` sampled gradients of ``samples`` noise images each (the first at uniform σ = 0.01,
     which also gives ``σ_f``; each next one at the map selected so far), instead of sampling a gradient at
     every step: about 7× cheaper than faithful-96 with the defaults (3 passes × 256 samples), and about 20×
     with ``samples=96`` (IoU 0.885 against faithful-96 on the demo's trained VGG). With the defaults, on the
     demo's trained VGG, its knowledge points agree with faithful-96 as well as two faithful runs with
-    different seeds do; untrained features agree less (see the README's table).
+    different seeds do; untrained features agree less (see the Benchmarks page's σ table).
 
     Guarantees: the noise of image ``indices[i]`` comes from a generator seeded by ``(seed, indices[i])``,
     so any batching, order or sharding gives the same maps; the forward stops at ``layer``; at most
@@ -102,7 +102,7 @@ def estimate_sigma_maps(
         images: the inputs: ``[N, C, H, W]`` float images normalised as the model expects, or what ``units``
             takes (token ids ``[N, T]``, point clouds ``[N, P, 3]``).
         layer: dotted module name whose output is the feature ``f(x)``.
-        method: ``"faithful"`` (spec §1.2) or ``"secant"`` (spec §1.8); recorded in the result.
+        method: ``"faithful"`` (methods §1.2) or ``"secant"`` (methods §1.8); recorded in the result.
         grid: images: units per side (``grid × grid`` units, default 16); at most the image's height and width.
             Same as ``units=ImageGrid(grid)``.
         units: the input units (:class:`~kd_probe.ImageGrid`, :class:`~kd_probe.Tokens`,

@@ -2,7 +2,7 @@
 
 A ViT block outputs tokens ``[N, P + h·w, D]``: ``P`` leading tokens that belong to no patch (the class
 token, distillation or register tokens), then one token per patch in row-major order. Grad-CAM's weights
-(spec §2) and UniCAM's (spec §3) average gradients over the spatial positions of a feature map, so the patch
+(methods §2) and UniCAM's (methods §3) average gradients over the spatial positions of a feature map, so the patch
 tokens are laid out as the map ``[N, D, h, w]`` they stand for and the leading tokens are left out.
 """
 

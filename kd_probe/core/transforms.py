@@ -1,4 +1,4 @@
-"""Seeded image transforms in plain torch (no torchvision), for the invariance agreement probe (spec §2).
+"""Seeded image transforms in plain torch (no torchvision), for the invariance agreement probe (methods §2).
 
 Each takes a batch ``[N, C, H, W]`` and a ``torch.Generator`` and draws one random transform per image, so
 the same generator seed gives the same transformed batch. ``mean``/``std`` (per channel) describe the

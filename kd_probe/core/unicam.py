@@ -1,9 +1,9 @@
-"""UniCAM ([UC], spec §3): where in the image lie the features that model X holds beyond model Y.
+"""UniCAM ([UC], methods §3): where in the image lie the features that model X holds beyond model Y.
 
 ``UniCAM(student, teacher)`` gives *distilled* maps (what the student holds that is relevant to the labels,
 given the teacher — or given an independently trained reference); ``UniCAM(teacher, student)`` gives
 *residual* maps (what the teacher holds that the student did not take). Pure torch; both models are left as
-they were (spec §4: eval mode only during the call, hooks removed in ``finally``, gradients taken with
+they were (methods §4: eval mode only during the call, hooks removed in ``finally``, gradients taken with
 ``torch.autograd.grad`` so no parameter's ``.grad`` is touched, frozen models work because the input is made
 to require grad).
 """
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("relevance", "max_row")
-FEATURES = ("pooled", "flattened")  # how a feature map becomes one vector per sample (spec §3, option)
+FEATURES = ("pooled", "flattened")  # how a feature map becomes one vector per sample (methods §3, option)
 
 
 class UniCAMResult(NamedTuple):
@@ -57,7 +57,7 @@ def check_features(features: str) -> None:
 
 
 def feature_vectors(output: Tensor, features: str = "pooled") -> Tensor:
-    """A layer's output ``[N, ...]`` as one feature vector per sample ``[N, D]`` (spec §3: "pooled or flattened
+    """A layer's output ``[N, ...]`` as one feature vector per sample ``[N, D]`` (methods §3: "pooled or flattened
     features"): ``"pooled"`` averages a 4-D ``[N, C, H, W]`` map over its positions (``D = C``), ``"flattened"``
     keeps the whole map (``D = C·H·W``); any other output is flattened either way."""
     check_features(features)
@@ -98,14 +98,14 @@ def layer_features(
 
 
 def max_row_score(x: Tensor, y: Tensor, *, eps: float = EPS) -> Tensor:
-    """``s = Σ_i max_j P_ij`` with ``P = P(Ã|B̃)`` (spec §3, ``objective="max_row"``): the scalar the authors'
+    """``s = Σ_i max_j P_ij`` with ``P = P(Ã|B̃)`` (methods §3, ``objective="max_row"``): the scalar the authors'
     scripts explain (each row of the residual matrix treated as the "logits" of a class-free Grad-CAM).
     0 when ``P`` is zero up to rounding (:func:`residual_matrix`), NaN for NaN or infinite features."""
     return residual_matrix(x, y, eps=eps).max(dim=1).values.sum()
 
 
 class UniCAM:
-    """UniCAM maps: Grad-CAM of a distance-correlation score instead of a class logit ([UC], spec §3).
+    """UniCAM maps: Grad-CAM of a distance-correlation score instead of a class logit ([UC], methods §3).
 
     The score is ``s = R*(F_X | F_Y, G)`` — the relevance to the labels ``G`` of what model X's features hold
     beyond model Y's — computed on the whole batch; the map of each image is ``ReLU(Σ_k α_k A_k)`` with
@@ -263,7 +263,7 @@ class UniCAM:
         return features, activation
 
     def _score(self, fx: Tensor, fy: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The score ``s`` of the objective (spec §3) on the whole batch and its gradient ``∂s/∂F_X``; NaN for
+        """The score ``s`` of the objective (methods §3) on the whole batch and its gradient ``∂s/∂F_X``; NaN for
         both when a feature is NaN or infinite."""
         leaf = fx.detach().requires_grad_(True)
         score = max_row_score(leaf, fy) if self.objective == "max_row" else relevance_given(leaf, fy, labels)

@@ -1,4 +1,4 @@
-"""Input units of the σ engine (spec ``methods.md`` §1.1): what one σ value perturbs. Pure torch.
+"""Input units of the σ engine (methods §1.1): what one σ value perturbs. Pure torch.
 
 A unit type says how σ maps onto the input and which units there are; the engine, the recurrence and the
 fixed-entropy selection are the same for all of them (:func:`~kd_probe.estimate_sigma_maps`).
@@ -28,7 +28,7 @@ FeatureOf = Callable[[Tensor], Tensor]  # inputs ↦ g(inputs) (the feature func
 
 
 def upsample_units(sigma: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-upsample unit maps ``[..., grid, grid]`` to pixels ``[..., 1, H, W]`` (spec §1.1).
+    """Nearest-upsample unit maps ``[..., grid, grid]`` to pixels ``[..., 1, H, W]`` (methods §1.1).
 
     Pixel ``(y, x)`` belongs to unit ``(⌊y·grid/H⌋, ⌊x·grid/W⌋)``; σ is shared over the channels.
     """

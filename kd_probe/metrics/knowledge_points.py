@@ -1,4 +1,4 @@
-"""``KnowledgePointCount``: knowledge-point statistics accumulated across batches and ranks (spec §1.3)."""
+"""``KnowledgePointCount``: knowledge-point statistics accumulated across batches and ranks (methods §1.3)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["KnowledgePointCount"]
 class KnowledgePointCount(Metric):
     """Knowledge points of a set of images seen in batches, possibly on several processes.
 
-    The dataset baseline ``H̄`` of spec §1.3 needs every image's background entropy before any point can be
+    The dataset baseline ``H̄`` of methods §1.3 needs every image's background entropy before any point can be
     counted, so the metric keeps the (small) ``grid × grid`` entropy maps and foreground units and counts
     at :meth:`compute` with :func:`~kd_probe.functional.count_knowledge_points`. Under DDP the maps are
     gathered from every rank; with ``indices`` given to :meth:`update` the images are put in index order

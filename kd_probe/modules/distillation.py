@@ -37,7 +37,7 @@ class DistillationModule(pl.LightningModule):
       + feature_weight·Σ MSE(adapter(f_s), f_t)`` over ``feature_pairs`` (Hinton KD plus hint KD).
     - ``"distill"`` with ``teacher=None``: plain ``CE(s, y)``, with the same optimiser and schedule, so
       a baseline run differs from a distilled run only in the teacher.
-    - ``"mimic"`` (phase 1 of the knowledge-point protocol, spec §1.7): only ``MSE(f_s, f_t)`` at the one
+    - ``"mimic"`` (phase 1 of the knowledge-point protocol, methods §1.7): only ``MSE(f_s, f_t)`` at the one
       layer pair of ``feature_pairs`` (name the module whose output is pre-ReLU), no labels.
     - ``"head"`` (phase 2): every student module up to and including ``freeze_through`` is frozen
       (``requires_grad=False`` and kept in eval mode); the rest trains with ``CE(s, y)``.

@@ -1,4 +1,4 @@
-"""The two-phase feature-mimicking protocol of the knowledge-point paper (spec §1.7), in one call."""
+"""The two-phase feature-mimicking protocol of the knowledge-point paper (methods §1.7), in one call."""
 
 from __future__ import annotations
 

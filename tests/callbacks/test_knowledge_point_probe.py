@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from kd_probe import DistillationModule, KnowledgePointProbe
-from kd_probe.callbacks._common import ProbeSchedule
+from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.functional import downsample_mask, learning_speed, stability
 from tests.callbacks.conftest import PROBE, loaders, tiny_data, tiny_net, trainer
 

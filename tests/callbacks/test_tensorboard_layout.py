@@ -20,13 +20,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import custom_scalars
 
 from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
-from kd_probe.callbacks._tensorboard import (
-    ACCURACY_TAG,
-    HPARAMS_METRICS,
-    MARKER_FILE,
-    hparams_metric_tags,
-    probe_layout,
-)
+from kd_probe.callbacks._base import hparams_metric_tags
+from kd_probe.callbacks._tensorboard import ACCURACY_TAG, MARKER_FILE, probe_layout
+from kd_probe.callbacks.knowledge_points import HPARAMS_METRICS
 from kd_probe.data import ShapesDataModule
 from tests.callbacks.conftest import PROBE, RecordingLogger, loaders, tiny_data, tiny_net, trainer
 from tests.tensorboard_server import get_json, tensorboard_server

@@ -1,5 +1,5 @@
 """The demo's options and what they amount to: epochs, data sizes, networks and the knowledge-point probe's
-σ settings (``kd_probe.demo`` runs the plan; ``benchmarks/bench_demo_probes.py`` times its probe)."""
+σ settings (``kd_probe.apps.demo.run`` runs the plan; ``benchmarks/bench_demo_probes.py`` times its probe)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from kd_probe._cli_options import add_demo_arguments as add_arguments
-from kd_probe._cli_options import check_demo_arguments, sigma_method
+from kd_probe.apps.options import add_demo_arguments as add_arguments
+from kd_probe.apps.options import check_demo_arguments, sigma_method
 from kd_probe.callbacks import KnowledgePointProbe
 
 __all__ = ["PROBE_DEFAULTS", "Plan", "ProbeClock", "add_arguments", "check_arguments", "make_plan", "sigma_options"]

@@ -1,7 +1,7 @@
 """The tables of ``kd-probe report``: each number with its 95 % interval, each difference with a paired one.
 
-Built on :mod:`kd_probe._report_stats` (what each number rests on) and :mod:`kd_probe.core.uncertainty`
-(intervals, verdicts); :mod:`kd_probe.report` puts the sections together.
+Built on :mod:`kd_probe.apps.report.stats` (what each number rests on) and :mod:`kd_probe.core.uncertainty`
+(intervals, verdicts); :mod:`kd_probe.apps.report.write` puts the sections together.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kd_probe._report_stats import (
+from kd_probe.apps.report.stats import (
     MIN_FOOLED,
     Comparison,
     Measure,
@@ -19,8 +19,8 @@ from kd_probe._report_stats import (
     compare,
     unicam_measures,
 )
-from kd_probe._run_files import AGREEMENT, RunSummary
 from kd_probe.core.uncertainty import Interval, images_needed, sign_test, verdict
+from kd_probe.io.run_files import AGREEMENT, RunSummary
 
 __all__ = [
     "UNICAM",

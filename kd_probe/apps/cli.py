@@ -1,8 +1,8 @@
 """The ``kd-probe`` command: ``kd-probe demo`` runs the main job; ``kd-probe report RUN_DIR...`` explains runs;
 ``kd-probe fit|validate|test --config run.yaml`` runs Lightning's ``LightningCLI`` over kd_probe
-(:mod:`kd_probe.lightning_cli`).
+(:mod:`kd_probe.apps.lightning_cli`).
 
-Only the options are imported at start (:mod:`kd_probe._cli_options`): torch, Lightning, the demo and the report
+Only the options are imported at start (:mod:`kd_probe.apps.options`): torch, Lightning, the demo and the report
 are imported for the command that runs, so ``--help`` and a mistyped option answer at once.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from kd_probe import __version__
-from kd_probe._cli_options import (
+from kd_probe.apps.options import (
     LIGHTNING_COMMANDS,
     Parser,
     add_demo_arguments,
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments and arguments[0] in LIGHTNING_COMMANDS:  # LightningCLI parses the rest itself
-        from kd_probe import lightning_cli
+        from kd_probe.apps import lightning_cli
 
         return lightning_cli.main(argv)
     parser = Parser(prog="kd-probe", description="Explain knowledge distillation while it happens.")
@@ -58,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "report":
-        from kd_probe import report as report_app
+        from kd_probe.apps.report import write as report_app
 
         return report_app.run(args)
     try:
         check_demo_arguments(args)
     except ValueError as error:
         demo.error(str(error))
-    from kd_probe.demo import report, run_demo
+    from kd_probe.apps.demo.run import report, run_demo
 
     try:
         result = run_demo(args)

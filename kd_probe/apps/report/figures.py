@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from kd_probe._paths import write_atomically
 from kd_probe.core.dynamics import stability
 from kd_probe.core.knowledge_points import unit_foreground
 from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
+from kd_probe.io.paths import write_atomically
 
 _COLORS = {"distilled": "tab:blue", "baseline": "tab:orange"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")

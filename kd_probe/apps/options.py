@@ -1,5 +1,5 @@
 """The ``kd-probe`` command's options, importable without torch or Lightning so that ``--help`` and a mistyped
-option answer at once (``kd_probe.cli`` imports the heavy modules only for the command it runs)."""
+option answer at once (``kd_probe.apps.cli`` imports the heavy modules only for the command it runs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from kd_probe._paths import check_name
+from kd_probe.io.paths import check_name
 
 __all__ = [
     "LIGHTNING_COMMANDS",
@@ -22,7 +22,7 @@ __all__ = [
     "check_demo_arguments",
 ]
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test")  # handed to LightningCLI (kd_probe.lightning_cli)
+LIGHTNING_COMMANDS = ("fit", "validate", "test")  # handed to LightningCLI (kd_probe.apps.lightning_cli)
 MAX_CLASSES = 8  # len(kd_probe.data.shapes.SHAPES), one class per built-in shape (tests/test_cli.py checks)
 MIN_IMAGE_SIZE = 16  # the demo's knowledge-point probe takes σ on a 16×16 grid of the image
 RESAMPLES = 2000  # kd_probe.core.uncertainty.RESAMPLES (tests/test_cli.py checks), without importing torch
@@ -75,7 +75,7 @@ def _experiment(text: str) -> str:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.demo``)."""
+    """The demo's command-line options (shared by ``kd-probe demo`` and ``python -m kd_probe.apps.demo.run``)."""
     add = parser.add_argument
     add("--out", type=Path, default=Path("runs"), help="root folder of the TensorBoard logs (default: runs)")
     add(
@@ -134,7 +134,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--method",
         choices=("secant", "faithful"),
         default=None,
-        help="σ maps: secant (spec §1.8, the default) or faithful (spec §1.2, the default with --full)",
+        help="σ maps: secant (methods §1.8, the default) or faithful (methods §1.2, the default with --full)",
     )
     add(
         "--probe-images",

@@ -1,9 +1,9 @@
 """The main job: KD vs learning from scratch on the built-in data, explained with knowledge points.
 
-Run ``kd-probe demo`` (or ``python -m kd_probe.demo``). It trains a teacher, then a distilled student and a
+Run ``kd-probe demo`` (or ``python -m kd_probe.apps.demo.run``). It trains a teacher, then a distilled student and a
 from-scratch baseline with the same architecture, data, seed and schedule; every student run carries a
 ``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. The
-knowledge-point probe makes its σ maps with the secant method (spec §1.8) on 40 held-out images, at less cost
+knowledge-point probe makes its σ maps with the secant method (methods §1.8) on 40 held-out images, at less cost
 than the faithful method on 10 (``--method faithful``); ``--full`` uses the paper's faithful settings. Logs go
 to ``runs/<experiment>/<run>``, so ``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md``
 in that folder says whether the knowledge-point paper's three hypotheses hold for this run.
@@ -38,18 +38,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Subset
 
-from kd_probe._cli_options import QUICK_NOTE, Parser
-from kd_probe._demo_eta import DemoClock, DemoProgressBar, EpochTimer
-from kd_probe._demo_modalities import Modality, modality
-from kd_probe._demo_plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
-from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
-from kd_probe.callbacks._common import ProbeSchedule
+from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
+from kd_probe.apps.demo.modalities import Modality, modality
+from kd_probe.apps.demo.plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
+from kd_probe.apps.options import QUICK_NOTE, Parser
+from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor, probe_epochs
 from kd_probe.data import ShapesDataModule
+from kd_probe.io.run_files import RUN_FILE
 from kd_probe.modules import DistillationModule, run_two_phase
 
 __all__ = ["DemoResult", "RunResult", "add_arguments", "check_arguments", "main", "run_demo"]
 
-RUN_FILE = "kd_probe_run.json"  # role, seed, protocol and test accuracy of one run, read by the report
 RUN_FOLDER = re.compile(r"teacher|(distilled|baseline)(-s\d+)?")  # the run folders the demo writes
 REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png")
 
@@ -272,7 +271,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     total = 1 + 2 * args.seeds
     clocks: list[ProbeClock] = []
     head_epochs = plan.head_epochs if args.protocol == "paper" else 0
-    probes_per_run = len(ProbeSchedule(plan.schedule, None).resolve(plan.epochs))
+    probes_per_run = len(probe_epochs(plan.schedule, max_epochs=plan.epochs))
     clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds, probes_per_run, clocks)
 
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
@@ -322,7 +321,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         accuracy = _test(trainer, module, data)
         runs.append(_record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
 
-    from kd_probe.report import write_report
+    from kd_probe.apps.report.write import write_report
 
     note = QUICK_NOTE if args.quick else None
     report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir, note=note)
@@ -370,7 +369,7 @@ def _two_phase(
 
 
 def main(argv: list[str] | None = None) -> DemoResult:
-    """Entry point of ``python -m kd_probe.demo``."""
+    """Entry point of ``python -m kd_probe.apps.demo.run``."""
     parser = add_arguments(Parser(prog="kd-probe demo", description=__doc__))
     args = parser.parse_args(argv)
     check_arguments(parser, args)

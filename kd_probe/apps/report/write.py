@@ -8,7 +8,7 @@ baseline difference with a paired interval (the same images and resamples; with 
 pairs are resampled too). A hypothesis "holds" (or is "opposite") only when the interval of the difference
 excludes 0 in that direction; otherwise it is "not distinguishable from no difference at this sample size",
 with the number of images the observed effect would need. The knowledge-point metrics are reported on all
-probe images and on the reference code's effective images (spec §1.3), intersected over the runs, as the
+probe images and on the reference code's effective images (methods §1.3), intersected over the runs, as the
 [KP] authors compared networks. Also: a threshold sweep recomputed from the saved entropy maps and, with
 matplotlib, PNG figures.
 
@@ -39,10 +39,9 @@ from pathlib import Path
 
 import torch
 
-from kd_probe._cli_options import Parser
-from kd_probe._cli_options import add_report_arguments as add_arguments
-from kd_probe._paths import write_atomically
-from kd_probe._report_sections import (
+from kd_probe.apps.options import Parser
+from kd_probe.apps.options import add_report_arguments as add_arguments
+from kd_probe.apps.report.sections import (
     UNICAM,
     Evidence,
     agreement_section,
@@ -55,8 +54,11 @@ from kd_probe._report_sections import (
     unicam_section,
     with_interval,
 )
-from kd_probe._report_stats import Measure, effective_keep, knowledge_point_measures
-from kd_probe._run_files import (
+from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_measures
+from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.core.uncertainty import LEVEL, RESAMPLES
+from kd_probe.io.paths import write_atomically
+from kd_probe.io.run_files import (
     METRICS,
     SUMMARY_FILE,
     RunFileError,
@@ -65,8 +67,6 @@ from kd_probe._run_files import (
     find_runs,
     load_run,
 )
-from kd_probe.core.knowledge_points import count_knowledge_points
-from kd_probe.core.uncertainty import LEVEL, RESAMPLES
 
 __all__ = [
     "HYPOTHESES",
@@ -401,7 +401,7 @@ def _sweep_section(runs: list[RunSummary]) -> list[str]:
 
 def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
     try:
-        from kd_probe._figures import curves_figure, maps_figure, unicam_figure
+        from kd_probe.apps.report.figures import curves_figure, maps_figure, unicam_figure
     except ImportError:  # matplotlib is the optional `report` extra
         return ["", "(Install the `report` extra, matplotlib, for the figures.)"]
     lines = ["", "## Figures", ""]

@@ -19,13 +19,55 @@ from typing import Any
 
 import torch
 
-from kd_probe._paths import inside
 from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.io.paths import inside
 
-__all__ = ["AGREEMENT", "METRICS", "RunFileError", "RunSummary", "find_runs", "load_run"]
+__all__ = [
+    "AGREEMENT",
+    "AGREEMENT_FILE",
+    "FORMAT_VERSION",
+    "HISTORY_FILE",
+    "METRICS",
+    "RUN_FILE",
+    "SUMMARY_FILE",
+    "TENSORBOARD_FILE",
+    "UNICAM_FILE",
+    "RunFileError",
+    "RunSummary",
+    "find_runs",
+    "load_run",
+    "probe_file",
+]
 
-RUN_FILE, SUMMARY_FILE, HISTORY_FILE = "kd_probe_run.json", "kd_probe_summary.json", "kd_probe_history.pt"
-UNICAM_FILE, AGREEMENT_FILE = "kd_probe_unicam.pt", "kd_probe_agreement.pt"
+# The files kd_probe writes into a run folder (the logger's directory, else the Trainer's root directory). This is
+# the one place that names them: the probes, the demo and the report import the names from here.
+RUN_FILE = "kd_probe_run.json"  # the demo's record of one run: role, seed, protocol, test accuracy
+SUMMARY_FILE = "kd_probe_summary.json"  # KnowledgePointProbe: every final metric, the checkpoints, the settings
+HISTORY_FILE = "kd_probe_history.pt"  # KnowledgePointProbe: every probe entry, with per-image values
+UNICAM_FILE = "kd_probe_unicam.pt"  # UniCAMProbe: scores per layer pair, maps, distance matrices
+AGREEMENT_FILE = "kd_probe_agreement.pt"  # AgreementProbe: every entry, with per-image values
+TENSORBOARD_FILE = "kd_probe_tensorboard.json"  # marker: the Custom Scalars layout and HParams are written
+# The format version written in the ``"version"`` field of the files that carry one.
+FORMAT_VERSION = {HISTORY_FILE: 1, UNICAM_FILE: 1, AGREEMENT_FILE: 1, TENSORBOARD_FILE: 1}
+
+
+def probe_file(file: str, name: str | None) -> str:
+    """The name of a probe's ``file`` for a probe called ``name``: ``kd_probe_history_<name>.pt`` for a named
+    probe, ``file`` itself without a name (so two probes of one kind on one Trainer keep separate files).
+
+    Example::
+
+        >>> probe_file(HISTORY_FILE, "student")
+        'kd_probe_history_student.pt'
+        >>> probe_file(SUMMARY_FILE, None)
+        'kd_probe_summary.json'
+    """
+    if not name:
+        return file
+    stem, extension = file.rsplit(".", 1)
+    return f"{stem}_{name}.{extension}"
+
+
 ROLES = ("distilled", "baseline")
 METRICS = (
     ("accuracy", "accuracy"),
@@ -148,7 +190,7 @@ def _is_run(folder: Path) -> bool:
         summary = None
     if isinstance(summary, dict) and ("settings" in summary or "history_file" in summary):
         return True
-    others = (RUN_FILE, "kd_probe_history*.pt", "events.out.tfevents.*")
+    others = (RUN_FILE, HISTORY_FILE.replace(".pt", "*.pt"), "events.out.tfevents.*")  # named probes too
     return any(next(folder.glob(pattern), None) is not None for pattern in others)
 
 

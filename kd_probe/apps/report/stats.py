@@ -6,7 +6,7 @@ measures of the distilled and baseline runs into intervals for each group and a 
 difference (runs probed on the same images share resamples; several seed pairs are resampled too).
 
 Knowledge-point metrics come in two views: **all** probe images (those with ``σ_f > 0`` at the last
-checkpoint, as the probe's own summary) and **effective** images, the reference code's filter (spec §1.3:
+checkpoint, as the probe's own summary) and **effective** images, the reference code's filter (methods §1.3:
 ``σ_f > 0`` at every checkpoint and foreground entropy at most the background's at late checkpoints, epochs
 ≥ 40/150 of the run), intersected over every compared run and recounted on that set as the authors did.
 """
@@ -110,7 +110,7 @@ def _late(entries: list[dict[str, Any]]) -> Tensor:
 
 
 def effective_keep(histories: Sequence[dict[str, Any]]) -> Tensor | str:
-    """The images effective in every run (spec §1.3, the reference code's filter), ``[N]`` bool; or, when the
+    """The images effective in every run (methods §1.3, the reference code's filter), ``[N]`` bool; or, when the
     runs were not probed on the same images, a sentence saying so."""
     masks = [history["masks"] for history in histories]
     if any(m.shape != masks[0].shape or not torch.equal(m, masks[0]) for m in masks[1:]):

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import nn
 
-from kd_probe._demo_plan import Plan
+from kd_probe.apps.demo.plan import Plan
 
 __all__ = ["MODALITIES", "Modality", "modality"]
 

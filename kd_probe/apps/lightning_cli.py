@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from torch import nn
 from typing_extensions import override
 
-from kd_probe._cli_options import LIGHTNING_COMMANDS
+from kd_probe.apps.options import LIGHTNING_COMMANDS
 from kd_probe.callbacks import KnowledgePointProbe
 from kd_probe.core.sigma import estimate_sigma_maps
 from kd_probe.models import load_weights
