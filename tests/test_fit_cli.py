@@ -98,9 +98,9 @@ def test_print_config_of_an_example_shows_each_probes_options(capsys: pytest.Cap
         assert option in printed, option
 
 
-def test_the_readme_config_is_a_valid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    block = readme.split("<!-- yaml-config", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0]
+def test_the_configuration_page_config_is_a_valid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = (EXAMPLES.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    block = page.split("<!-- yaml-config", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0]
     (tmp_path / "run.yaml").write_text(block, encoding="utf-8")
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(tmp_path / "run.yaml"), "--print_config"])

@@ -125,6 +125,10 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
           points red / foreground green) and the same as text; points: a top view per cloud (entropy; knowledge
           points red, object green) and ``<p>/maps_points`` (mesh plugin, points coloured likewise).
         - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
+        - ``<p>/learning/d_mean``, ``<p>/learning/d_std``: D_mean and D_std over the checkpoints so far (methods
+          §1.4); ``<p>/learning/weight_distance``: D, the probed layer's weight path length so far.
+        - ``<p>/stability/rho``, ``<p>/stability/rho_all``: live ρ of the foreground / of all knowledge points
+          (methods §1.5).
         - ``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}`` (TensorBoard, end of fit): the summary's values, the
           *HParams* tab's metrics (with the run's Custom Scalars layout: :class:`ProbeCallback`).
 
