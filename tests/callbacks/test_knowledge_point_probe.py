@@ -12,7 +12,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from kd_probe import DistillationModule, KnowledgePointProbe
-from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.functional import downsample_mask, learning_speed, stability
 from tests.callbacks.conftest import PROBE, loaders, tiny_data, tiny_net, trainer
 
@@ -164,15 +163,6 @@ def test_fast_dev_run_skips_probing(tmp_path: Path) -> None:
     probe = KnowledgePointProbe(data, layer="features.bn2", **PROBE)
     trainer(tmp_path, fast_dev_run=True, callbacks=[probe]).fit(DistillationModule(tiny_net()), datamodule=data)
     assert probe.history == []
-
-
-def test_schedules() -> None:
-    assert ProbeSchedule("paper", None).resolve(30) == [0, 1, 2, 3, 4, 5, 6, 8, 10, 14, 18, 22, 26, 30]
-    assert ProbeSchedule("paper", None).resolve(150)[-3:] == [110, 130, 150]
-    assert ProbeSchedule([5, 0, 5, 2], None).resolve(10) == [0, 2, 5]
-    assert ProbeSchedule(None, 3).resolve(10) == [0, 3, 6, 9]
-    assert ProbeSchedule(None, None).resolve(3) == [0, 1, 2, 3]
-    assert ProbeSchedule(None, 2).includes(4, None) and not ProbeSchedule(None, 2).includes(3, None)
 
 
 def test_state_dict_round_trip_skips_epochs_already_probed(tmp_path: Path) -> None:
