@@ -119,6 +119,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     """
 
     description = "agreement probe"
+    media = "the agreement CAM grid is"  # logged to TensorBoard only (ProbeCallback warns once without one)
 
     def __init__(
         self,
@@ -187,8 +188,6 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, student_layer=self.student_layer)
-
-    media = "the agreement CAM grid is"
 
     @override
     def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -138,6 +138,8 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         pl.Trainer(max_epochs=20, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
     """
 
+    media = "the `maps` images and histograms are"  # logged to TensorBoard only (ProbeCallback warns once without one)
+
     def __init__(
         self,
         images: Any,
@@ -196,8 +198,6 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(layer=self.layer, name=self.name, module=self.module_path)
-
-    media = "the `maps` images and histograms are"
 
     @override
     def sets_up(self, trainer: pl.Trainer) -> bool:

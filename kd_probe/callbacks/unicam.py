@@ -141,6 +141,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     """
 
     description = "UniCAM probe"
+    media = "the UniCAM map grids are"  # logged to TensorBoard only (ProbeCallback warns once without one)
 
     def __init__(
         self,
@@ -235,8 +236,6 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         """Student, teacher and the model the student is compared with (the reference, else the teacher)."""
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         return student, teacher, self.reference if self.reference is not None else teacher
-
-    media = "the UniCAM map grids are"
 
     @override
     def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
