@@ -209,12 +209,8 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         resolve_layer(network, self.layer)
         check_knowledge_point_setup(network, self.images, self.layer)
         self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
-        dry_run = {
-            **self.sigma_options,
-            "samples": 1,
-            "steps": 1,
-            **({"passes": 1} if "passes" in self.sigma_options else {}),
-        }
+        passes = {"passes": 1} if "passes" in self.sigma_options else {}
+        dry_run = {**self.sigma_options, "samples": 1, "steps": 1, **passes}
         device = module_device(network)
         estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
         tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
