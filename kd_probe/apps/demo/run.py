@@ -1,6 +1,6 @@
 """The main job: KD vs learning from scratch on the built-in data, explained with knowledge points.
 
-Run ``kd-probe demo`` (or ``python -m kd_probe.apps.demo.run``). It trains a teacher, then a distilled student and a
+Run ``kd-probe demo`` (or ``python -m kd_probe demo``). It trains a teacher, then a distilled student and a
 from-scratch baseline with the same architecture, data, seed and schedule; every student run carries a
 ``KnowledgePointProbe``, a ``WeightTrajectoryMonitor``, an ``AgreementProbe`` and a ``UniCAMProbe``. The
 knowledge-point probe makes its σ maps with the secant method (methods §1.8) on 40 held-out images, at less cost
