@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
+
+from kd_probe.core.precision import autocast_off
 
 __all__ = ["check_precision", "float32_probe"]
 
-_AUTOCAST_DEVICES = ("cpu", "cuda")
 _noted: weakref.WeakKeyDictionary[pl.Trainer, set[str]] = weakref.WeakKeyDictionary()
 
 
@@ -44,14 +44,12 @@ def float32_probe(trainer: pl.Trainer | None = None, owner: str = "kd_probe") ->
 
     Example::
 
+        >>> import torch
         >>> with torch.autocast("cpu", dtype=torch.bfloat16), float32_probe():
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.float32
     """
     if trainer is not None:
         check_precision(trainer, owner)
-    with ExitStack() as stack:
-        for device_type in _AUTOCAST_DEVICES:
-            if torch.is_autocast_enabled(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+    with autocast_off():
         yield

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_probe.core.layers import capture_outputs, probing, resolve_layer, unwrap_compiled
+from kd_probe.core.precision import computes_in_float32
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 
+@computes_in_float32
 def grad_cam(
     model: nn.Module,
     images: Tensor,
@@ -47,6 +49,7 @@ def grad_cam(
     ``α_k = mean_{u,v} ∂y_c/∂A_k`` over the layer's activations ``A``; map ``ReLU(Σ_k α_k A_k)``, bilinearly
     upsampled to the input size (not normalised: compare maps with :func:`cam_cosine`). The map of an image
     whose logits, activations or gradients hold a NaN or infinity is all NaN, never a plausible map.
+    Computes in float32 with autocast off, whatever the caller's autocast.
 
     Args:
         model: any ``nn.Module``, left as it was (methods §4).
@@ -104,6 +107,7 @@ def weighted_activations(activation: Tensor, gradient: Tensor) -> Tensor:
     return torch.where(finite[:, None, None], cam, torch.full_like(cam, math.nan))
 
 
+@computes_in_float32
 def ifgsm(
     model: nn.Module,
     images: Tensor,
@@ -120,6 +124,7 @@ def ifgsm(
     around ``images`` and into ``clamp = (low, high)``. ``eps``, ``step_size`` and ``clamp`` are in the units
     of ``images`` (tensors broadcast, e.g. per channel for normalised inputs). Images are attacked
     independently, at most ``max_batch`` at a time (``None``: all at once; the result does not depend on it).
+    Computes in float32 with autocast off, whatever the caller's autocast.
 
     Raises:
         FloatingPointError: the model's logits, or the gradient of the loss, hold a NaN or infinity (its sign
@@ -157,9 +162,11 @@ def ifgsm(
     return torch.cat(attacked)
 
 
+@computes_in_float32
 def predictions(model: nn.Module, images: Tensor, *, batch_size: int = 256, max_batch: int | None = None) -> Tensor:
     """Top-1 predictions ``[N]`` in eval mode under ``no_grad`` (modes restored), ``batch_size`` images per
     forward (``max_batch``, when given, is the same setting under the name the other probes use).
+    Computes in float32 with autocast off, whatever the caller's autocast.
 
     Raises:
         FloatingPointError: some images gave NaN or infinite logits (their argmax would look like a class).

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kd_probe.core.precision import computes_in_float32
+
 __all__ = [
     "capture_outputs",
     "eval_forward",
@@ -162,6 +164,7 @@ class _StopForward(Exception):
         self.output = output
 
 
+@computes_in_float32
 def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, argument: str = "layer") -> Tensor:
     """Run ``model(inputs)`` only as far as ``layer`` and return that module's output (early exit).
 
@@ -169,6 +172,7 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
     run after it cost nothing; the result equals the output captured during a full forward. The hook is
     removed in ``finally`` (methods §4). Works for any ``nn.Module`` whose forward calls the layer (the first
     call wins when the layer runs more than once).
+    Computes in float32 with autocast off, whatever the caller's autocast.
 
     Args:
         model: the network.
@@ -261,9 +265,11 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
     return finished
 
 
+@computes_in_float32
 def eval_forward(model: nn.Module, inputs: Tensor) -> object:
     """One forward in eval mode under ``no_grad``; every module's train/eval mode is restored afterwards
-    (so BatchNorm statistics are untouched and training is not disturbed, methods §4)."""
+    (so BatchNorm statistics are untouched and training is not disturbed, methods §4).
+    Computes in float32 with autocast off, whatever the caller's autocast."""
     model = unwrap_compiled(model)
     modes = {m: m.training for m in model.modules()}
     try:

@@ -27,6 +27,7 @@ from kd_probe.core._sigma_common import (
 from kd_probe.core._sigma_common import check_int as _check_int
 from kd_probe.core._sigma_engines import SampledObjective, faithful_maps, secant_maps
 from kd_probe.core.layers import probing, resolve_layer, unwrap_compiled
+from kd_probe.core.precision import computes_in_float32
 from kd_probe.core.units import ImageGrid, Units, upsample_units
 
 __all__ = [
@@ -44,6 +45,7 @@ DEFAULT_SAMPLES = {"faithful": 96, "secant": 256}  # noise samples per step (fai
 DEFAULT_PASSES = 3  # secant passes (methods §1.8)
 
 
+@computes_in_float32
 def estimate_sigma_maps(
     model: nn.Module,
     images: Tensor,
@@ -96,6 +98,7 @@ def estimate_sigma_maps(
     ``max_batch`` perturbed images go through the model at once (gradients are accumulated); the model's
     modes, ``requires_grad`` flags, ``.grad``, BatchNorm statistics and the global RNG are left as they were.
     Runs under ``torch.no_grad()``/``torch.inference_mode()`` callers too (grad is re-enabled inside).
+    Computes in float32 with autocast off, whatever the caller's autocast.
 
     Args:
         model: any ``nn.Module``; it is run in eval mode, its parameters are never modified.

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from kd_probe.core.agreement import _check_max_batch, _chunk_slices, _not_a_tensor, weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
 from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer, unwrap_compiled
+from kd_probe.core.precision import computes_in_float32
 from kd_probe.core.render import per_image_unit
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
@@ -70,6 +71,7 @@ def pooled_features(output: Tensor) -> Tensor:
     return feature_vectors(output, "pooled")
 
 
+@computes_in_float32
 def layer_features(
     model: nn.Module,
     layer: str,
@@ -81,7 +83,8 @@ def layer_features(
 ) -> Tensor:
     """Features ``[N, D]`` of ``layer`` for ``images`` (:func:`feature_vectors`: a feature map pooled, or flattened
     with ``features="flattened"``), in eval mode without gradients (modes restored), at most ``max_batch``
-    images per forward (``None``: all at once); the modules after the layer do not run."""
+    images per forward (``None``: all at once); the modules after the layer do not run.
+    Computes in float32 with autocast off, whatever the caller's autocast."""
     _check_max_batch(max_batch)
     check_features(features)
     model = unwrap_compiled(model)
@@ -182,6 +185,7 @@ class UniCAM:
             features=self.features,
         )
 
+    @computes_in_float32
     def __call__(
         self, images: Tensor, targets: Tensor, *, features_y: Tensor | None = None, max_batch: int | None = None
     ) -> UniCAMResult:
@@ -191,6 +195,7 @@ class UniCAM:
         chunk by chunk without gradients; the gradient of the score with respect to them is then carried back
         to the layer's activations by a second forward of each chunk. Maps and score do not depend on
         ``max_batch``. NaN or infinite features give a NaN score and all-NaN maps.
+        Computes in float32 with autocast off, whatever the caller's autocast.
 
         Args:
             images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4`` (moved to each model's
