@@ -7,6 +7,11 @@ teacher (or student) starts from the weights of a checkpoint file (``teacher_che
 ``trainer.callbacks``, their probe set written ``images: datamodule`` (the data module's probe split) or as the
 path of a saved tensor file. ``kd-probe fit --print_config`` prints every option with its default.
 
+YAML is read strictly: a key given twice in one mapping, more than ``MAX_ALIASES`` aliases, an expansion past
+``MAX_NODES`` nodes or a recursive alias is refused in one sentence naming the line, before anything is built. A
+mistake found while building the run's objects (a refused setting, a Trainer that cannot start) is one line on
+stderr and exit status 2; errors raised while training are not caught.
+
 Example::
 
     kd-probe fit --config examples/teacher.yaml          # writes runs/examples/checkpoints/teacher.ckpt
@@ -18,10 +23,14 @@ Example::
 from __future__ import annotations
 
 import inspect
+import os
 import sys
-from typing import Any
+from types import TracebackType
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
+import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from torch import nn
 from typing_extensions import override
@@ -32,9 +41,21 @@ from kd_probe.core.sigma import estimate_sigma_maps
 from kd_probe.models import load_weights
 from kd_probe.modules import DistillationModule
 
-__all__ = ["COMMANDS", "CLIDistillationModule", "ConfigurationError", "KDProbeCLI", "SaveFitConfig", "main"]
+__all__ = [
+    "COMMANDS",
+    "MAX_ALIASES",
+    "MAX_NODES",
+    "CLIDistillationModule",
+    "ConfigurationError",
+    "KDProbeCLI",
+    "SaveFitConfig",
+    "main",
+]
 
 COMMANDS = LIGHTNING_COMMANDS
+MAX_ALIASES = 1_000  # aliases (``*name``) in one YAML document
+MAX_NODES = 100_000  # nodes of one YAML document once every alias is expanded (a run's config has a few hundred)
+PARSER_MODE = "kd_probe_yaml"  # jsonargparse's YAML loader behind the strict checks below
 _SIGMA_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(estimate_sigma_maps).parameters.items()
@@ -44,6 +65,80 @@ _SIGMA_DEFAULTS = {
 
 class ConfigurationError(Exception):
     """A mistake in a run's configuration found while building the run (before any training), in one sentence."""
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's pure-Python composer, counting aliases as it meets them: the node graph keeps each alias as a
+    reference to its anchor's node, so composing is cheap whatever the document would expand to."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigurationError(f"line {line}: more than {MAX_ALIASES} YAML aliases (*name) in one document.")
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+
+
+def _check_node(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """The number of nodes under ``node`` once aliases are expanded (memoised per node, so a shared node is
+    counted without expanding it); refuses duplicate keys, recursive aliases and sizes over ``MAX_NODES``."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    line = node.start_mark.line + 1
+    if id(node) in open_nodes:
+        raise ConfigurationError(f"line {line}: a YAML alias refers to a node that contains it (a recursive alias).")
+    open_nodes.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                first = seen.setdefault((key.tag, key.value), key.start_mark.line + 1)
+                if first != key.start_mark.line + 1:
+                    raise ConfigurationError(
+                        f"line {key.start_mark.line + 1}: the key {key.value!r} is given twice in one mapping (first "
+                        f"on line {first}); give each key once."
+                    )
+            children += (key, value)
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    size = 1 + sum(_check_node(child, sizes, open_nodes) for child in children)
+    if size > MAX_NODES:
+        raise ConfigurationError(
+            f"line {line}: this YAML expands to more than {MAX_NODES} nodes once its aliases (*name) are expanded."
+        )
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+_jsonargparse_yaml_load = get_loader("yaml")
+
+
+def _load_yaml(text: str, path: str | os.PathLike[str] = "") -> Any:
+    """jsonargparse's YAML loader, after refusing duplicate keys and alias bombs (:class:`ConfigurationError`,
+    naming ``path`` and the line)."""
+    try:
+        composer = _Composer(text)
+        try:
+            node = composer.get_single_node()
+            if node is not None:
+                _check_node(node, {}, set())
+        finally:
+            composer.dispose()
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{os.fspath(path) or 'a YAML value'}: {error}") from None
+    except RecursionError:
+        raise ConfigurationError(f"{os.fspath(path) or 'a YAML value'}: the YAML nests too deeply to read.") from None
+    return _jsonargparse_yaml_load(text)
+
+
+set_loader(PARSER_MODE, _load_yaml, exceptions=(yaml.YAMLError,))
 
 
 class CLIDistillationModule(DistillationModule):
@@ -119,6 +214,18 @@ class SaveFitConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+class _Parser(LightningArgumentParser):
+    """``LightningArgumentParser`` whose final report of a parsing mistake (an unknown option, a ``class_path``
+    that does not import, a value of the wrong type) is a :class:`ConfigurationError`: one line, exit status 2."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse is trying alternatives: it catches the ArgumentError
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        raise ConfigurationError(f"{' '.join(message.split())} ({prog} --help lists the options)") from ex
+
+
 class KDProbeCLI(LightningCLI):
     """``LightningCLI`` with kd_probe's defaults: the model is a :class:`CLIDistillationModule`, the data any
     ``LightningDataModule`` by ``class_path`` (default ``ShapesDataModule``, whose probe split the probes read with
@@ -131,6 +238,7 @@ class KDProbeCLI(LightningCLI):
             CLIDistillationModule,
             pl.LightningDataModule,
             save_config_callback=SaveFitConfig,
+            parser_class=_Parser,
             subclass_mode_data=True,
             seed_everything_default=0,
             auto_configure_optimizers=False,
@@ -143,6 +251,11 @@ class KDProbeCLI(LightningCLI):
     @override
     def subcommands() -> dict[str, set[str]]:
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in COMMANDS}
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("parser_mode", PARSER_MODE)  # the main parser and each command's: config files and values
+        return super().init_parser(**kwargs)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -161,11 +274,21 @@ class KDProbeCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError) as error:  # kd_probe's one-sentence refusals of a setting
+        except Exception as error:  # a class refused its settings, or the Trainer cannot start as configured
             cause: BaseException = error  # jsonargparse wraps a callback's refusal in its own union error
-            while isinstance(cause.__cause__ or cause.__context__, (ValueError, FileNotFoundError)):
+            while _raised_by_jsonargparse(cause.__traceback__) and (cause.__cause__ or cause.__context__):
                 cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
-            raise ConfigurationError(str(cause)) from error
+            message = " ".join(str(cause).split()) or type(cause).__name__
+            if not isinstance(cause, (ValueError, FileNotFoundError)):  # not one of kd_probe's refusals: say what
+                message = f"{type(cause).__name__}: {message}"
+            raise ConfigurationError(message) from error
+
+
+def _raised_by_jsonargparse(traceback: TracebackType | None) -> bool:
+    """Whether the innermost frame of ``traceback`` is jsonargparse's (it re-raises what a class refused)."""
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and traceback.tb_frame.f_globals.get("__name__", "").startswith("jsonargparse")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kd_probe.io.paths import inside
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def file_inside(folder: Path, relative: str, source: str) -> Path:
+    """``folder / relative`` when it stays inside ``folder`` (``relative`` is not absolute and neither ``..`` nor
+    a link leads out), else a ``ValueError`` naming ``source`` (the index file and line, or the folder) and the path:
+    the real-data loaders never read a file outside their root."""
+    if inside(folder, relative) is None:
+        raise ValueError(
+            f"{source}: {relative!r} is absolute or leads outside {str(folder)!r} (through '..' or a link); "
+            "paths must stay inside the dataset's folder."
+        )
+    return Path(folder) / relative
 
 
 def _pil():

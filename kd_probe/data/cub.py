@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kd_probe.data._files import FileTripletDataset, read_mask
+from kd_probe.data._files import FileTripletDataset, file_inside, read_mask
 from kd_probe.data.folders import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CUB200"]
@@ -16,8 +16,8 @@ __all__ = ["CUB200"]
 _SOURCES = ("auto", "segmentation", "box")
 
 
-def _read_table(path: Path) -> dict[int, list[str]]:
-    """``<id> <fields…>`` lines → ``{id: [fields…]}``."""
+def _read_table(path: Path, line_numbers: dict[int, int] | None = None) -> dict[int, list[str]]:
+    """``<id> <fields…>`` lines → ``{id: [fields…]}`` (and ``{id: line number}`` into ``line_numbers``)."""
     table = {}
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -27,6 +27,8 @@ def _read_table(path: Path) -> dict[int, list[str]]:
             if len(fields) < 2 or not fields[0].isdigit():
                 raise ValueError(f"{path}:{number}: expected '<id> <value> ...', got {line.strip()!r}.")
             table[int(fields[0])] = fields[1:]
+            if line_numbers is not None:
+                line_numbers[int(fields[0])] = number
     return table
 
 
@@ -43,7 +45,9 @@ class CUB200(FileTripletDataset):
 
     Labels are 0-based. The mask comes from the segmentation (grey level above ``mask_threshold``;
     CUB's grey levels count the annotators who marked a pixel) or, with ``mask_source="box"`` or when
-    no segmentation file exists under ``mask_source="auto"``, from the bounding box.
+    no segmentation file exists under ``mask_source="auto"``, from the bounding box. Nothing outside
+    ``root/images`` and the segmentation folder is read: a path in ``images.txt`` that is absolute or leads out
+    (``..``, a link) is refused with a ``ValueError`` naming the file, the line and the path.
 
     Args:
         root: the ``CUB_200_2011`` folder.
@@ -84,7 +88,10 @@ class CUB200(FileTripletDataset):
         missing = [name for name in needed if not (self.root / name).is_file()]
         if missing:
             raise ValueError(f"`root`={str(self.root)!r} is not a CUB-200-2011 folder: missing {', '.join(missing)}.")
-        paths, labels, is_train, boxes = (_read_table(self.root / name) for name in needed)
+        lines: dict[int, int] = {}  # images.txt's line of each image id, to name it when its path is refused
+        paths, labels, is_train, boxes = (
+            _read_table(self.root / name, lines if name == "images.txt" else None) for name in needed
+        )
         for name, table in zip(needed[1:], (labels, is_train, boxes), strict=True):
             missing_ids = sorted(set(paths) - set(table))
             if missing_ids:
@@ -107,10 +114,12 @@ class CUB200(FileTripletDataset):
         for image_id in sorted(paths):
             if split != "all" and (is_train[image_id][0] == "1") != (split == "train"):
                 continue
+            source = f"{self.root / 'images.txt'}:{lines[image_id]}"
+            image = file_inside(self.root / "images", paths[image_id][0], source)  # never a file outside root
             relative = Path(paths[image_id][0])
-            self.samples.append((self.root / "images" / relative, int(labels[image_id][0]) - 1))
+            self.samples.append((image, int(labels[image_id][0]) - 1))
             self.boxes.append(tuple(float(v) for v in boxes[image_id][:4]))  # type: ignore[arg-type]
-            segmentation = self.segmentation_root / relative.with_suffix(".png")
+            segmentation = file_inside(self.segmentation_root, str(relative.with_suffix(".png")), source)
             if mask_source == "segmentation" and not segmentation.is_file():
                 raise ValueError(f"`mask_source`='segmentation' but {str(segmentation)!r} does not exist.")
             self.segmentation_paths.append(segmentation if mask_source != "box" and segmentation.is_file() else None)

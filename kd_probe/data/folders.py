@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from kd_probe.data._files import IMAGE_EXTENSIONS, FileTripletDataset, read_mask
+from kd_probe.data._files import IMAGE_EXTENSIONS, FileTripletDataset, file_inside, read_mask
 
 __all__ = ["ImageMaskFolder"]
 
@@ -34,8 +34,8 @@ class ImageMaskFolder(FileTripletDataset):
         mask_threshold: grey level in [0, 1] above which a mask pixel is foreground.
 
     Raises:
-        ValueError: a folder is missing or has no class sub-folders, or an image has no mask (the
-            first missing mask is named).
+        ValueError: a folder is missing or has no class sub-folders, an image has no mask (the
+            first missing mask is named), or a link leads an image or mask outside its folder.
 
     Example::
 
@@ -65,7 +65,7 @@ class ImageMaskFolder(FileTripletDataset):
                 f"`images`={str(self.images_root)!r} has no class sub-folders; expected images/<class>/<file>."
             )
         masks_by_stem = {
-            p.relative_to(self.masks_root).with_suffix(""): p
+            p.relative_to(self.masks_root).with_suffix(""): self._inside("masks", self.masks_root, p)
             for p in self.masks_root.rglob("*")
             if p.suffix.lower() in IMAGE_EXTENSIONS
         }
@@ -80,12 +80,17 @@ class ImageMaskFolder(FileTripletDataset):
                         f"image {str(path)!r} has no mask in `masks`={str(self.masks_root)!r}; expected "
                         f"{self.masks_root / key!s}.<png|jpg|...>."
                     )
-                self.samples.append((path, label))
+                self.samples.append((self._inside("images", self.images_root, path), label))
                 self.mask_paths.append(masks_by_stem[key])
         if not self.samples:
             raise ValueError(
                 f"`images`={str(self.images_root)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})."
             )
+
+    @staticmethod
+    def _inside(argument: str, folder: Path, path: Path) -> Path:
+        """``path`` (found in ``folder``) unless a link leads it outside ``folder``: nothing outside is read."""
+        return file_inside(folder, str(path.relative_to(folder)), f"`{argument}`={str(folder)!r}")
 
     def load_mask(self, index: int, height: int, width: int) -> Tensor:
         return read_mask(self.mask_paths[index], self.mask_threshold)

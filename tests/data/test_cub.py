@@ -60,3 +60,35 @@ def test_errors_name_what_is_missing(tmp_path: Path) -> None:
         CUB200(root, mask_source="segmentation")
     with pytest.raises(ValueError, match=r"`split` must be 'train', 'test' or 'all', got 'val'"):
         CUB200(root, split="val")
+
+
+@pytest.mark.parametrize(
+    ("line", "path"),
+    [
+        ("2", "/etc/passwd"),  # absolute
+        ("2", "../../outside.jpg"),  # `..` out of root/images
+        ("2", "001.Albatross/../../../outside.jpg"),  # `..` after a folder
+        ("2", "linked/a_2.jpg"),  # a link in root/images to a folder outside root
+    ],
+)
+def test_a_path_in_images_txt_outside_the_root_is_refused_with_file_and_line(
+    tmp_path: Path, line: str, path: str
+) -> None:
+    root = _layout(tmp_path / "cub")
+    write_image(tmp_path / "outside.jpg", 16, 24, 10)
+    write_image(tmp_path / "elsewhere" / "a_2.jpg", 16, 24, 10)
+    (root / "images" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[int(line) - 1] = f"{line} {path}"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    expected = rf"{root / 'images.txt'}:{line}: '{path}' is absolute or leads outside '.*images'"
+    with pytest.raises(ValueError, match=expected):
+        CUB200(root, "all")
+
+
+def test_a_segmentation_linked_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+    root = _layout(tmp_path / "cub")
+    write_mask(tmp_path / "secret.png", np.ones((16, 24)))
+    (root / "segmentations" / "001.Albatross" / "a_2.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ValueError, match=rf"{root / 'images.txt'}:2: '001.Albatross/a_2.png' is absolute or leads out"):
+        CUB200(root, "all")

@@ -46,3 +46,26 @@ def test_bad_folders_are_refused(tmp_path: Path) -> None:
     (tmp_path / "flat").mkdir()
     with pytest.raises(ValueError, match=r"has no class sub-folders"):
         ImageMaskFolder(tmp_path / "flat", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argument", "link", "target"),
+    [
+        ("images", "dog/2.jpg", "outside/secret.jpg"),  # an image file linked out
+        ("images", "bird", "outside"),  # a class folder linked out
+        ("masks", "dog/1.png", "outside/secret.png"),  # a mask file linked out
+    ],
+)
+def test_a_link_out_of_the_folders_is_refused_naming_it(tmp_path: Path, argument: str, link: str, target: str) -> None:
+    images, masks = _layout(tmp_path / "data")
+    write_image(tmp_path / "outside" / "secret.jpg", 20, 30, 10)
+    write_mask(tmp_path / "outside" / "secret.png", np.ones((20, 30), dtype=bool))
+    folder = images if argument == "images" else masks
+    if argument == "masks":
+        (folder / link).unlink()
+    (folder / link).symlink_to(tmp_path / target, target_is_directory=(tmp_path / target).is_dir())
+    write_mask(masks / "bird" / "secret.png", np.ones((20, 30), dtype=bool))  # so a linked-in image has its mask
+    write_mask(masks / "dog" / "2.png", np.ones((20, 30), dtype=bool))
+    relative = link if "." in link else f"{link}/secret.jpg"
+    with pytest.raises(ValueError, match=rf"`{argument}`='.*': '{relative}' is absolute or leads outside '{folder}'"):
+        ImageMaskFolder(images, masks)
