@@ -18,6 +18,8 @@ from tests.callbacks.conftest import trainer
 class _Drift(pl.LightningModule):
     """A linear loss ``sign · ⟨W, d⟩``: plain SGD moves W by exactly ``−lr · sign · d`` every step."""
 
+    direction: torch.Tensor  # d, a buffer
+
     def __init__(self, alternate: bool = False, size: int = 64, random_walk: bool = False) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
@@ -40,7 +42,7 @@ def _loader(size: int = 64, batches: int = 3) -> DataLoader:
     return DataLoader(TensorDataset(data), batch_size=2, shuffle=False)
 
 
-def _fit(tmp_path: Path, module: pl.LightningModule, monitor: WeightTrajectoryMonitor, **kw: Any) -> _Recorder:
+def _fit(tmp_path: Path, module: _Drift, monitor: WeightTrajectoryMonitor, **kw: Any) -> _Recorder:
     recorder = _Recorder()
     options = dict(max_epochs=4, callbacks=[monitor], logger=recorder)
     options.update(kw)
