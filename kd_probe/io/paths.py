@@ -32,11 +32,21 @@ def check_name(value: object, argument: str = "name") -> str:
 
 def inside(folder: Path, relative: object) -> Path | None:
     """``folder / relative`` when ``relative`` is a plain relative path that stays inside ``folder`` (after
-    resolving ``..`` and links), else ``None`` — for paths read from files, which are never followed out."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+    resolving ``..`` and links), else ``None`` — for paths read from files, which are never followed out; a NUL
+    byte, a link loop or a name the file system refuses is ``None`` too, never an exception.
+
+    Example::
+
+        >>> inside(Path("runs/a"), "../b") is None, inside(Path("runs/a"), "a" + chr(0) + "b") is None
+        (True, True)
+    """
+    if not isinstance(relative, str) or not relative or "\x00" in relative or Path(relative).is_absolute():
         return None
-    root = Path(folder).resolve()
-    target = (root / relative).resolve()
+    try:
+        root = Path(folder).resolve()
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name too long for the file system
+        return None
     return target if target == root or root in target.parents else None
 
 

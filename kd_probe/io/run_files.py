@@ -1,42 +1,47 @@
-"""Reading a probed run's files as data, never as code (used by ``kd-probe report``).
+"""The run folder's one room: the names of the files kd_probe writes into a run folder, their format versions and
+size limits, and the bounded, type-checked reads of those files as data, never as code.
 
-``.pt`` files load with ``torch.load(..., weights_only=True)`` only and their structure is checked; a path read
-from a file is followed only while it stays inside the run's folder; event files are checked record by record
-(TensorBoard's own reader silently stops at a damaged record). Anything wrong raises a :class:`RunFileError`
-naming the file, and the report leaves that run out.
+A file is read only when it is a regular file of at most the size a kd_probe file of its kind can have (a named
+pipe, a device or a huge file is refused before anything is read); ``.pt`` files load with
+``torch.load(..., weights_only=True)`` only; a path read from a file is followed only while it stays inside the
+run's folder. Anything wrong raises a :class:`RunFileError` naming the file. :mod:`kd_probe.io.runs` reads whole
+runs for ``kd-probe report``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.io.paths import inside
 
 __all__ = [
-    "AGREEMENT",
     "AGREEMENT_FILE",
+    "EVENTS_LIMIT",
     "FORMAT_VERSION",
     "HISTORY_FILE",
-    "METRICS",
+    "JSON_LIMIT",
+    "PT_LIMIT",
     "RUN_FILE",
     "SUMMARY_FILE",
     "TENSORBOARD_FILE",
     "UNICAM_FILE",
     "RunFileError",
-    "RunSummary",
-    "find_runs",
-    "load_run",
+    "check_file",
+    "check_version",
+    "error_text",
+    "exists",
+    "member",
     "probe_file",
+    "read_json",
+    "read_pt",
 ]
 
 # The files kd_probe writes into a run folder (the logger's directory, else the Trainer's root directory). This is
@@ -47,6 +52,9 @@ HISTORY_FILE = "kd_probe_history.pt"  # KnowledgePointProbe: every probe entry, 
 UNICAM_FILE = "kd_probe_unicam.pt"  # UniCAMProbe: scores per layer pair, maps, distance matrices
 AGREEMENT_FILE = "kd_probe_agreement.pt"  # AgreementProbe: every entry, with per-image values
 TENSORBOARD_FILE = "kd_probe_tensorboard.json"  # marker: the Custom Scalars layout and HParams are written
+JSON_LIMIT = 64 * 2**20  # bytes: a summary of 150 checkpoints is about 100 KB
+PT_LIMIT = 4 * 2**30  # bytes: a history of 1,000 images × 150 checkpoints × 56×56 units is about 2 GB
+EVENTS_LIMIT = 4 * 2**30  # bytes: one TensorBoard event file
 # The format version written in the ``"version"`` field of the files that carry one.
 FORMAT_VERSION = {HISTORY_FILE: 1, UNICAM_FILE: 1, AGREEMENT_FILE: 1, TENSORBOARD_FILE: 1}
 
@@ -68,28 +76,6 @@ def probe_file(file: str, name: str | None) -> str:
     return f"{stem}_{name}.{extension}"
 
 
-ROLES = ("distilled", "baseline")
-METRICS = (
-    ("accuracy", "accuracy"),
-    ("n_fg", "N_fg"),
-    ("n_bg", "N_bg"),
-    ("fg_ratio", "fg_ratio"),
-    ("d_mean", "D_mean"),
-    ("d_std", "D_std"),
-    ("rho", "ρ"),
-    ("rho_all", "ρ_all"),
-    ("path_efficiency", "path efficiency"),
-)
-AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
-    ("cam_cosine", "CAM cosine"),
-    ("cam_energy_in_mask/student", "CAM energy on object"),
-    ("adv_transfer", "adversarial transfer"),
-    ("invariance/color/student", "colour invariance"),
-    ("invariance/crop/student", "crop invariance"),
-    ("invariance/shift/student", "shift invariance"),
-)
-
-
 class RunFileError(ValueError):
     """A run's file is missing, damaged, hostile or malformed: the run is left out of the report.
 
@@ -99,155 +85,66 @@ class RunFileError(ValueError):
     """
 
     def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path} {problem}")
+        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:120]}...{str(path)[-60:]}"
+        super().__init__(f"{shown} {problem}")
         self.path = path
 
 
-@dataclass
-class RunSummary:
-    """One probed run: its role (distilled / baseline), seed, test accuracy and final metrics."""
-
-    path: Path
-    name: str
-    role: str
-    seed: int
-    metrics: dict[str, float]
-    summary: dict[str, Any] = field(repr=False)
-    _history: dict[str, Any] | None = field(default=None, repr=False)
-    _unicam: dict[str, Any] | None = field(default=None, repr=False)
-    protocol: str | None = None
-    agreement: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def sigma_method(self) -> str:
-        """The σ engine of the run's knowledge-point probe (``"faithful"`` when not recorded, as before it was)."""
-        settings = self.summary.get("settings")
-        method = settings.get("method", "faithful") if isinstance(settings, dict) else "faithful"
-        return method if isinstance(method, str) else "faithful"
-
-    @property
-    def unicam(self) -> dict[str, Any] | None:
-        """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
-        if self._unicam is None:
-            self._unicam = _read_unicam(self.path)
-        return self._unicam
-
-    @property
-    def history(self) -> dict[str, Any]:
-        """The KnowledgePointProbe's history file named by the summary (read once)."""
-        if self._history is None:
-            self._history = _read_history(self.path, self.summary)
-        return self._history
-
-
-def find_runs(paths: Sequence[Path], *, not_runs: list[Path] | None = None) -> list[Path]:
-    """Run folders among ``paths``: each path itself when it holds a summary, else its sub-folders that do.
-
-    Hidden folders, virtual environments and ``site-packages`` are never searched. A folder whose
-    ``kd_probe_summary.json`` is not a summary written by kd_probe (a JSON object with ``settings`` or
-    ``history_file``), and that holds no other file of a probed run, is not a run: it is appended to
-    ``not_runs`` and never read as one (a damaged summary next to a run's other files stays a run, so that the
-    report names the damage).
-
-    Raises:
-        FileNotFoundError: a path that is not a folder, or no run among ``paths``.
-    """
-    runs: list[Path] = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise FileNotFoundError(f"no such folder: {path}")
-        if (path / SUMMARY_FILE).exists():
-            found = [path]
-        else:
-            found = sorted(p.parent for p in path.glob(f"*/{SUMMARY_FILE}") if not _never_a_run(p.parent))
-        for folder in found:
-            if _is_run(folder):
-                runs.append(folder)
-            elif not_runs is not None:
-                not_runs.append(folder)
-    if not runs:
-        raise FileNotFoundError(
-            f"no run with a {SUMMARY_FILE} in {', '.join(str(p) for p in paths)}; run a "
-            "KnowledgePointProbe (or `kd-probe demo`) first."
-        )
-    return runs
-
-
-def _never_a_run(folder: Path) -> bool:
-    """A hidden folder, a virtual environment or an installed package tree: not searched for runs."""
-    return (
-        folder.name.startswith(".")
-        or folder.name in ("site-packages", "__pycache__")
-        or (folder / "pyvenv.cfg").exists()
-    )
-
-
-def _is_run(folder: Path) -> bool:
-    """Whether ``folder`` is a probed run: its summary is one kd_probe writes, or it holds a run's other files."""
-    try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        summary = None
-    if isinstance(summary, dict) and ("settings" in summary or "history_file" in summary):
-        return True
-    others = (RUN_FILE, HISTORY_FILE.replace(".pt", "*.pt"), "events.out.tfevents.*")  # named probes too
-    return any(next(folder.glob(pattern), None) is not None for pattern in others)
-
-
-def load_run(path: Path) -> RunSummary:
-    """A run's summary, role and seed (from ``kd_probe_run.json``, else from the folder name), accuracy and
-    probe files, every file checked; a ``RunFileError`` naming the file when one is missing or wrong."""
-    path = Path(path)
-    summary = _read_json(_member(path, SUMMARY_FILE, SUMMARY_FILE))
-    run_file = _member(path, RUN_FILE, RUN_FILE)
-    info = _read_json(run_file) if run_file.exists() else {}
-    role = info.get("role") or ("distilled" if "distil" in path.name else "baseline")
-    if role not in ROLES:
-        raise RunFileError(run_file, f"gives the role {role!r}; expected one of {', '.join(ROLES)}.")
-    seed, name, protocol = info.get("seed", 0), info.get("run", path.name), info.get("protocol")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise RunFileError(run_file, f"gives the seed {seed!r}; expected an integer.")
-    if not isinstance(name, str) or not isinstance(protocol, (str, type(None))):
-        raise RunFileError(run_file, f"gives the run {name!r} and protocol {protocol!r}; expected text.")
-    own, head = _scalars(path), _scalars(path / "head")  # each event folder read once
-    accuracy = info.get("test_accuracy")
-    if accuracy is None:
-        accuracy = next((series[-1] for series in (own.get("test/acc"), head.get("test/acc")) if series), None)
-    metrics = {key: _number(summary.get(key)) for key, _ in METRICS if key not in ("accuracy", "path_efficiency")}
-    metrics["accuracy"] = _number(accuracy)
-    metrics["path_efficiency"] = _path_efficiency(own)
-    scalars = {**head, **own}
-    for suffix, _ in AGREEMENT:
-        series = scalars.get(f"kd_probe/agreement/{suffix}")
-        metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
-    history, unicam, agreement = _read_history(path, summary), _read_unicam(path), _read_agreement(path)
-    return RunSummary(
-        path,
-        name,
-        role,
-        seed,
-        metrics,
-        summary,
-        _history=history,
-        _unicam=unicam,
-        protocol=protocol,
-        agreement=agreement,
-    )
-
-
-def _member(folder: Path, relative: object, source: str) -> Path:
+def member(folder: Path, relative: object, source: str) -> Path:
     """``folder/relative`` when it stays inside the run folder (links resolved), else a ``RunFileError``."""
     target = inside(folder, relative)
     if target is None:
-        named = "is a link" if relative == source else f"names the file {relative!r}"
+        shown = repr(relative) if len(repr(relative)) <= 80 else f"{repr(relative)[:77]}..."
+        if isinstance(relative, str) and "\x00" in relative:
+            raise RunFileError(folder / source, f"names {shown}, which is not a file name; refused.")
+        named = "is a link" if relative == source else f"names the file {shown}"
         raise RunFileError(folder / source, f"{named} outside the run folder {folder}; refused.")
     return target
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or a ``RunFileError`` saying why not."""
+def exists(path: Path) -> bool:
+    """Whether something is at ``path`` (a link loop or an unreadable name counts as there: reading it says why)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return path.exists()
+    except (OSError, ValueError):
+        return True
+
+
+def check_file(path: Path, limit: int) -> int:
+    """The size of ``path`` when it is a regular file of at most ``limit`` bytes, else a ``RunFileError``: a named
+    pipe or a device would hang or never end, a file larger than any kd_probe file of its kind would exhaust
+    memory; both are refused before anything is read."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError) as error:
+        raise RunFileError(path, f"cannot be opened ({error_text(error)}).") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(status.st_mode)
+            else "a named pipe"
+            if stat.S_ISFIFO(status.st_mode)
+            else ("a device" if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode) else "not a regular file")
+        )
+        raise RunFileError(path, f"is {kind}, not a regular file; refused, not read.")
+    if status.st_size > limit:
+        raise RunFileError(
+            path, f"is {status.st_size} bytes, more than a kd_probe file of its kind can be ({limit}); not read."
+        )
+    return status.st_size
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (a regular file of at most ``JSON_LIMIT`` bytes, read with that bound), or a
+    ``RunFileError`` saying why not. ``NaN`` is accepted (the probes write it for what no checkpoint gives),
+    ``Infinity`` is not."""
+    check_file(path, JSON_LIMIT)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(JSON_LIMIT + 1)
+        if len(data) > JSON_LIMIT:
+            raise RunFileError(path, f"grew past {JSON_LIMIT} bytes while being read; not read.")
+        value = json.loads(data.decode("utf-8"), parse_constant=_json_constant)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:  # JSONDecodeError: a ValueError
         raise RunFileError(path, f"is not readable JSON ({error_text(error)}).") from None
     if not isinstance(value, dict):
@@ -255,9 +152,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _read_pt(path: Path) -> dict[str, Any]:
+def _json_constant(name: str) -> float:
+    if name == "NaN":
+        return math.nan
+    raise ValueError(f"{name} is not a value a kd_probe file holds")
+
+
+def read_pt(path: Path) -> dict[str, Any]:
     """A dict of tensors and plain data from a ``.pt`` file: ``weights_only=True`` always, so a file that holds
     anything else (code a pickle would run) is refused, never loaded; a ``RunFileError`` saying why."""
+    check_file(path, PT_LIMIT)
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged or hostile file can fail in any way; the run is left out
@@ -278,155 +182,11 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _require(path: Path, record: dict[str, Any], types: dict[str, type | tuple[type, ...]]) -> None:
-    for key, kind in types.items():
-        if not isinstance(record.get(key), kind):
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise RunFileError(path, f"has {key!r} of type {type(record.get(key)).__name__}; expected {expected}.")
-
-
-def _read_history(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The history file the summary names, checked: every probed entry fits the saved masks."""
-    path = _member(folder, summary.get("history_file", HISTORY_FILE), SUMMARY_FILE)
-    if not path.exists():
-        raise RunFileError(path, f"is missing (named by {SUMMARY_FILE}).")
-    history = _read_pt(path)
-    _require(path, history, {"entries": list, "masks": torch.Tensor, "settings": dict, "images": torch.Tensor})
-    tensors = ("entropy", "points", "n_fg", "effective")
-    for entry in history["entries"]:
-        if not isinstance(entry, dict):
-            raise RunFileError(path, f"has an entry of type {type(entry).__name__}; expected a dict.")
-        if entry.get("failed") is None and "entropy" in entry:
-            _require(path, entry, {**dict.fromkeys(tensors, torch.Tensor), "epoch": int, "fg_ratio": (int, float)})
-            try:  # what the sweep and the figures will do with it
-                count_knowledge_points(
-                    entry["entropy"],
-                    history["masks"],
-                    baseline=history["settings"].get("baseline", "dataset"),
-                    effective=entry["effective"],
-                )
-            except Exception as error:  # any malformed tensor; the run is left out
-                raise RunFileError(path, f"has an entry that does not fit its masks ({error_text(error)}).") from None
-    return history
-
-
-def _read_unicam(folder: Path) -> dict[str, Any] | None:
-    """The UniCAMProbe's file, checked, or ``None`` when the run has none."""
-    path = _member(folder, UNICAM_FILE, UNICAM_FILE)
-    if not path.exists():
-        return None
-    record = _read_pt(path)
-    _require(path, record, {"entries": list, "layers": (list, tuple), "maps": list, "images": torch.Tensor})
-    if not all(isinstance(pair, (list, tuple)) and pair and isinstance(pair[0], str) for pair in record["layers"]):
-        raise RunFileError(path, "has 'layers' that are not pairs of layer names.")
-    for entry in record["entries"]:
-        scores = isinstance(entry, dict) and all(
-            isinstance(value, (int, float)) for key, value in entry.items() if "/" in key
+def check_version(path: Path, record: dict[str, Any], file: str) -> None:
+    """A ``RunFileError`` when ``record`` (read from ``path``, a ``file`` of a run folder) was written in another
+    format version than the one this kd_probe writes (:data:`FORMAT_VERSION`); a record without one is read."""
+    version = record.get("version")
+    if version is not None and version != FORMAT_VERSION[file]:
+        raise RunFileError(
+            path, f"was written in format version {version!r:.40}; this kd_probe reads version {FORMAT_VERSION[file]}."
         )
-        if not scores:
-            raise RunFileError(path, "has an entry whose scores are not numbers.")
-    for maps in record["maps"]:
-        if not isinstance(maps, dict) or not all(
-            isinstance(maps.get(k), torch.Tensor) for k in ("distilled", "residual")
-        ):
-            raise RunFileError(path, "has maps that are not tensors.")
-    _check_distances(path, record.get("distances"))
-    return record
-
-
-def _check_distances(path: Path, saved: Any) -> None:
-    """The UniCAMProbe's distance matrices of its latest probe: square float matrices of one size."""
-    if saved is None:
-        return
-    layers = saved.get("layers") if isinstance(saved, dict) else None
-    labels = saved.get("labels") if isinstance(saved, dict) else None
-    if not (isinstance(layers, dict) and all(isinstance(m, dict) for m in layers.values())):
-        raise RunFileError(path, "has 'distances' without per-layer matrices.")
-    if not (isinstance(labels, torch.Tensor) and isinstance(saved.get("epoch"), int)):
-        raise RunFileError(path, "has 'distances' without a label distance matrix or an epoch.")
-    size = tuple(labels.shape)
-    matrices = [labels, *(m for group in layers.values() for m in group.values())]
-    if (
-        len(size) != 2
-        or size[0] != size[1]
-        or not all(isinstance(m, torch.Tensor) and m.is_floating_point() and tuple(m.shape) == size for m in matrices)
-    ):
-        raise RunFileError(path, f"has 'distances' that are not square float matrices of one size {size}.")
-
-
-def _read_agreement(folder: Path) -> dict[str, Any] | None:
-    """The AgreementProbe's file (per-image scores per probe), checked, or ``None`` when the run has none."""
-    path = _member(folder, AGREEMENT_FILE, AGREEMENT_FILE)
-    if not path.exists():
-        return None
-    record = _read_pt(path)
-    _require(path, record, {"entries": list, "eps_keys": list, "labels": torch.Tensor})
-    count = record["labels"].numel()
-    for entry in record["entries"]:
-        if not isinstance(entry, dict):
-            raise RunFileError(path, f"has an entry of type {type(entry).__name__}; expected a dict.")
-        values = entry.get("per_image")
-        if entry.get("failed") is not None or values is None:
-            continue
-        needed = [f"{kind}/{eps}" for eps in record["eps_keys"] for kind in ("teacher_fooled", "student_fooled")]
-        if not isinstance(values, dict) or not all(
-            isinstance(values.get(key), torch.Tensor) and values[key].shape == (count,) for key in needed
-        ):
-            raise RunFileError(path, f"has per-image values that are not one per probe image ({count}) for {needed}.")
-        if not all(isinstance(v, torch.Tensor) and v.shape == (count,) for v in values.values()):
-            raise RunFileError(path, f"has per-image values that are not tensors of shape ({count},).")
-    return record
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
-
-
-def _scalars(path: Path) -> dict[str, list[float]]:
-    """Every scalar series of a run folder, read with TensorBoard's own event reader, after every event file
-    is checked record by record (TensorBoard itself stops quietly at a truncated or corrupt record)."""
-    files = sorted(path.glob("events.out.tfevents.*")) if path.is_dir() else []
-    if not files:
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for file in files:
-        _check_events(_member(path, file.name, file.name))
-    try:
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        return {tag: [float(event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    except Exception as error:  # whatever TensorBoard's reader trips on; the run is left out
-        raise RunFileError(path, f"has event files TensorBoard cannot read ({error_text(error)}).") from None
-
-
-def _check_events(path: Path) -> None:
-    """A ``RunFileError`` when an event file is truncated, fails its checksums or holds a record that is not an
-    event (TensorBoard's record reader and protobuf)."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub import errors
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
-
-    count = 0
-    try:
-        reader = PyRecordReader_New(str(path))
-        try:
-            while True:
-                reader.GetNext()
-                event_pb2.Event.FromString(reader.record())
-                count += 1
-        finally:
-            reader.file_handle.close()
-    except errors.OutOfRangeError:  # the end of a sound file
-        return
-    except errors.DataLossError:
-        raise RunFileError(path, f"is truncated or corrupt after {count} sound records.") from None
-    except Exception as error:  # a record that is not an event, or an unreadable file
-        raise RunFileError(path, f"is not a TensorBoard event file ({error_text(error)}).") from None
-
-
-def _path_efficiency(scalars: dict[str, list[float]]) -> float:
-    """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
-    values = [series[-1] for tag, series in scalars.items() if tag.endswith("/path_efficiency") and series]
-    return statistics.fmean(values) if values else math.nan

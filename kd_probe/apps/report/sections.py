@@ -20,7 +20,7 @@ from kd_probe.apps.report.stats import (
     unicam_measures,
 )
 from kd_probe.core.uncertainty import Interval, images_needed, sign_test, verdict
-from kd_probe.io.run_files import AGREEMENT, RunSummary
+from kd_probe.io.runs import AGREEMENT, RunSummary
 
 __all__ = [
     "UNICAM",
@@ -81,8 +81,17 @@ def with_interval(key: str, found: Interval | None, estimate: float, *, signed: 
 
 
 def cell(text: str) -> str:
-    """Text from a file as one markdown table cell or list item: no line breaks, no column separators."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """Text from a file as one markdown table cell or list item: no line breaks, no column separators, no markup
+    (``<``, ``>`` and ``&`` escaped, so no text becomes HTML in report.md), at most 300 characters.
+
+    Example::
+
+        >>> cell("a  <b>\\n c")
+        'a &lt;b&gt; c'
+    """
+    text = " ".join(text.split())
+    text = text if len(text) <= 300 else f"{text[:297]}..."
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 def section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:

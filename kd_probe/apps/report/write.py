@@ -58,15 +58,8 @@ from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.uncertainty import LEVEL, RESAMPLES
 from kd_probe.io.paths import write_atomically
-from kd_probe.io.run_files import (
-    METRICS,
-    SUMMARY_FILE,
-    RunFileError,
-    RunSummary,
-    error_text,
-    find_runs,
-    load_run,
-)
+from kd_probe.io.run_files import SUMMARY_FILE, RunFileError, error_text
+from kd_probe.io.runs import METRICS, RunSummary, find_runs, load_run
 
 __all__ = [
     "HYPOTHESES",
@@ -278,9 +271,11 @@ def write_report(
 
     Raises:
         FileNotFoundError: no run folder among ``paths``.
-        ReportError: no usable run, runs of one role only (none left out), runs of different protocols, or two
-            runs with the same role and seed.
+        ReportError: ``out_dir`` is an existing file, no usable run, runs of one role only (none left out), runs of
+            different protocols, or two runs with the same role and seed.
     """
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ReportError(f"--out {out_dir} is an existing file; expected a folder (created when missing).")
     runs, left_out = _usable_runs(paths)
     distilled = [run for run in runs if run.role == "distilled"]
     baseline = [run for run in runs if run.role == "baseline"]
