@@ -17,7 +17,7 @@ from kd_probe.core.knowledge_points import downsample_mask, unit_foreground
 from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
 from kd_probe.core.units import ImageGrid, Points, Tokens, Units
 
-__all__ = ["ProbeInputs", "describe_units", "log_unit_media", "read_probe_inputs"]
+__all__ = ["ProbeInputs", "describe_units", "log_probe_media", "log_unit_media", "read_probe_inputs"]
 
 
 @dataclass
@@ -137,6 +137,21 @@ def describe_units(units: Units | None) -> str | None:
     """The unit type as recorded in settings and history files (plain text, so they load with
     ``weights_only=True``); ``None`` for the default image grid."""
     return None if units is None else repr(units)
+
+
+def log_probe_media(
+    writer: Any, prefix: str, probe: ProbeInputs, entry: dict[str, Any], log_images: int, step: int
+) -> None:
+    """A knowledge-point probe's TensorBoard media of one entry: the histogram of ``H̄ − H_i`` over the effective
+    images' units (``<prefix>/knowledge_points/entropy_gap``) and the first ``log_images`` inputs' pictures."""
+    gap = (entry["baseline"] - entry["entropy"][entry["effective"]]).flatten()
+    gap = gap[~gap.isnan()]  # NaN: positions that are not units (padding tokens)
+    if gap.numel() and torch.isfinite(gap).all():
+        writer.add_histogram(f"{prefix}/knowledge_points/entropy_gap", gap, global_step=step)
+    shown = min(log_images, probe.inputs.shape[0])
+    if shown:
+        log_unit_media(writer, f"{prefix}/maps", probe, entry, shown, step)
+    writer.flush()
 
 
 def log_unit_media(writer: Any, tag: str, probe: ProbeInputs, entry: dict[str, Any], shown: int, step: int) -> None:

@@ -36,7 +36,7 @@ from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, fai
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
-from kd_probe.callbacks._units import describe_units, log_unit_media, read_probe_inputs
+from kd_probe.callbacks._units import describe_units, log_probe_media, read_probe_inputs
 from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import module_device, resolve_layer
@@ -368,20 +368,12 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     what = "writing the maps and the histogram to TensorBoard"
-                    self.side_effects.run(entry, what, self._log_media, logger, entry, trainer.global_step)
+                    media = (logger.experiment, self.prefix, self.probe_set, entry, self.log_images)
+                    self.side_effects.run(entry, what, log_probe_media, *media, trainer.global_step)
         what = f"saving {probe_file(HISTORY_FILE, self.name)}"
         self.side_effects.run(entry, what, self._save_history, trainer)
-
-    def _log_media(self, logger: TensorBoardLogger, entry: dict[str, Any], step: int) -> None:
-        writer = logger.experiment
-        gap = (entry["baseline"] - entry["entropy"][entry["effective"]]).flatten()
-        gap = gap[~gap.isnan()]  # NaN: positions that are not units (padding tokens)
-        if gap.numel() and torch.isfinite(gap).all():
-            writer.add_histogram(f"{self.prefix}/knowledge_points/entropy_gap", gap, global_step=step)
-        shown = min(self.log_images, self.images.shape[0])
-        if shown:
-            log_unit_media(writer, f"{self.prefix}/maps", self.probe_set, entry, shown, step)
-        writer.flush()
+        what = f"writing {probe_file(SUMMARY_FILE, self.name)}"  # after every probe: an unfinished run is reported
+        self.side_effects.run(entry, what, self._write_summary, trainer, False)
 
     def _log_scalars(self, trainer: pl.Trainer, entry: dict[str, Any] | None, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:
@@ -406,8 +398,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             if key in values and math.isfinite(values[key])
         }
 
-    def _write_summary(self, trainer: pl.Trainer) -> None:
+    def _write_summary(self, trainer: pl.Trainer, finished: bool = True) -> None:
         extra = {
+            "finished": finished,  # False while training: the run up to its last completed probe
             "layer": self.layer,
             "weight_layer": self.path.module_name,
             "module": self.module_path,

@@ -87,6 +87,12 @@ class RunSummary:
     agreement: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
+    def finished(self) -> bool:
+        """Whether the run's training ended (its summary says ``"finished": false`` while training goes on, and a
+        run killed mid-training keeps that summary, up to its last completed probe)."""
+        return self.summary.get("finished", True) is not False
+
+    @property
     def sigma_method(self) -> str:
         """The σ engine of the run's knowledge-point probe (``"faithful"`` when not recorded, as before it was)."""
         settings = self.summary.get("settings")

@@ -317,3 +317,31 @@ def test_path_length_tracks_the_nearest_weight_and_feeds_the_summary(
     tags = _events(logger.log_dir).Tags()["scalars"]
     for tag in ("learning/d_mean", "learning/d_std", "stability/rho", "stability/rho_all", "learning/weight_distance"):
         assert f"kd_probe/{tag}" in tags
+
+
+class _Crash(pl.Callback):
+    """Training dies after ``epoch`` epochs (after the probe of that epoch)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 == self.epoch:
+            raise RuntimeError("the machine went away")
+
+
+def test_a_run_that_dies_keeps_a_summary_up_to_its_last_probe_marked_unfinished(tmp_path: Path) -> None:
+    data = tiny_data()
+    probe = KnowledgePointProbe(data, layer="features.bn2", **PROBE)
+    logger = TensorBoardLogger(tmp_path, name="run", version="")
+    fit = trainer(tmp_path, max_epochs=3, logger=logger, callbacks=[probe, _Crash(2)])
+    with pytest.raises(RuntimeError, match="the machine went away"):
+        fit.fit(DistillationModule(tiny_net()), datamodule=data)
+    summary = json.loads((tmp_path / "run" / "kd_probe_summary.json").read_text())
+    assert summary["finished"] is False
+    assert [c["epoch"] for c in summary["checkpoints"]] == [0, 1, 2]
+    assert summary["n_fg"] == pytest.approx(float(probe.history[-1]["n_fg"].float().mean()))
+    done = trainer(tmp_path / "b", max_epochs=1, logger=TensorBoardLogger(tmp_path, name="b", version=""))
+    done.callbacks.append(KnowledgePointProbe(data, layer="features.bn2", **PROBE))
+    done.fit(DistillationModule(tiny_net()), datamodule=data)
+    assert json.loads((tmp_path / "b" / "kd_probe_summary.json").read_text())["finished"] is True

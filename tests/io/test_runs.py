@@ -166,3 +166,14 @@ def test_inside_follows_no_link_loop(tmp_path: Path) -> None:
 def test_probe_file_names() -> None:
     assert probe_file("kd_probe_unicam.pt", "s1") == "kd_probe_unicam_s1.pt"
     assert probe_file("kd_probe_unicam.pt", None) == "kd_probe_unicam.pt"
+
+
+def test_an_unfinished_run_is_reported_and_marked(runs: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+    _set("kd_probe_summary.json", finished=False)(runs / "distilled")
+    assert main(["report", str(runs), "--no-figures"]) == 0
+    report = (runs / "report.md").read_text(encoding="utf-8")
+    assert (
+        "**Unfinished runs** (training stopped before its end; reported up to their last completed probe): " in report
+    )
+    assert "distilled (epoch 1)." in report and "| distilled (unfinished) | distilled |" in report
+    assert "| baseline | baseline |" in report and "## Left out" not in report

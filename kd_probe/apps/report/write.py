@@ -303,6 +303,13 @@ def write_report(
         "resampled too when there are several).",
         "",
     ]
+    unfinished = [run for run in runs if not run.finished]
+    if unfinished:
+        lines += [
+            f"**Unfinished runs** (training stopped before its end; reported up to their last completed probe): "
+            f"{', '.join(f'{cell(run.name)} (epoch {_last_epoch(run)})' for run in unfinished)}.",
+            "",
+        ]
     if left_out:
         lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
     views = _views(evidence)
@@ -353,8 +360,15 @@ def _runs_section(evidence: Evidence, views: dict) -> list[str]:
                 cells.append(with_interval(key, own[key].interval(RESAMPLES), own[key].estimate))
             else:
                 cells.append(format_value(key, run.metrics.get(key, math.nan)))
-        rows.append([cell(run.name), run.role, str(run.seed), *cells])
+        name = cell(run.name) if run.finished else f"{cell(run.name)} (unfinished)"
+        rows.append([name, run.role, str(run.seed), *cells])
     return section("Runs", ["run", "role", "seed", *(label for _, label in METRICS)], rows)
+
+
+def _last_epoch(run: RunSummary) -> str:
+    """The epoch of a run's last completed knowledge-point probe, as its summary records it."""
+    done = [c.get("epoch") for c in run.summary.get("checkpoints", []) if isinstance(c, dict) and not c.get("failed")]
+    return str(done[-1]) if done and isinstance(done[-1], int) else "none"
 
 
 def _accuracy_row(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
