@@ -247,13 +247,23 @@ def _read_history(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return history
 
 
-def _read_unicam(folder: Path) -> dict[str, Any] | None:
-    """The UniCAMProbe's file, checked, or ``None`` when the run has none."""
-    path = member(folder, UNICAM_FILE, UNICAM_FILE)
+def _probe_file(folder: Path, file: str) -> tuple[Path, dict[str, Any]] | None:
+    """A probe's ``.pt`` file of the run (its path and record, read weights-only, of this format version), or
+    ``None`` when the run has none."""
+    path = member(folder, file, file)
     if not exists(path):
         return None
     record = read_pt(path)
-    check_version(path, record, UNICAM_FILE)
+    check_version(path, record, file)
+    return path, record
+
+
+def _read_unicam(folder: Path) -> dict[str, Any] | None:
+    """The UniCAMProbe's file, checked, or ``None`` when the run has none."""
+    found = _probe_file(folder, UNICAM_FILE)
+    if found is None:
+        return None
+    path, record = found
     _require(path, record, {"entries": list, "layers": (list, tuple), "maps": list, "images": torch.Tensor})
     if not all(isinstance(pair, (list, tuple)) and pair and isinstance(pair[0], str) for pair in record["layers"]):
         raise RunFileError(path, "has 'layers' that are not pairs of layer names.")
@@ -294,11 +304,10 @@ def _check_distances(path: Path, saved: Any) -> None:
 
 def _read_agreement(folder: Path) -> dict[str, Any] | None:
     """The AgreementProbe's file (per-image scores per probe), checked, or ``None`` when the run has none."""
-    path = member(folder, AGREEMENT_FILE, AGREEMENT_FILE)
-    if not exists(path):
+    found = _probe_file(folder, AGREEMENT_FILE)
+    if found is None:
         return None
-    record = read_pt(path)
-    check_version(path, record, AGREEMENT_FILE)
+    path, record = found
     _require(path, record, {"entries": list, "eps_keys": list, "labels": torch.Tensor})
     count = record["labels"].numel()
     for entry in record["entries"]:

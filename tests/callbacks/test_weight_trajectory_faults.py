@@ -22,7 +22,7 @@ STEPS = 12  # 4 epochs of 3 batches
 RANK_ZERO = "lightning.pytorch.utilities.rank_zero"
 
 
-class _Failing(Logger):
+class _Failing(RecordingLogger):
     """Raises on the kd_probe metrics: on every call (``calls=None``) or on the listed calls only (1 = the first)."""
 
     def __init__(self, calls: set[int] | None = None) -> None:
@@ -32,13 +32,6 @@ class _Failing(Logger):
     @property
     def name(self) -> str:
         return "failing"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if any(key.startswith("kd_probe") for key in metrics):
