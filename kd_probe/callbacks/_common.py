@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,11 @@ from kd_probe.core.render import per_image_unit
 from kd_probe.io.paths import write_atomically
 
 __all__ = [
+    "check_same_settings",
     "find_network",
     "gather_shards",
     "networks_by_role",
+    "probe_fingerprint",
     "probe_normalization",
     "probe_pictures",
     "read_probe_set",
@@ -219,3 +222,35 @@ def save_atomically(record: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda temporary: torch.save(record, temporary))
+
+
+def probe_fingerprint(*tensors: Tensor | None) -> str:
+    """A short hash of a probe set's tensors (shapes, types and values): two runs probed on the same items have
+    the same one, recorded so that resuming or comparing runs can tell.
+
+    Example::
+
+        >>> probe_fingerprint(torch.zeros(2, 3)) == probe_fingerprint(torch.zeros(2, 3)) != probe_fingerprint(torch.ones(2, 3))
+        True
+    """
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is None:
+            digest.update(b"none;")
+            continue
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_same_settings(owner: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a probe whose settings changed since its checkpoint (the history would mix two
+    measurements): a ``ValueError`` naming the first setting that differs and both values."""
+    for key in sorted(set(saved) | set(current)):
+        before, now = saved.get(key, "not set"), current.get(key, "not set")
+        if before != now:
+            raise ValueError(
+                f"{owner}: the checkpoint's history was probed with {key}={before!r}, this probe has {key}={now!r}; "
+                "resume with the same settings, or give this probe another `name` to start a new history."
+            )

@@ -18,8 +18,10 @@ from typing_extensions import override
 from kd_probe.callbacks._base import ProbeCallback
 from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options
 from kd_probe.callbacks._common import (
+    check_same_settings,
     find_network,
     gather_shards,
+    probe_fingerprint,
     run_folder,
     save_atomically,
     shard_indices,
@@ -183,12 +185,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         if self.probe_set.units is not None:
             self.sigma_options["units"] = self.probe_set.units
         self.foreground = self.probe_set.foreground  # the probe inputs' foreground units
-        count_knowledge_points(
-            torch.zeros(1, *self.foreground.shape[1:]),
-            self.foreground[:1],
-            threshold=self.threshold,
-            baseline=self.baseline,
-        )  # checks threshold and baseline now
+        self.fingerprint = probe_fingerprint(self.images, self.masks)
+        zeros = torch.zeros(1, *self.foreground.shape[1:])  # counting on them checks threshold and baseline now
+        count_knowledge_points(zeros, self.foreground[:1], threshold=self.threshold, baseline=self.baseline)
 
     @property
     def prefix(self) -> str:
@@ -281,10 +280,12 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "path": self.path.state_dict()}
+        return {"history": self.history, "path": self.path.state_dict(), "settings": self._recorded()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if isinstance(state_dict.get("settings"), dict):  # checkpoints of older versions have none
+            check_same_settings(self.side_effects.owner, state_dict["settings"], self._recorded())
         self.history = list(state_dict.get("history", []))
         self.path.load_state_dict(state_dict.get("path", {}))
 
@@ -408,6 +409,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "images": int(self.images.shape[0]),
             "settings": self.settings,
             "history_file": self.history_path(trainer).name,
+            "probe_set": self.fingerprint,
         }
         path = run_folder(trainer) / probe_file(SUMMARY_FILE, self.name)
         write_summary(path, self.history, self.foreground, extra)
@@ -424,6 +426,10 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "baseline": self.baseline,
         }
 
+    def _recorded(self) -> dict[str, Any]:
+        """What the history depends on: the layer, the network, the probe set's fingerprint and the settings."""
+        return {"layer": self.layer, "module": self.module_path, "probe_set": self.fingerprint, **self.settings}
+
     def history_path(self, trainer: pl.Trainer) -> Path:
         """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
         return run_folder(trainer) / probe_file(HISTORY_FILE, self.name)
@@ -431,6 +437,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     def _save_history(self, trainer: pl.Trainer) -> None:
         record = {
             "version": FORMAT_VERSION[HISTORY_FILE],
+            "probe_set": self.fingerprint,
             "layer": self.layer,
             "module": self.module_path,
             "name": self.name,

@@ -345,3 +345,40 @@ def test_a_run_that_dies_keeps_a_summary_up_to_its_last_probe_marked_unfinished(
     done.callbacks.append(KnowledgePointProbe(data, layer="features.bn2", **PROBE))
     done.fit(DistillationModule(tiny_net()), datamodule=data)
     assert json.loads((tmp_path / "b" / "kd_probe_summary.json").read_text())["finished"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"threshold": 0.3}, "threshold=0.2, this probe has threshold=0.3"),
+        ({"samples": 5}, "samples=4, this probe has samples=5"),
+        ({"method": "secant"}, "method='faithful', this probe has method='secant'"),
+        ({"seed": 1}, "seed='not set', this probe has seed=1"),
+        ({"layer": "features.bn1"}, "layer='features.bn2', this probe has layer='features.bn1'"),
+        ({"probe_size": 6}, "probe_set="),
+    ],
+)
+def test_resuming_with_changed_settings_is_refused_naming_both_values(tmp_path: Path, change: dict, named: str) -> None:
+    data = tiny_data()
+    first = KnowledgePointProbe(data, layer="features.bn2", **PROBE)
+    trainer(tmp_path / "a", max_epochs=1, callbacks=[first]).fit(DistillationModule(tiny_net()), datamodule=data)
+    options = {**PROBE, "layer": "features.bn2", **change}
+    other_data = options.pop("probe_size", None)
+    source = data if other_data is None else _other_probe_set(data)
+    changed = (
+        KnowledgePointProbe(*source, **options) if isinstance(source, tuple) else KnowledgePointProbe(source, **options)
+    )
+    with pytest.raises(ValueError) as refused:
+        changed.load_state_dict(first.state_dict())
+    message = str(refused.value)
+    assert message.startswith("KnowledgePointProbe: the checkpoint's history was probed with ") and named in message
+    assert message.endswith("resume with the same settings, or give this probe another `name` to start a new history.")
+    assert changed.history == []
+    same = KnowledgePointProbe(data, layer="features.bn2", **PROBE)
+    same.load_state_dict(first.state_dict())
+    assert len(same.history) == len(first.history)
+
+
+def _other_probe_set(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    images, _, masks = (torch.stack(parts) for parts in zip(*[data.probe_set[i] for i in range(3)], strict=True))  # type: ignore[attr-defined]
+    return images, masks
