@@ -100,6 +100,30 @@ class RunSummary:
         return method if isinstance(method, str) else "faithful"
 
     @property
+    def last_epoch(self) -> str:
+        """The epoch of the run's last completed knowledge-point probe, as its summary records it."""
+        checkpoints = self.summary.get("checkpoints")
+        listed = checkpoints if isinstance(checkpoints, list) else []
+        done = [c.get("epoch") for c in listed if isinstance(c, dict) and not c.get("failed")]
+        return str(done[-1]) if done and isinstance(done[-1], int) else "none"
+
+    @property
+    def comparison_keys(self) -> dict[str, str]:
+        """What runs must share to be compared image by image: the protocol, the σ method, the probe set (the
+        fingerprint of its tensors), the probed layer and every other knowledge-point setting (threshold,
+        baseline, samples, seed, unit type, ...); ``"not recorded"`` where the run's files do not say."""
+        settings = self.summary.get("settings")
+        keys: dict[str, Any] = {
+            "protocols": self.protocol,
+            "σ methods": self.sigma_method,
+            "probe sets": self.summary.get("probe_set"),
+            "probed layers": self.summary.get("layer"),
+        }
+        if isinstance(settings, dict):
+            keys.update({f"knowledge-point `{key}`": value for key, value in settings.items() if key != "method"})
+        return {what: "not recorded" if value is None else str(value) for what, value in keys.items()}
+
+    @property
     def unicam(self) -> dict[str, Any] | None:
         """The UniCAMProbe's file (scores and maps per probe), when the run had one (read once)."""
         if self._unicam is None:

@@ -177,3 +177,44 @@ def test_an_unfinished_run_is_reported_and_marked(runs: Path, capsys: pytest.Cap
     )
     assert "distilled (epoch 1)." in report and "| distilled (unfinished) | distilled |" in report
     assert "| baseline | baseline |" in report and "## Left out" not in report
+
+
+def _settings(**values: object) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        path = folder / "kd_probe_summary.json"
+        summary = json.loads(path.read_text())
+        summary["settings"].update(values)
+        path.write_text(json.dumps(summary))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "what", "values"),
+    [
+        (_set("kd_probe_summary.json", probe_set="0123456789abcdef"), "probe sets", ("0123456789abcdef", None)),
+        (_set("kd_probe_summary.json", layer="features.bn1"), "probed layers", ("features.bn1", "features.bn2")),
+        (_settings(threshold=0.3), "knowledge-point `threshold`", ("0.3", "0.2")),
+        (_settings(samples=8), "knowledge-point `samples`", ("8", "4")),
+        (
+            _settings(units="tokens of an embedding"),
+            "knowledge-point `units`",
+            ("tokens of an embedding", "not recorded"),
+        ),
+    ],
+)
+def test_runs_that_are_not_comparable_are_refused_naming_what_differs(
+    runs: Path,  # noqa: F811
+    change: Callable[[Path], None],
+    what: str,
+    values: tuple[str, str | None],
+    capsys: pytest.CaptureFixture,
+) -> None:
+    change(runs / "distilled")
+    assert main(["report", str(runs), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kd-probe report: the runs have different {what} ("), err
+    assert f"{values[0]}: {runs / 'distilled'}" in err and "and are never averaged together" in err
+    if values[1] is not None:
+        assert f"({values[1]}: {runs / 'baseline'}; " in err
+    assert not (runs / "report.md").exists()

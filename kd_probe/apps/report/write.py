@@ -217,12 +217,14 @@ def _check_one_run_per_seed(runs: Sequence[RunSummary]) -> None:
             )
 
 
-def _check_one_protocol(runs: Sequence[RunSummary]) -> None:
-    """A ``ReportError`` naming which runs have which protocol (or σ method) when they do not all share one."""
-    for what, value_of in (("protocols", lambda r: r.protocol), ("σ methods", lambda r: r.sigma_method)):
+def _check_comparable(runs: Sequence[RunSummary]) -> None:
+    """A ``ReportError`` naming which runs have which value when they do not all share a protocol, a σ method, a
+    probe set, a probed layer or a knowledge-point setting (:attr:`RunSummary.comparison_keys`)."""
+    keys = [run.comparison_keys for run in runs]
+    for what in dict.fromkeys(key for run_keys in keys for key in run_keys):
         groups: dict[str, list[str]] = {}
-        for run in runs:
-            groups.setdefault(value_of(run) or "not recorded", []).append(str(run.path))
+        for run, run_keys in zip(runs, keys, strict=True):
+            groups.setdefault(run_keys.get(what, "not recorded"), []).append(str(run.path))
         if len(groups) > 1:
             named = "; ".join(f"{value}: {', '.join(paths)}" for value, paths in groups.items())
             raise ReportError(
@@ -250,7 +252,7 @@ def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
             print(f"kd-probe report: left out {path}: {error}", file=sys.stderr)
     if not runs:
         raise ReportError(f"no usable run in {', '.join(str(p) for p in paths)}: every run was left out.")
-    _check_one_protocol(runs)
+    _check_comparable(runs)
     _check_one_run_per_seed(runs)
     return runs, left_out
 
@@ -307,7 +309,7 @@ def write_report(
     if unfinished:
         lines += [
             f"**Unfinished runs** (training stopped before its end; reported up to their last completed probe): "
-            f"{', '.join(f'{cell(run.name)} (epoch {_last_epoch(run)})' for run in unfinished)}.",
+            f"{', '.join(f'{cell(run.name)} (epoch {run.last_epoch})' for run in unfinished)}.",
             "",
         ]
     if left_out:
@@ -363,12 +365,6 @@ def _runs_section(evidence: Evidence, views: dict) -> list[str]:
         name = cell(run.name) if run.finished else f"{cell(run.name)} (unfinished)"
         rows.append([name, run.role, str(run.seed), *cells])
     return section("Runs", ["run", "role", "seed", *(label for _, label in METRICS)], rows)
-
-
-def _last_epoch(run: RunSummary) -> str:
-    """The epoch of a run's last completed knowledge-point probe, as its summary records it."""
-    done = [c.get("epoch") for c in run.summary.get("checkpoints", []) if isinstance(c, dict) and not c.get("failed")]
-    return str(done[-1]) if done and isinstance(done[-1], int) else "none"
 
 
 def _accuracy_row(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
