@@ -36,9 +36,32 @@ def _positive_number(name: str, value: object, *, zero: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- construction
+_SIGMA_OPTIONS = (  # what KnowledgePointProbe passes on to estimate_sigma_maps
+    "grid",
+    "samples",
+    "steps",
+    "lr",
+    "lam",
+    "target_entropy",
+    "boost",
+    "feature_relu",
+    "seed",
+    "max_batch",
+    "channels_last",
+    "fold_batchnorm",
+    "method",
+    "passes",
+    "patience",
+    "units",
+)
+
+
 def check_sigma_options(options: Mapping[str, Any]) -> None:
     """The σ options of ``KnowledgePointProbe`` (see :func:`~kd_probe.estimate_sigma_maps`), checked at
     construction: a setup dry run uses one sample and one step, so it would not catch ``samples=0``."""
+    unknown = sorted(set(options) - set(_SIGMA_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown σ options {unknown}; expected some of {list(_SIGMA_OPTIONS)}.")
     method = options.get("method", "faithful")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")

@@ -50,24 +50,6 @@ __all__ = ["KnowledgePointProbe"]
 
 HPARAMS_METRICS = ("n_fg", "fg_ratio", "d_mean", "d_std", "rho")  # the HParams metrics: <p>/hparams/<key>
 
-_SIGMA_OPTIONS = (
-    "grid",
-    "samples",
-    "steps",
-    "lr",
-    "lam",
-    "target_entropy",
-    "boost",
-    "feature_relu",
-    "seed",
-    "max_batch",
-    "channels_last",
-    "fold_batchnorm",
-    "method",
-    "passes",
-    "patience",
-    "units",
-)
 _LAM = inspect.signature(estimate_sigma_maps).parameters["lam"].default  # recorded when not given
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
@@ -157,9 +139,6 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         baseline: str | float = "dataset",
         **sigma_options: Any,
     ) -> None:
-        unknown = sorted(set(sigma_options) - set(_SIGMA_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown σ options {unknown}; expected some of {list(_SIGMA_OPTIONS)}.")
         check_sigma_options(sigma_options)
         if not isinstance(layer, str) or not layer:
             raise ValueError(f"`layer` must be a dotted module name, got {layer!r}.")
@@ -170,6 +149,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
         self.threshold, self.baseline = threshold, baseline
         self.sigma_options = sigma_options  # kept as given: `kd-probe fit` finds the σ options through this name
+        self.fingerprint: str | None = None  # of the probe set, once read
         self._take_probe_set(images, masks=masks)  # now, or in `setup` for images="datamodule"
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
@@ -284,8 +264,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if isinstance(state_dict.get("settings"), dict):  # checkpoints of older versions have none
-            check_same_settings(self.side_effects.owner, state_dict["settings"], self._recorded())
+        saved, current = state_dict.get("settings"), self._recorded()
+        if isinstance(saved, dict) and current is not None:  # older checkpoints, or a probe set not read yet
+            check_same_settings(self.side_effects.owner, saved, current)
         self.history = list(state_dict.get("history", []))
         self.path.load_state_dict(state_dict.get("path", {}))
 
@@ -426,8 +407,11 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "baseline": self.baseline,
         }
 
-    def _recorded(self) -> dict[str, Any]:
-        """What the history depends on: the layer, the network, the probe set's fingerprint and the settings."""
+    def _recorded(self) -> dict[str, Any] | None:
+        """What the history depends on: the layer, the network, the probe set's fingerprint and the settings
+        (``None`` before the probe set is read: ``images="datamodule"`` outside fit)."""
+        if self.fingerprint is None:
+            return None
         return {"layer": self.layer, "module": self.module_path, "probe_set": self.fingerprint, **self.settings}
 
     def history_path(self, trainer: pl.Trainer) -> Path:

@@ -120,7 +120,8 @@ class RunSummary:
             "probed layers": self.summary.get("layer"),
         }
         if isinstance(settings, dict):
-            keys.update({f"knowledge-point `{key}`": value for key, value in settings.items() if key != "method"})
+            # `seed` is the σ noise's draw, which the demo varies with the training seed, as seed pairs may
+            keys.update({f"knowledge-point `{k}`": v for k, v in settings.items() if k not in ("method", "seed")})
         return {what: "not recorded" if value is None else str(value) for what, value in keys.items()}
 
     @property
