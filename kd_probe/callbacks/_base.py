@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from kd_probe.callbacks._common import check_same_settings
 from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import read_pending_probe_sets
@@ -166,6 +167,22 @@ class BatchProbe(ProbeCallback):
     def _start_guards(self) -> None:
         owner = type(self).__name__ + (f" {self.name!r}" if self.name else "")
         self.side_effects, self.cost = SideEffects(owner), CostGuard(owner, self.knobs)
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """What this probe's history depends on (layers, networks, the probe set's fingerprint, settings): kept
+        in the checkpoint so that resuming with any of them changed is refused rather than mixed into one history."""
+        return {}
+
+    def _settings_now(self) -> dict[str, Any] | None:
+        """:meth:`recorded_settings`, or ``None`` while the probe set is not read (``images="datamodule"``)."""
+        return None if getattr(self, "_pending_probe_set", None) is not None else self.recorded_settings()
+
+    def _check_resume(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose probe was set up differently (one sentence naming the setting, both values);
+        checkpoints written before settings were recorded load as before."""
+        saved, current = state_dict.get("settings"), self._settings_now()
+        if isinstance(saved, dict) and current is not None:
+            check_same_settings(self.side_effects.owner, saved, current)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
         """Compute one probe without side effects: the history entry, and what :meth:`publish` shows."""

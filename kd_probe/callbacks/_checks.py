@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from kd_probe.core.layers import eval_forward, module_device, resolve_layer
 from kd_probe.core.sigma import METHODS, _check_int
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
+from kd_probe.core.unicam import OBJECTIVES
 
 __all__ = [
     "check_agreement_options",
@@ -26,6 +27,7 @@ __all__ = [
     "check_normalization",
     "check_prefix_tokens",
     "check_sigma_options",
+    "check_unicam_options",
 ]
 
 
@@ -119,6 +121,27 @@ def check_agreement_options(
         raise ValueError(f"`seed` must be an integer, got {seed!r}.")
     if reference is not None and not isinstance(reference, nn.Module):
         raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
+
+
+def check_unicam_options(
+    every_n_epochs: object,
+    objective: object,
+    log_images: object,
+    reference: object,
+    max_batch: object,
+    normalize_rows: object,
+) -> None:
+    """The plain arguments of ``UniCAMProbe`` (``features``: :func:`~kd_probe.core.unicam.check_features`)."""
+    _check_int("every_n_epochs", every_n_epochs, 1)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+    _check_int("log_images", log_images, 0)
+    if reference is not None and not isinstance(reference, nn.Module):
+        raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
+    if not isinstance(normalize_rows, bool):
+        raise ValueError(f"`normalize_rows` must be True or False, got {normalize_rows!r}.")
 
 
 # ---------------------------------------------------------------------------------------------- setup: one dry forward

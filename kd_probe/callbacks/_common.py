@@ -22,6 +22,7 @@ __all__ = [
     "check_same_settings",
     "find_network",
     "gather_shards",
+    "network_names",
     "networks_by_role",
     "probe_fingerprint",
     "probe_normalization",
@@ -242,6 +243,11 @@ def probe_fingerprint(*tensors: Tensor | None) -> str:
         digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def network_names(*networks: str | nn.Module | None) -> list[str | None]:
+    """How a probe's settings record its networks: a role's name as given, a module given directly by its class."""
+    return [n if n is None or isinstance(n, str) else type(n).__name__ for n in networks]
 
 
 def check_same_settings(owner: str, saved: dict[str, Any], current: dict[str, Any]) -> None:

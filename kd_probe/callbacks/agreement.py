@@ -22,7 +22,9 @@ from kd_probe.callbacks._checks import (
     check_prefix_tokens,
 )
 from kd_probe.callbacks._common import (
+    network_names,
     networks_by_role,
+    probe_fingerprint,
     probe_normalization,
     probe_pictures,
     read_probe_set,
@@ -375,11 +377,26 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         save_atomically(record, self.file_path(trainer))
 
     @override
+    def recorded_settings(self) -> dict[str, Any]:
+        return {
+            "probe_set": probe_fingerprint(self.images, self.labels, self.masks, self.mean, self.std),
+            "teacher_layer": self.teacher_layer,
+            "student_layer": self.student_layer,
+            "networks": network_names(self.teacher, self.student, self.reference),
+            "eps": list(self.eps),
+            "steps": self.steps,
+            "transforms": list(self.transforms),
+            "seed": self.seed,
+            "prefix_tokens": self.prefix_tokens,
+        }
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "settings": self._settings_now()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_resume(state_dict)
         self.history = list(state_dict.get("history", []))
 
 

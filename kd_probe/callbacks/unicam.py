@@ -14,9 +14,17 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from kd_probe.callbacks._base import BatchProbe
-from kd_probe.callbacks._checks import check_cam_layer, check_images_fit, check_normalization, check_prefix_tokens
+from kd_probe.callbacks._checks import (
+    check_cam_layer,
+    check_images_fit,
+    check_normalization,
+    check_prefix_tokens,
+    check_unicam_options,
+)
 from kd_probe.callbacks._common import (
+    network_names,
     networks_by_role,
+    probe_fingerprint,
     probe_normalization,
     probe_pictures,
     read_probe_set,
@@ -33,7 +41,7 @@ from kd_probe.core.distance_correlation import (
 )
 from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
 from kd_probe.core.render import map_rows
-from kd_probe.core.unicam import OBJECTIVES, UniCAM, check_features, feature_vectors
+from kd_probe.core.unicam import UniCAM, check_features, feature_vectors
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import FORMAT_VERSION, UNICAM_FILE, probe_file
 
@@ -170,19 +178,8 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         if len(cam) != 2 or not all(isinstance(n, str) and n for n in cam):
             raise ValueError(f"`cam_layer` must be a layer name or a (student, teacher) pair, got {cam_layer!r}.")
         self.cam_layer: tuple[str, str] = (cam[0], cam[1])
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
-        if not isinstance(log_images, int) or log_images < 0:
-            raise ValueError(f"`log_images` must be an integer ≥ 0, got {log_images!r}.")
-        if reference is not None and not isinstance(reference, nn.Module):
-            raise ValueError(f"`reference` must be an nn.Module or None, got {type(reference).__name__}.")
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"`max_batch` must be None or an integer ≥ 1 (images per pass), got {max_batch!r}.")
+        check_unicam_options(every_n_epochs, objective, log_images, reference, max_batch, normalize_rows)
         check_features(features)
-        if not isinstance(normalize_rows, bool):
-            raise ValueError(f"`normalize_rows` must be True or False, got {normalize_rows!r}.")
         self.features, self.normalize_rows = features, normalize_rows
         self.name = None if name is None else check_name(name)
         self.reference, self.every_n_epochs, self.objective = reference, every_n_epochs, objective
@@ -422,11 +419,26 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         save_atomically(record, self.file_path(trainer))
 
     @override
+    def recorded_settings(self) -> dict[str, Any]:
+        return {
+            "probe_set": probe_fingerprint(self.images, self.labels, self.targets, self.mean, self.std),
+            "layers": [list(pair) for pair in self.pairs],
+            "cam_layer": list(self.cam_layer),
+            "networks": network_names(self.teacher, self.student, self.reference),
+            "objective": self.objective,
+            "features": self.features,
+            "normalize_rows": self.normalize_rows,
+            "prefix_tokens": self.prefix_tokens,
+        }
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "maps": self.maps, "distances": self.distances}
+        state = {"history": self.history, "maps": self.maps, "distances": self.distances}
+        return {**state, "settings": self._settings_now()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_resume(state_dict)
         self.history = list(state_dict.get("history", []))
         self.maps = list(state_dict.get("maps", []))
         self.distances = state_dict.get("distances")

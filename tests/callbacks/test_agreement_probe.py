@@ -223,7 +223,13 @@ def test_every_scalar_is_the_mean_of_its_per_image_values(tmp_path: Path) -> Non
         *(f"{who}_fooled/{key}" for who in ("teacher", "student") for key in ("eps_1", "eps_25.5", "eps_76.5")),
         *(f"invariance/{t}/{role}" for t in ("color", "crop", "shift") for role in ("student", "teacher")),
     }
-    resumed = AgreementProbe(tiny_data(), teacher_layer="features.relu2", student_layer="features.relu2")
+    resumed = AgreementProbe(
+        tiny_data(),
+        teacher_layer="features.relu2",
+        student_layer="features.relu2",
+        eps=(1 / 255, 0.1, 0.3),
+        reference=tiny_net(),
+    )
     resumed.load_state_dict(probe.state_dict())
     assert resumed.history is not probe.history and len(resumed.history) == 3
     assert torch.equal(resumed.history[2]["per_image"]["cam_cosine"], probe.history[2]["per_image"]["cam_cosine"])

@@ -146,7 +146,14 @@ def test_saved_distances_reproduce_every_score(tmp_path: Path, options: dict) ->
         fss_v = distance_correlation(ft, fs, bias_corrected=False, normalize_rows=normalize_rows)
         assert scores[f"fss_v/{layer}"] == pytest.approx(float(fss_v), abs=1e-6)
         assert scores[f"rs/distilled/{layer}"] == pytest.approx(float(relevance_given(fs, given, labels)), abs=1e-6)
-    restored = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", features=features)
+    restored = UniCAMProbe(
+        data,
+        layers=PAIRS,
+        cam_layer="features.relu2",
+        reference=reference,
+        features=features,
+        normalize_rows=normalize_rows,
+    )
     restored.load_state_dict(probe.state_dict())
     assert restored.distances is not None and restored.distances["epoch"] == 1
     assert torch.equal(restored.distances["labels"], distances["labels"])
