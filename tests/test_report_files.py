@@ -273,7 +273,8 @@ def test_runs_of_different_sigma_methods_are_refused(runs: Path, capsys: pytest.
     err = capsys.readouterr().err.strip()
     assert err == (
         f"kd-probe report: the runs have different σ methods (faithful: {runs / 'baseline'}; secant: "
-        f"{runs / 'distilled'}) and are never averaged together; report each group's runs on their own."
+        f"{runs / 'distilled'}), so they cannot be compared image by image; report each group's runs on their own, "
+        "or pass --group-summaries to compare only the groups' summaries (no paired intervals, no verdicts)."
     )
 
 

@@ -180,6 +180,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--out", type=Path, default=None, help="where report.md goes (default: the first folder)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument(
+        "--group-summaries",
+        action="store_true",
+        help="compare only each group's mean and spread over its runs, without pairing images (no paired "
+        "intervals, no verdicts); needed for runs probed on different images, layers or settings",
+    )
+    parser.add_argument(
         "--resamples",
         type=_resamples,
         default=RESAMPLES,

@@ -362,6 +362,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         numbers, strings and tensors, so that ``torch.load(path, weights_only=True)`` reads it."""
         record = {
             "version": FORMAT_VERSION[AGREEMENT_FILE],
+            "settings": self.recorded_settings(),  # what `kd-probe report` checks before pairing runs
             "eps": list(self.eps),
             "eps_keys": list(self.eps_keys),
             "steps": self.steps,

@@ -404,6 +404,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     def _save(self, trainer: pl.Trainer) -> None:
         record = {
             "version": FORMAT_VERSION[UNICAM_FILE],
+            "settings": self.recorded_settings(),  # what `kd-probe report` checks before pairing runs
             "layers": self.pairs,
             "cam_layer": self.cam_layer,
             "reference": self.reference is not None,

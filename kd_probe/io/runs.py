@@ -36,7 +36,7 @@ from kd_probe.io.run_files import (
     read_pt,
 )
 
-__all__ = ["AGREEMENT", "METRICS", "RANGES", "ROLES", "RunSummary", "find_runs", "load_run"]
+__all__ = ["AGREEMENT", "METRICS", "OPTIONAL_PROBES", "RANGES", "ROLES", "RunSummary", "find_runs", "load_run"]
 
 ROLES = ("distilled", "baseline")
 METRICS = (
@@ -61,6 +61,8 @@ RANGES = {  # the values each metric of a run can take (the accuracy is a fracti
     "rho_all": (0.0, 1.0),
 }
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # a run's name and protocol: plain words, never markup
+OPTIONAL_PROBES = ("agreement `", "UniCAM `")  # comparison keys of probes a run may not have had
+
 AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
     ("cam_cosine", "CAM cosine"),
     ("cam_energy_in_mask/student", "CAM energy on object"),
@@ -111,7 +113,9 @@ class RunSummary:
     def comparison_keys(self) -> dict[str, str]:
         """What runs must share to be compared image by image: the protocol, the σ method, the probe set (the
         fingerprint of its tensors), the probed layer and every other knowledge-point setting (threshold,
-        baseline, samples, seed, unit type, ...); ``"not recorded"`` where the run's files do not say."""
+        baseline, samples, unit type, ...), and the agreement and UniCAM probes' probe sets, layers and settings
+        when the run has their files (a probe the run did not have has no keys: :data:`OPTIONAL_PROBES`);
+        ``"not recorded"`` where the run's files do not say."""
         settings = self.summary.get("settings")
         keys: dict[str, Any] = {
             "protocols": self.protocol,
@@ -122,6 +126,10 @@ class RunSummary:
         if isinstance(settings, dict):
             # `seed` is the σ noise's draw, which the demo varies with the training seed, as seed pairs may
             keys.update({f"knowledge-point `{k}`": v for k, v in settings.items() if k not in ("method", "seed")})
+        for probe, record in (("agreement", self.agreement), ("UniCAM", self.unicam)):
+            recorded = record.get("settings", {"settings": None}) if record else {}
+            if isinstance(recorded, dict):  # the networks' names differ by role (a baseline's teacher is a module)
+                keys.update({f"{probe} `{k}`": v for k, v in recorded.items() if k not in ("networks", "seed")})
         return {what: "not recorded" if value is None else str(value) for what, value in keys.items()}
 
     @property

@@ -189,10 +189,24 @@ def _settings(**values: object) -> Callable[[Path], None]:
     return change
 
 
+def _probe_settings(name: str, **values: object) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        record = torch.load(folder / name, weights_only=True)
+        record["settings"].update(values)
+        torch.save(record, folder / name)
+
+    return change
+
+
 @pytest.mark.parametrize(
     ("change", "what", "values"),
     [
         (_set("kd_probe_summary.json", probe_set="0123456789abcdef"), "probe sets", ("0123456789abcdef", None)),
+        (_set("kd_probe_run.json", protocol="paper"), "protocols", ("paper", "hinton")),
+        (_settings(method="secant"), "σ methods", ("secant", "faithful")),
+        (_probe_settings("kd_probe_agreement.pt", steps=9), "agreement `steps`", ("9", "5")),
+        (_probe_settings("kd_probe_agreement.pt", probe_set="ab"), "agreement `probe_set`", ("ab", None)),
+        (_probe_settings("kd_probe_unicam.pt", features="flattened"), "UniCAM `features`", ("flattened", "pooled")),
         (_set("kd_probe_summary.json", layer="features.bn1"), "probed layers", ("features.bn1", "features.bn2")),
         (_settings(threshold=0.3), "knowledge-point `threshold`", ("0.3", "0.2")),
         (_settings(samples=8), "knowledge-point `samples`", ("8", "4")),
@@ -214,7 +228,45 @@ def test_runs_that_are_not_comparable_are_refused_naming_what_differs(
     assert main(["report", str(runs), "--no-figures"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kd-probe report: the runs have different {what} ("), err
-    assert f"{values[0]}: {runs / 'distilled'}" in err and "and are never averaged together" in err
+    assert f"{values[0]}: {runs / 'distilled'}" in err
     if values[1] is not None:
-        assert f"({values[1]}: {runs / 'baseline'}; " in err
+        assert f"({values[1]}: {runs / 'baseline'}; " in err or f"; {values[1]}: {runs / 'baseline'})" in err
     assert not (runs / "report.md").exists()
+    grouped = main(["report", str(runs), "--no-figures", "--group-summaries"])
+    err = capsys.readouterr().err
+    if what == "protocols":  # never averaged together, whatever the options
+        assert grouped == 2 and err.endswith("are never averaged together; report each group's runs on their own.\n")
+        return
+    assert err.endswith(
+        "so they cannot be compared image by image; report each group's runs on their own, or pass "
+        "--group-summaries to compare only the groups' summaries (no paired intervals, no verdicts).\n"
+    ) or grouped == 0
+    assert grouped == 0, err
+    text = (runs / "report.md").read_text()
+    assert f"**Group summaries only** (`--group-summaries`): the runs differ in {what} (" in text
+    assert "| metric | distilled | baseline | difference of means |" in text
+    table = text.split("| metric | distilled | baseline | difference of means |")[1].split("\n\n")[0]
+    assert "[" not in table and "Distilled vs baseline: all probe images" not in text  # no paired intervals
+    assert "- not judged: `--group-summaries` compares no pairs" in text
+
+
+def test_the_refusal_names_the_group_summaries_option(runs: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+    _set("kd_probe_summary.json", layer="features.bn1")(runs / "distilled")
+    assert main(["report", str(runs), "--no-figures"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kd-probe report: the runs have different probed layers (features.bn2: {runs / 'baseline'}; features.bn1: "
+        f"{runs / 'distilled'}), so they cannot be compared image by image; report each group's runs on their own, "
+        "or pass --group-summaries to compare only the groups' summaries (no paired intervals, no verdicts)."
+    )
+
+
+def test_group_summaries_of_comparable_runs_say_so(runs: Path) -> None:  # noqa: F811
+    assert main(["report", str(runs), "--no-figures", "--group-summaries"]) == 0
+    text = (runs / "report.md").read_text()
+    assert "**Group summaries only** (`--group-summaries`): as asked, although the runs could be paired." in text
+
+
+def test_a_probe_one_run_did_not_have_is_not_a_difference(runs: Path) -> None:  # noqa: F811
+    (runs / "baseline" / "kd_probe_agreement.pt").unlink()
+    (runs / "distilled" / "kd_probe_unicam.pt").unlink()
+    assert main(["report", str(runs), "--no-figures"]) == 0

@@ -21,9 +21,12 @@ wrong, and report.md lists it under "Left out"; with no usable run left the comm
 Protocols are never averaged together: the runs of one report must share the ``protocol`` of their
 ``kd_probe_run.json`` ("hinton" or "paper"; runs without that file count as "not recorded"), else the report
 is refused with a sentence naming which runs have which protocol — report each protocol's runs on their
-own. Likewise for the σ method of the knowledge-point probes ("faithful" or "secant", from the summary's
-settings). Seeds pair a distilled with a baseline run, so two runs with the same role and seed are refused too,
-naming both folders. report.md and the figures are written atomically (a temporary file in the same
+own. Runs are paired image by image only when they were probed alike: the same probe set (a fingerprint of
+its tensors), layers, σ method and settings, for the knowledge-point probe and, where the runs have them, the
+agreement and UniCAM probes; otherwise the report is refused, naming what differs, unless ``--group-summaries``
+asks for each group's summaries over its runs only (no paired intervals, no verdicts; the report says so).
+Seeds pair a distilled with a baseline run, so two runs with the same role and seed are refused too, naming
+both folders. report.md and the figures are written atomically (a temporary file in the same
 folder, then ``os.replace``): a reader never sees half a report.
 """
 
@@ -41,6 +44,7 @@ import torch
 
 from kd_probe.apps.options import Parser
 from kd_probe.apps.options import add_report_arguments as add_arguments
+from kd_probe.apps.report.groups import ReportError, check_comparable, check_one_run_per_seed, group_summary_lines
 from kd_probe.apps.report.sections import (
     UNICAM,
     Evidence,
@@ -92,10 +96,6 @@ VIEWS = {"all": "all probe images", "effective": "effective images"}
 _format = format_value  # kept for callers of the earlier name
 
 
-class ReportError(ValueError):
-    """The report as a whole is refused (no usable run, mixed protocols, two runs for one seed)."""
-
-
 def _sign(value: float) -> int:
     return 0 if not math.isfinite(value) or value == 0 else (1 if value > 0 else -1)
 
@@ -109,7 +109,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _pairs(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[tuple[int, int]]:
     """Seed pairs as indices into the two lists (a ``ReportError`` when two runs of one role share a seed)."""
-    _check_one_run_per_seed([*distilled, *baseline])
+    check_one_run_per_seed([*distilled, *baseline])
     by_seed = {run.seed: index for index, run in enumerate(baseline)}
     return [(index, by_seed[run.seed]) for index, run in enumerate(distilled) if run.seed in by_seed]
 
@@ -205,36 +205,9 @@ def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP)
     return rows
 
 
-def _check_one_run_per_seed(runs: Sequence[RunSummary]) -> None:
-    """A ``ReportError`` naming both folders when two runs have the same role and seed."""
-    seen: dict[tuple[str, int], RunSummary] = {}
-    for run in runs:
-        other = seen.setdefault((run.role, run.seed), run)
-        if other is not run:
-            raise ReportError(
-                f"two {run.role} runs have seed {run.seed}, {other.path} and {run.path}; each seed pairs one "
-                "distilled with one baseline run, so report them separately."
-            )
-
-
-def _check_comparable(runs: Sequence[RunSummary]) -> None:
-    """A ``ReportError`` naming which runs have which value when they do not all share a protocol, a σ method, a
-    probe set, a probed layer or a knowledge-point setting (:attr:`RunSummary.comparison_keys`)."""
-    keys = [run.comparison_keys for run in runs]
-    for what in dict.fromkeys(key for run_keys in keys for key in run_keys):
-        groups: dict[str, list[str]] = {}
-        for run, run_keys in zip(runs, keys, strict=True):
-            groups.setdefault(run_keys.get(what, "not recorded"), []).append(str(run.path))
-        if len(groups) > 1:
-            named = "; ".join(f"{value}: {', '.join(paths)}" for value, paths in groups.items())
-            raise ReportError(
-                f"the runs have different {what} ({named}) and are never averaged together; report each "
-                f"group's runs on their own."
-            )
-
-
-def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
-    """The runs that load, and one line per run left out (also printed on stderr)."""
+def _usable_runs(paths: Sequence[Path], group_summaries: bool) -> tuple[list[RunSummary], list[str], list[str]]:
+    """The runs that load, one line per run left out (also printed on stderr), and what the runs differ in
+    (:func:`~kd_probe.apps.report.groups.check_comparable`)."""
     runs, left_out, not_runs = [], [], []  # type: list[RunSummary], list[str], list[Path]
     try:
         found = find_runs(paths, not_runs=not_runs)
@@ -252,9 +225,9 @@ def _usable_runs(paths: Sequence[Path]) -> tuple[list[RunSummary], list[str]]:
             print(f"kd-probe report: left out {path}: {error}", file=sys.stderr)
     if not runs:
         raise ReportError(f"no usable run in {', '.join(str(p) for p in paths)}: every run was left out.")
-    _check_comparable(runs)
-    _check_one_run_per_seed(runs)
-    return runs, left_out
+    differing = check_comparable(runs, group_summaries)
+    check_one_run_per_seed(runs)
+    return runs, left_out, differing
 
 
 def write_report(
@@ -264,21 +237,25 @@ def write_report(
     figures: bool = True,
     resamples: int = RESAMPLES,
     note: str | None = None,
+    group_summaries: bool = False,
 ) -> tuple[Path, str]:
     """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text.
 
     Runs whose files are missing, damaged or hostile are left out (named on stderr and under "Left out").
     ``resamples``: bootstrap resamples behind every interval (seed 0). ``note``: a line written right under the
-    title (the demo's ``--quick`` says its verdicts are on chance-level models).
+    title (the demo's ``--quick`` says its verdicts are on chance-level models). ``group_summaries``: compare
+    only each group's summaries over its runs (no paired intervals, no verdicts), as runs that were not probed
+    alike must be; without it such runs are refused.
 
     Raises:
         FileNotFoundError: no run folder among ``paths``.
         ReportError: ``out_dir`` is an existing file, no usable run, runs of one role only (none left out), runs of
-            different protocols, or two runs with the same role and seed.
+            different protocols (or, without ``group_summaries``, different probe sets, layers or probe settings),
+            or two runs with the same role and seed.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ReportError(f"--out {out_dir} is an existing file; expected a folder (created when missing).")
-    runs, left_out = _usable_runs(paths)
+    runs, left_out, differing = _usable_runs(paths, group_summaries)
     distilled = [run for run in runs if run.role == "distilled"]
     baseline = [run for run in runs if run.role == "baseline"]
     if not left_out and not (distilled and baseline):
@@ -300,9 +277,14 @@ def write_report(
         f"{runs[0].protocol or 'not recorded'}; σ maps: {runs[0].sigma_method}, λ = {cell(str(lam))}.",
         "",
         f"Numbers in brackets are {LEVEL:.0%} bootstrap intervals over the probe images ({resamples} resamples, "
-        "seed 0, expanded percentile); a difference's interval is paired (the same images and resamples for "
-        f"both runs of a seed pair; {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}, "
-        "resampled too when there are several).",
+        "seed 0, expanded percentile)"
+        + (
+            "."
+            if group_summaries
+            else "; a difference's interval is paired (the same images and resamples for both runs of a seed "
+            f"pair; {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}, resampled too when "
+            "there are several)."
+        ),
         "",
     ]
     unfinished = [run for run in runs if not run.finished]
@@ -316,7 +298,9 @@ def write_report(
         lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
     views = _views(evidence)
     lines += _runs_section(evidence, views)
-    if distilled and baseline:
+    if distilled and baseline and group_summaries:
+        lines += group_summary_lines(evidence, views, differing)
+    elif distilled and baseline:
         for view, (d, b, used) in views.items():
             title = f"Distilled vs baseline: {VIEWS[view]} ({used})"
             if not d:
@@ -329,7 +313,10 @@ def write_report(
         lines += agreement_section(evidence)
         lines += unicam_section(evidence)
     lines += ["## The paper's hypotheses", ""]
-    lines += verdicts(evidence, views) if distilled and baseline else ["- needs both distilled and baseline runs."]
+    if group_summaries:
+        lines += ["- not judged: `--group-summaries` compares no pairs, and a verdict needs a paired interval."]
+    else:
+        lines += verdicts(evidence, views) if distilled and baseline else ["- needs both distilled and baseline runs."]
     lines += _sweep_section(runs)
     lines += [
         "",
@@ -341,7 +328,7 @@ def write_report(
         "at most the background's at late checkpoints), knowledge points recounted on the images effective in "
         "every run, as the authors compared networks.",
     ]
-    if figures:
+    if figures and not group_summaries:
         lines += _figures(runs, out_dir)
     text = "\n".join(lines) + "\n"
     path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
@@ -436,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
             args.out or args.runs[0],
             figures=not args.no_figures,
             resamples=getattr(args, "resamples", RESAMPLES),
+            group_summaries=getattr(args, "group_summaries", False),
         )
     except (FileNotFoundError, ReportError) as error:
         print(f"kd-probe report: {error}", file=sys.stderr)
