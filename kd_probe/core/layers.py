@@ -27,6 +27,7 @@ __all__ = [
     "probing",
     "resolve_layer",
     "run_capturing",
+    "uncompiled",
     "unwrap_compiled",
 ]
 
@@ -46,6 +47,69 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     while isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == "OptimizedModule":
         model = model._orig_mod  # type: ignore[assignment]
     return model
+
+
+_UNCOMPILED: set[int] = set()  # the ids of the models inside an `uncompiled` block
+
+
+@contextmanager
+def uncompiled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` and every submodule run their eager forward, however they were compiled.
+
+    Yields the eager module (:func:`unwrap_compiled`). For the duration of the block, each module compiled in place
+    (``module.compile()``, which keeps the module and stores the compiled call in ``_compiled_call_impl``) calls
+    its eager ``_call_impl``, a ``forward`` replaced by ``torch.compile(module.forward)`` is the original one
+    again, and a ``torch.compile`` wrapper held as a submodule is replaced by its ``_orig_mod`` in its parent.
+    Same parameters and buffers, so the same values; hooks added by a probe run; and the compiled code is neither
+    called nor traced, guarded or recompiled. Everything is put back when the block exits, also on error; nested
+    blocks are harmless. Training calls outside the block run the compiled code as before.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> net.compile(backend="eager")
+        >>> with uncompiled(net) as eager:
+        ...     eager._compiled_call_impl is None
+        True
+        >>> net._compiled_call_impl is not None
+        True
+    """
+    model = unwrap_compiled(model)
+    if id(model) in _UNCOMPILED:  # an enclosing block did it (the σ engine's forwards run inside `probing`)
+        yield model
+        return
+    modules = list(model.modules())
+    wrappers = [
+        (parent, name, child)
+        for parent in modules
+        for name, child in parent._modules.items()
+        if child is not None and unwrap_compiled(child) is not child
+    ]
+    calls: list[tuple[nn.Module, Any]] = []  # (module, its compiled call) for each module compiled in place
+    forwards: list[tuple[nn.Module, Any]] = []  # (module, its compiled forward) for each forward replaced
+    for module in modules:
+        call, forward = module.__dict__.get("_compiled_call_impl"), module.__dict__.get("forward")
+        if call is not None:
+            calls.append((module, call))
+        if hasattr(forward, "_torchdynamo_orig_callable") and unwrap_compiled(module) is module:
+            forwards.append((module, forward))
+    try:
+        _UNCOMPILED.add(id(model))
+        for parent, name, child in wrappers:
+            parent._modules[name] = unwrap_compiled(child)
+        for module, _ in calls:
+            module.__dict__["_compiled_call_impl"] = None
+        for module, forward in forwards:
+            module.__dict__["forward"] = forward._torchdynamo_orig_callable
+        yield model
+    finally:
+        for module, forward in forwards:
+            module.__dict__["forward"] = forward
+        for module, call in calls:
+            module.__dict__["_compiled_call_impl"] = call
+        for parent, name, child in wrappers:
+            parent._modules[name] = child
+        _UNCOMPILED.discard(id(model))
 
 
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layer") -> nn.Module:
@@ -171,7 +235,8 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
     A forward hook on the layer raises as soon as it has produced its output, so the modules that would
     run after it cost nothing; the result equals the output captured during a full forward. The hook is
     removed in ``finally`` (methods §4). Works for any ``nn.Module`` whose forward calls the layer (the first
-    call wins when the layer runs more than once).
+    call wins when the layer runs more than once). The forward is the eager one, however the model was
+    compiled (:func:`uncompiled`).
     Computes in float32 with autocast off, whatever the caller's autocast.
 
     Args:
@@ -201,7 +266,8 @@ def forward_until(model: nn.Module, layer: str | nn.Module, inputs: Tensor, *, a
 
     handle = module.register_forward_hook(hook)
     try:
-        model(inputs)
+        with uncompiled(model):
+            model(inputs)
     except _StopForward as stop:
         output = stop.output
     else:
@@ -268,13 +334,14 @@ def modules_through(model: nn.Module, layer: str, example_input: Tensor) -> list
 @computes_in_float32
 def eval_forward(model: nn.Module, inputs: Tensor) -> object:
     """One forward in eval mode under ``no_grad``; every module's train/eval mode is restored afterwards
-    (so BatchNorm statistics are untouched and training is not disturbed, methods §4).
+    (so BatchNorm statistics are untouched and training is not disturbed, methods §4). The forward is the eager
+    one, however the model was compiled (:func:`uncompiled`).
     Computes in float32 with autocast off, whatever the caller's autocast."""
     model = unwrap_compiled(model)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), uncompiled(model):
             return model(inputs)
     finally:
         for module, mode in modes.items():
@@ -297,11 +364,13 @@ def output_shapes(model: nn.Module, names: Sequence[str], example_input: Tensor)
 @contextmanager
 def probing(model: nn.Module) -> Iterator[None]:
     """Eval mode (BatchNorm statistics frozen, no dropout) with grad enabled, even inside ``no_grad`` or
-    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (methods §4)."""
+    ``inference_mode`` callers; every module's mode is restored afterwards, also on error (methods §4). Calls of
+    the model (of its eager module, :func:`unwrap_compiled`) in the block run the eager forward, however it was
+    compiled (:func:`uncompiled`): a probe never runs, traces or recompiles the training's compiled code."""
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), uncompiled(model):
             yield
     finally:
         for module, mode in modes.items():

@@ -185,11 +185,11 @@ def estimate_sigma_maps(
     index_list = _check_indices(indices, images.shape[0])
     model = unwrap_compiled(model)
     target_module = resolve_layer(model, layer)
-    layer = next((name for name, module in model.named_modules() if module is target_module), layer)
     if images.shape[0] == 0:
         return _empty_maps(images, units.unit_shape(images), method)
 
-    with probing(model):
+    with probing(model):  # the eager forward, with any compiled submodule's wrapper out of the names
+        layer = next((name for name, module in model.named_modules() if module is target_module), layer)
         if images.is_inference():  # an inference tensor cannot be saved for backward: take a normal copy
             images = images.clone()
         bound = units.bind(model, images)

@@ -254,7 +254,8 @@ def test_the_per_image_file_is_written_after_every_probe_and_loads_weights_only(
     assert path == Path(logger.log_dir) / "kd_probe_agreement_kl.pt"
     assert saved == [[0, 1], [0, 1, 2]]  # the probe of epoch e is written before the next callback sees epoch e
     record = torch.load(path, weights_only=True)
-    assert {k: v for k, v in record.items() if k not in ("labels", "entries")} == {
+    assert record["settings"] == probe.recorded_settings() and record["settings"]["steps"] == 5
+    assert {k: v for k, v in record.items() if k not in ("labels", "entries", "settings")} == {
         "version": 1,
         "eps": [0.3, 0.1],
         "eps_keys": ["eps_76.5", "eps_25.5"],

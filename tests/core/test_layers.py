@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from kd_probe.core.layers import eval_forward, unwrap_compiled
+from kd_probe.core.layers import eval_forward, probing, uncompiled, unwrap_compiled
 from kd_probe.functional import capture_outputs, forward_until, modules_through, resolve_layer
 from kd_probe.models import VGG, ResNet
 
@@ -162,3 +162,68 @@ def test_compiled_models_are_probed_through_the_original_module() -> None:
         ValueError, match=r"`layer`='features.cnv1' is not a module of VGG; close matches: 'features.conv1'"
     ):
         resolve_layer(compiled, "features.cnv1")
+
+
+class _CountingBackend:
+    """A ``torch.compile`` backend that counts the graphs it is given and runs them as captured."""
+
+    def __init__(self) -> None:
+        self.compilations = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> object:
+        self.compilations += 1
+        return graph.forward
+
+
+class _Holder(nn.Module):
+    """A user module around a network (``torch.compile`` skips ``torch.nn``'s own containers)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("where", ["in place", "submodule in place", "wrapped submodule", "forward"])
+def test_uncompiled_runs_the_eager_forward_and_puts_the_compiled_one_back(where: str) -> None:
+    torch._dynamo.reset()
+    backend = _CountingBackend()
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1).eval()
+    model: nn.Module = _Holder(net)
+    if where == "in place":
+        model.compile(backend=backend)
+    elif where == "submodule in place":
+        net.compile(backend=backend)
+    elif where == "wrapped submodule":
+        model.net = torch.compile(net, backend=backend)
+    else:
+        model.forward = torch.compile(model.forward, backend=backend)
+    before = (dict(model.__dict__), dict(net.__dict__), dict(model._modules))
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)  # the compiled forward, compiled now
+    assert backend.compilations == 1
+    with capture_outputs(model, ["net.features.relu1"]) as outputs, uncompiled(model) as eager:
+        with uncompiled(model):  # a nested block
+            pass
+        assert eager is model and eager(x).equal(expected) and "net.features.relu1" in outputs  # the hook ran
+    # the functions the probes call a network through
+    torch.testing.assert_close(eval_forward(model, x), expected, rtol=0, atol=0)
+    assert forward_until(model, "net.features.relu1", x).shape == (2, 4, 8, 8)
+    names = [name.replace("_orig_mod.", "") for name in modules_through(model, "net.features.bn1", x)]
+    assert names == ["net.features.conv1", "net.features.bn1"]
+    with pytest.raises(RuntimeError), probing(model):
+        model(torch.randn(2, 5, 8, 8))  # wrong channel count: everything is put back on error too
+    assert (dict(model.__dict__), dict(net.__dict__), dict(model._modules)) == before
+    assert model(x).equal(expected) and backend.compilations == 1  # no probe call compiled nor recompiled
+    torch._dynamo.reset()
+
+
+def test_uncompiled_leaves_an_eager_model_as_it_is() -> None:
+    net = VGG(num_classes=3, widths=(4,), convs_per_stage=1)
+    compiled = torch.compile(net, backend="eager")
+    before = {name: dict(module.__dict__) for name, module in net.named_modules()}
+    with uncompiled(compiled) as eager, uncompiled(net):  # nested blocks are harmless
+        assert eager is net
+    assert {name: dict(module.__dict__) for name, module in net.named_modules()} == before
