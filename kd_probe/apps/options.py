@@ -14,16 +14,19 @@ __all__ = [
     "LIGHTNING_COMMANDS",
     "MAX_CLASSES",
     "MIN_IMAGE_SIZE",
+    "POINT_CLASSES",
     "QUICK_NOTE",
     "RESAMPLES",
     "Parser",
     "add_demo_arguments",
     "add_report_arguments",
     "check_demo_arguments",
+    "ignored_demo_flags",
 ]
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # handed to LightningCLI (kd_probe.apps.lightning_cli)
 MAX_CLASSES = 8  # len(kd_probe.data.shapes.SHAPES), one class per built-in shape (tests/test_cli.py checks)
+POINT_CLASSES = 5  # the most point-cloud objects the demo's --modality points uses (its default too)
 MIN_IMAGE_SIZE = 16  # the demo's knowledge-point probe takes σ on a 16×16 grid of the image
 RESAMPLES = 2000  # kd_probe.core.uncertainty.RESAMPLES (tests/test_cli.py checks), without importing torch
 QUICK_NOTE = (
@@ -114,14 +117,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add(
         "--num-classes",
         type=_integer(2, f"an integer from 2 to {MAX_CLASSES} (one class per built-in shape)", MAX_CLASSES),
-        default=6,
-        help=f"shape classes (2-{MAX_CLASSES})",
+        default=None,
+        help=f"classes: shapes (2-{MAX_CLASSES}, default 6) or point-cloud objects (2-{POINT_CLASSES}, default "
+        f"{POINT_CLASSES}); the sentences have 2",
     )
     add(
         "--image-size",
         type=_integer(MIN_IMAGE_SIZE, f"an integer of at least {MIN_IMAGE_SIZE} pixels (the σ maps' grid is 16×16)"),
-        default=32,
-        help=f"image side in pixels (at least {MIN_IMAGE_SIZE})",
+        default=None,
+        help=f"image side in pixels (at least {MIN_IMAGE_SIZE}, default 32; images only)",
     )
     add("--train-size", type=_positive, default=None, help="training images (default 4000; 5000 with --full)")
     add(
@@ -158,7 +162,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "core count",
     )
     add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
-    add("--quick", action="store_true", help="a tiny run that checks the pipeline in seconds")
+    add(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the pipeline in seconds (1 epoch per model, 256 training images, 4 probe images)",
+    )
     return parser
 
 
@@ -168,10 +176,47 @@ def sigma_method(args: argparse.Namespace) -> str:
 
 
 def check_demo_arguments(args: argparse.Namespace) -> None:
-    """A ``ValueError`` for option combinations that argparse alone cannot refuse."""
+    """A ``ValueError`` for option combinations that argparse alone cannot refuse: contradictions, and values one
+    modality cannot take (options another makes meaningless are only noted: :func:`ignored_demo_flags`)."""
     method = sigma_method(args)
     if getattr(args, "passes", None) is not None and method != "secant":
         raise ValueError(f"argument --passes: applies to --method secant only, got --method {method}")
+    if getattr(args, "quick", False) and getattr(args, "full", False):
+        raise ValueError("argument --full: not allowed with --quick (a pipeline check in seconds, not a longer run)")
+    classes = getattr(args, "num_classes", None)
+    if getattr(args, "modality", None) == "points" and classes is not None and classes > POINT_CLASSES:
+        raise ValueError(
+            f"argument --num-classes: expected an integer from 2 to {POINT_CLASSES} with --modality points (one "
+            f"class per point-cloud object), got {classes}"
+        )
+
+
+_QUICK_FIXES = (  # what --quick fixes: (option, attribute, what --quick does instead)
+    ("--epochs", "epochs", "trains every student 1 epoch"),
+    ("--teacher-epochs", "teacher_epochs", "trains the teacher 1 epoch"),
+    ("--train-size", "train_size", "trains on 256 images"),
+    ("--probe-images", "probe_images", "probes 4 images"),
+)
+
+
+def ignored_demo_flags(args: argparse.Namespace) -> list[str]:
+    """One line per option given that another option makes meaningless, naming both (the demo prints them on
+    stderr and runs without it): the sizes ``--quick`` fixes, ``--image-size`` without images and
+    ``--num-classes`` with the two-class sentences."""
+    notes = []
+    if getattr(args, "quick", False):
+        for option, name, instead in _QUICK_FIXES:
+            if getattr(args, name, None) is not None:
+                notes.append(f"{option} {getattr(args, name)} is ignored: --quick {instead} (drop --quick to use it).")
+    modality = getattr(args, "modality", None) or "image"
+    if modality != "image" and getattr(args, "image_size", None) is not None:
+        notes.append(f"--image-size {args.image_size} is ignored: --modality {modality} has no images.")
+    if modality == "text" and getattr(args, "num_classes", None) is not None:
+        notes.append(
+            f"--num-classes {args.num_classes} is ignored: --modality text has 2 classes (positive and negative "
+            "sentences)."
+        )
+    return notes
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

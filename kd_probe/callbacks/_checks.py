@@ -22,12 +22,13 @@ __all__ = [
     "check_agreement_options",
     "check_agreement_setup",
     "check_cam_layer",
-    "check_images_fit",
     "check_knowledge_point_setup",
+    "check_mean_std",
     "check_normalization",
     "check_prefix_tokens",
     "check_sigma_options",
     "check_unicam_options",
+    "check_unicam_setup",
 ]
 
 
@@ -93,20 +94,64 @@ def check_sigma_options(options: Mapping[str, Any]) -> None:
             raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
+def _numbers(value: object) -> list[float] | None:
+    """The numbers of a ``mean`` or ``std`` (a number, a sequence or a tensor), ``None`` when it is not numbers."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        return [float(v) for v in torch.as_tensor(value, dtype=torch.float64).flatten().tolist()]
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _valid_stats(numbers: list[float] | None, channels: int | None, positive: bool) -> bool:
+    if not numbers or (channels is not None and len(numbers) not in (1, channels)):
+        return False
+    return all(math.isfinite(v) and (v > 0 or not positive) for v in numbers)
+
+
+def _shown(value: object) -> str:
+    """A ``mean``/``std`` on one line: a tensor as its shape and values (``repr`` would break the sentence)."""
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)} {value.detach().flatten()[:8].tolist()}"
+    return repr(value)
+
+
 def check_normalization(normalization: object, channels: int) -> None:
     """``normalization`` is ``None`` or ``(mean, std)`` with 1 or ``channels`` numbers each, ``std > 0``."""
     if normalization is None:
         return
-    pair = isinstance(normalization, (tuple, list)) and len(normalization) == 2
     given: Sequence[Any] = normalization if isinstance(normalization, (tuple, list)) else ()
-    parts = [list(torch.as_tensor(p, dtype=torch.float64).flatten().tolist()) for p in given] if pair else []
-    if not pair or any(len(p) not in (1, channels) for p in parts):
+    pair = len(given) == 2
+    parts = [_numbers(part) for part in given] if pair else []
+    if not pair or any(part is None or len(part) not in (1, channels) for part in parts):
         raise ValueError(
             f"`normalization` must be (mean, std) with 1 or {channels} numbers each (one per channel of the "
             f"images), got {normalization!r}."
         )
-    if not all(math.isfinite(v) for p in parts for v in p) or not all(v > 0 for v in parts[1]):
+    if not (_valid_stats(parts[0], channels, False) and _valid_stats(parts[1], channels, True)):
         raise ValueError(f"`normalization` must hold finite means and positive stds, got {normalization!r}.")
+
+
+def check_mean_std(mean: object, std: object, channels: int | None, source: str) -> None:
+    """The ``mean``/``std`` a probe set brings (a :class:`~kd_probe.callbacks._probe_sources.ProbeFile`'s, a data
+    module's), checked as strictly as ``normalization``: both or neither, 1 or ``channels`` finite numbers each
+    (any count when ``channels`` is ``None``: inputs that are not images), ``std > 0``. ``source`` names them."""
+    if mean is None and std is None:
+        return
+    if mean is None or std is None:
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
+        raise ValueError(
+            f"{source} has a '{given}' but no '{missing}'; give both (the inputs' normalisation per channel) or "
+            "neither."
+        )
+    count = "finite numbers" if channels is None else f"1 or {channels} finite numbers (one per channel)"
+    for key, value, positive in (("mean", mean, False), ("std", std, True)):
+        if not _valid_stats(_numbers(value), channels, positive):
+            raise ValueError(
+                f"{source} has '{key}'={_shown(value)}; expected {count}{', each > 0' if positive else ''}, as "
+                "`normalization` takes."
+            )
 
 
 def check_agreement_options(
@@ -169,32 +214,28 @@ def _dry_forward(network: nn.Module, images: Tensor, layers: Sequence[str], role
     return logits, outputs
 
 
-def _check_runs(outputs: list, argument: str, layer: str, network: nn.Module) -> None:
+def _run_once(outputs: list, argument: str, layer: str, network: nn.Module, mixed: str) -> Any:
+    """The output of ``layer`` in a dry forward, which must call it exactly once: a module the forward never
+    calls measures nothing, and one it calls several times (a shared module) would mix the calls in ``mixed``
+    (what the probe computes there), whichever call a hook kept."""
     if not outputs:
         raise ValueError(
             f"`{argument}`={layer!r} is a module of {type(network).__name__} but is never called in its forward; "
             "name a layer the forward runs."
         )
-
-
-def check_images_fit(images: Tensor, **networks: nn.Module | None) -> None:
-    """Each network given (by role; ``None`` is skipped) takes the probe images: one dry forward of the first
-    image."""
-    for role, network in networks.items():
-        if network is not None:
-            _dry_forward(network, images, [], role)
+    if len(outputs) > 1:
+        raise ValueError(
+            f"`{argument}`={layer!r} is called {len(outputs)} times in one forward of {type(network).__name__} "
+            f"(a shared module); {mixed} would mix the calls: name a module that runs once."
+        )
+    return outputs[0]
 
 
 def check_knowledge_point_setup(network: nn.Module, images: Tensor, layer: str) -> None:
     """The network takes the probe images and calls ``layer`` exactly once per forward (a module shared by several
     calls would mix them in one σ map)."""
     _, outputs = _dry_forward(network, images, [layer], "network")
-    _check_runs(outputs[layer], "layer", layer, network)
-    if len(outputs[layer]) > 1:
-        raise ValueError(
-            f"`layer`={layer!r} is called {len(outputs[layer])} times in one forward of {type(network).__name__} "
-            "(a shared module); its σ map would mix the calls: name a module that runs once."
-        )
+    _run_once(outputs[layer], "layer", layer, network, "its σ map")
 
 
 def check_agreement_setup(
@@ -207,8 +248,9 @@ def check_agreement_setup(
     reference: nn.Module | None = None,
     prefix_tokens: int | None = None,
 ) -> None:
-    """Teacher, student (and reference) take the probe images; their Grad-CAM layers run and give feature maps
-    (``[N, C, H, W]``) or tokens that tile the image; the labels are classes of every model's logits."""
+    """Teacher, student (and reference) take the probe images; their Grad-CAM layers run once per forward and give
+    feature maps (``[N, C, H, W]``) larger than 1×1 or tokens that tile the image; the labels are classes of every
+    model's logits."""
     checks = [
         (teacher, teacher_layer, "teacher_layer", "teacher"),
         (student, student_layer, "student_layer", "student"),
@@ -217,8 +259,7 @@ def check_agreement_setup(
         checks.append((reference, student_layer, "student_layer", "reference"))
     for network, layer, argument, role in checks:
         logits, outputs = _dry_forward(network, images, [layer], role)
-        _check_runs(outputs[layer], argument, layer, network)
-        output = outputs[layer][0]
+        output = _run_once(outputs[layer], argument, layer, network, "its Grad-CAM map")
         if not isinstance(output, Tensor):
             raise ValueError(f"`{argument}`={layer!r} outputs {type(output).__name__}; Grad-CAM needs a tensor.")
         check_cam_layer(tuple(output.shape), images, argument, layer, prefix_tokens)
@@ -234,11 +275,35 @@ def check_agreement_setup(
             )
 
 
+def check_unicam_setup(
+    sides: Sequence[tuple[str, nn.Module, Sequence[str], str, bool]], images: Tensor, prefix_tokens: int | None
+) -> None:
+    """Each model of a ``UniCAMProbe``, given as ``(role, network, feature layers, CAM layer, whether its maps are
+    drawn)``, takes the probe images and runs each of its layers exactly once per forward, with a tensor output;
+    the CAM layers whose maps are drawn give feature maps larger than 1×1 or tokens that tile the image."""
+    for _, network, layers, cam, _ in sides:  # every name first: a misspelt one is the likeliest mistake
+        for layer in layers:
+            resolve_layer(network, layer, argument="layers")
+        resolve_layer(network, cam, argument="cam_layer")
+    for role, network, layers, cam, drawn in sides:
+        named = {layer: "layers" for layer in layers} | {cam: "cam_layer"}
+        _, outputs = _dry_forward(network, images, list(named), role)
+        for layer, argument in named.items():
+            what = "its UniCAM map" if argument == "cam_layer" else "its features"
+            output = _run_once(outputs[layer], argument, layer, network, what)
+            if not isinstance(output, Tensor):
+                raise ValueError(f"`{argument}`={layer!r} outputs {type(output).__name__}; UniCAM needs a tensor.")
+            if layer == cam and drawn:
+                check_cam_layer(tuple(output.shape), images, argument, layer, prefix_tokens)
+
+
 def check_cam_layer(
     shape: tuple[int, ...], images: Tensor, argument: str, layer: str, prefix_tokens: int | None
 ) -> None:
-    """A CAM layer's output for one image (``shape``) is a feature map, or tokens that tile the image."""
-    token_grid(
+    """A CAM layer's output for one image (``shape``) is a feature map, or tokens that tile the image, of more than
+    one position: a 1×1 map (after global pooling) would make every class-activation map one value spread over the
+    whole image."""
+    grid = token_grid(
         torch.empty(shape, device="meta"),
         tuple(images.shape[-2:]),
         batch=shape[0],
@@ -246,3 +311,9 @@ def check_cam_layer(
         layer=layer,
         argument=argument,
     )
+    if tuple(grid.shape[-2:]) == (1, 1):
+        raise ValueError(
+            f"`{argument}`={layer!r} outputs shape {shape}, a 1×1 map (one position per image, as after global "
+            "pooling): its class-activation map would be one value spread over the whole image; expected a "
+            "spatial map larger than 1×1 (a layer before the pooling) or transformer tokens of several patches."
+        )

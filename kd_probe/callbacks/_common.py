@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from kd_probe.callbacks._checks import check_mean_std
 from kd_probe.callbacks._probe_sources import ProbeFile, open_probe_source
 from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.render import per_image_unit
@@ -189,11 +192,16 @@ def probe_normalization(
 ) -> tuple[Tensor, Tensor]:
     """``(mean, std)`` ``[1, C, 1, 1]`` of the probe images: given, else the data module's (or the
     :class:`ProbeFile`'s) ``mean``/``std``, else none (0 and 1) — to show the images as pictures and to express
-    pixel-unit budgets."""
-    stats = (getattr(source, "mean", None), getattr(source, "std", None))
-    if normalization is None and stats[0] is not None and stats[1] is not None and not isinstance(source, Tensor):
-        normalization = (stats[0], stats[1])
-    mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
+    pixel-unit budgets. The source's are checked as strictly as ``normalization`` (both or neither, 1 or
+    ``channels`` finite numbers each, ``std > 0``); a method called ``mean``/``std`` is no statistic."""
+    mean, std = (getattr(source, key, None) for key in ("mean", "std"))
+    mean, std = (None if callable(value) or isinstance(source, Tensor) else value for value in (mean, std))
+    if normalization is not None:
+        mean, std = normalization
+    elif mean is None and std is None:
+        mean, std = [0.0] * channels, [1.0] * channels
+    else:
+        check_mean_std(mean, std, channels, f"`images` (a {type(source).__name__})")
     return torch.as_tensor(mean).float().view(1, -1, 1, 1), torch.as_tensor(std).float().view(1, -1, 1, 1)
 
 
@@ -214,9 +222,27 @@ def _refuse_modality(owner: str, given: str) -> None:
 
 
 def run_folder(trainer: pl.Trainer) -> Path:
-    """Where a probe's files go: the first logger's directory, else the Trainer's root directory."""
+    """Where a probe's files go: the first logger's directory, else the Trainer's ``default_root_dir`` (which
+    Lightning sets to the current folder unless told), said once per Trainer — a warning when that is the current
+    folder, so that files never land there without a word."""
     folder = next((lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)), None)
-    return Path(folder or trainer.default_root_dir)
+    if folder is not None:
+        return Path(folder)
+    root = Path(trainer.default_root_dir)
+    if trainer not in _TOLD_WHERE:
+        _TOLD_WHERE.add(trainer)
+        said = (
+            f"kd_probe: the Trainer has no logger with a folder (logger=False, or loggers without a `log_dir`), so "
+            f"the probes write their files to its `default_root_dir`, {root.absolute()}"
+        )
+        if root.absolute() == Path.cwd().absolute():
+            rank_zero_warn(f"{said}, the current folder; pass `default_root_dir=` or a logger to choose another.")
+        else:
+            rank_zero_info(f"{said}.")
+    return root
+
+
+_TOLD_WHERE: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()  # the Trainers whose probes said where files go
 
 
 def save_atomically(record: Any, path: Path) -> None:

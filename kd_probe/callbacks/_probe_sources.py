@@ -14,6 +14,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from kd_probe.callbacks._checks import check_mean_std
+
 __all__ = [
     "DATAMODULE",
     "PROBE_FILE_KEYS",
@@ -31,7 +33,8 @@ PROBE_FILE_KEYS = ("images", "labels", "masks", "mean", "std")
 class ProbeFile:
     """A probe set saved as a file: ``torch.save({"images": ..., "labels": ..., "masks": ..., "mean": ..., "std":
     ...}, path)``, every key but ``images`` optional (``mean``/``std``: the inputs' normalisation per channel, as a
-    data module's). Read with :func:`open_probe_source`, ``torch.load(weights_only=True)`` only."""
+    data module's; both or neither, checked as ``normalization=`` is). Read with :func:`open_probe_source`,
+    ``torch.load(weights_only=True)`` only."""
 
     path: str
     images: Tensor
@@ -82,7 +85,11 @@ def open_probe_source(images: Any) -> Any:
     unknown = sorted(set(record) - set(PROBE_FILE_KEYS))
     if unknown:
         raise ValueError(f"`images`={shown!r} holds unknown keys {unknown}; expected some of {list(PROBE_FILE_KEYS)}.")
-    return ProbeFile(shown, **record)
+    opened = ProbeFile(shown, **record)
+    pictures = opened.images.dim() == 4 and opened.images.is_floating_point()  # else token ids or point clouds
+    channels = opened.images.shape[1] if pictures else None
+    check_mean_std(opened.mean, opened.std, channels, f"`images`={shown!r} (a probe-set file)")
+    return opened
 
 
 class ProbeSetReader:

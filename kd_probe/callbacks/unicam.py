@@ -15,11 +15,10 @@ from typing_extensions import override
 
 from kd_probe.callbacks._base import BatchProbe
 from kd_probe.callbacks._checks import (
-    check_cam_layer,
-    check_images_fit,
     check_normalization,
     check_prefix_tokens,
     check_unicam_options,
+    check_unicam_setup,
 )
 from kd_probe.callbacks._common import (
     network_names,
@@ -39,7 +38,7 @@ from kd_probe.core.distance_correlation import (
     label_embedding,
     relevance_given_of_distances,
 )
-from kd_probe.core.layers import capture_outputs, eval_forward, module_device, output_shapes, resolve_layer
+from kd_probe.core.layers import capture_outputs, eval_forward, module_device
 from kd_probe.core.render import map_rows
 from kd_probe.core.unicam import UniCAM, check_features, feature_vectors
 from kd_probe.io.paths import check_name
@@ -237,21 +236,14 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     @override
     def check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         student, teacher, _ = self._networks(pl_module)
-        checks = [(student, [s for s, _ in self.pairs], "layers"), (teacher, [t for _, t in self.pairs], "layers")]
-        checks += [(student, [self.cam_layer[0]], "cam_layer"), (teacher, [self.cam_layer[1]], "cam_layer")]
-        if self.reference is not None:
-            checks += [
-                (self.reference, [s for s, _ in self.pairs], "layers"),
-                (self.reference, [self.cam_layer[0]], "cam_layer"),
-            ]
-        for network, names, argument in checks:
-            for layer in names:
-                resolve_layer(network, layer, argument=argument)
-        other = self.reference if self.reference is not None else teacher
-        check_images_fit(self.images, student=student, teacher=teacher, reference=self.reference)
-        for network, layer in ((student, self.cam_layer[0]), (other, self._other_cam)):
-            shape = output_shapes(network, [layer], self.images[:1].to(module_device(network)))[layer]
-            check_cam_layer(shape, self.images, "cam_layer", layer, self.prefix_tokens)
+        own, teachers, alone = [s for s, _ in self.pairs], [t for _, t in self.pairs], self.reference is None
+        sides = [
+            ("student", student, own, self.cam_layer[0], True),
+            ("teacher", teacher, teachers, self.cam_layer[1], alone),
+        ]
+        if self.reference is not None:  # the reference has the student's layer names
+            sides.append(("reference", self.reference, own, self.cam_layer[0], True))
+        check_unicam_setup(sides, self.images, self.prefix_tokens)
 
     @property
     def _other_cam(self) -> str:

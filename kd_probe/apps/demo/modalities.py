@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from kd_probe.apps.demo.plan import Plan
+from kd_probe.apps.options import POINT_CLASSES
 
 __all__ = ["MODALITIES", "Modality", "modality"]
 
@@ -63,9 +64,10 @@ def _image(args: argparse.Namespace, plan: Plan, sizes: tuple[int, int, int]) ->
     from kd_probe.data import ShapesDataModule
     from kd_probe.models import VGG
 
+    classes = args.num_classes or 6
     data = ShapesDataModule(
-        num_classes=args.num_classes,
-        image_size=args.image_size,
+        num_classes=classes,
+        image_size=args.image_size or 32,
         background_bias=args.background_bias,
         batch_size=64,
         seed=args.seed,
@@ -74,8 +76,8 @@ def _image(args: argparse.Namespace, plan: Plan, sizes: tuple[int, int, int]) ->
     return Modality(
         "image",
         data,
-        lambda: VGG(args.num_classes, widths=plan.teacher_widths, convs_per_stage=2),
-        lambda: VGG(args.num_classes, widths=plan.student_widths, convs_per_stage=2),
+        lambda: VGG(classes, widths=plan.teacher_widths, convs_per_stage=2),
+        lambda: VGG(classes, widths=plan.student_widths, convs_per_stage=2),
         plan.layer,
         f"VGG{plan.teacher_widths}×2 convs",
         f"VGG{plan.student_widths}×2 convs",
@@ -114,7 +116,7 @@ def _points(args: argparse.Namespace, plan: Plan, sizes: tuple[int, int, int]) -
     from kd_probe.data import PointCloudDataModule
     from kd_probe.models import PointNet
 
-    classes = min(max(args.num_classes, 2), 5)
+    classes = args.num_classes or POINT_CLASSES  # more is refused (check_demo_arguments)
     data = PointCloudDataModule(
         num_classes=classes, background_bias=args.background_bias, batch_size=64, seed=args.seed, **_splits(plan, sizes)
     )

@@ -41,7 +41,7 @@ from torch.utils.data import Subset
 from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
 from kd_probe.apps.demo.modalities import Modality, modality
 from kd_probe.apps.demo.plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
-from kd_probe.apps.options import QUICK_NOTE, Parser
+from kd_probe.apps.options import QUICK_NOTE, Parser, ignored_demo_flags
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor, probe_epochs
 from kd_probe.data import ShapesDataModule
 from kd_probe.io.run_files import RUN_FILE
@@ -234,8 +234,10 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     Raises:
         FileExistsError: ``OUT/EXPERIMENT`` holds an earlier demo and ``args.overwrite`` is off (nothing is
             trained).
-        ValueError: the options contradict each other (``--passes`` without the secant method); nothing is
-            trained or removed.
+        ValueError: the options contradict each other (``--passes`` without the secant method, ``--quick`` with
+            ``--full``, more ``--num-classes`` than the point clouds have); nothing is trained or removed. An
+            option that another makes meaningless (``--epochs`` with ``--quick``, ``--image-size`` with text) is
+            named on one line on stderr and ignored.
     """
     with computing_threads(getattr(args, "threads", 2)):
         return _run_demo(args)
@@ -262,6 +264,8 @@ def computing_threads(threads: int) -> Iterator[None]:
 def _run_demo(args: argparse.Namespace) -> DemoResult:
     start = time.perf_counter()
     plan = make_plan(args)
+    for ignored in ignored_demo_flags(args):  # an option another one makes meaningless: said, never silently dropped
+        print(f"kd-probe demo: {ignored}", file=sys.stderr)
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     kit = modality(args, plan)
