@@ -74,17 +74,28 @@ def test_report_table_and_verdicts_match_the_summaries(quick_demo: tuple[Path, s
         run: json.loads((folder / run / "kd_probe_summary.json").read_text()) for run in ("distilled", "baseline")
     }
     for line, keys in zip(verdicts, (("n_fg", "fg_ratio"), ("d_mean", "d_std"), ("rho",)), strict=True):
-        every_image = lines[lines.index(line) + 1]
-        assert every_image.startswith("  - all probe images (")
-        assert lines[lines.index(line) + 2].startswith("  - effective images (")
-        for key in keys:  # each verdict quotes the summaries' values, distilled first
+        at = lines.index(line)
+        assert lines[at + 1].startswith("  - about distillation: **no verdict** from one seed pair")  # --quick: 1 seed
+        assert lines[at + 2] == "  - about these runs (do these networks differ on such images?):"
+        every_image = lines[at + 3]
+        assert every_image.startswith("    - all probe images (")
+        assert lines[at + 4].startswith("    - effective images (")
+        for key in keys:  # each statement quotes the summaries' values, distilled first
             label = dict(METRICS)[key]
             assert (
                 f"{label} {_format(key, summaries['distilled'][key])} vs {_format(key, summaries['baseline'][key])}"
                 in every_image
             )
-        words = ("holds", "opposite", "not distinguishable", "mixed", "partly", "undetermined")
+        words = (
+            "differ as predicted",
+            "differ the other way",
+            "not distinguishable",
+            "mixed",
+            "partly",
+            "undetermined",
+        )
         assert any(f"**{word}" in every_image for word in words)
+    assert "holds" not in report.split("## The paper's hypotheses")[1]  # no verdict about distillation from one seed
     assert "| 0.1 |" in report and "| 0.5 |" in report  # the threshold sweep
     assert "## Agreement with the teacher" in report and "| CAM cosine |" in report
     assert (folder / "curves.png").exists() and (folder / "maps.png").exists() and (folder / "unicam.png").exists()
@@ -111,7 +122,9 @@ def test_report_unicam_table_matches_the_probe_files(quick_demo: tuple[Path, str
                 assert " [" in cells[column]  # an interval from the saved distance matrices
             if key != "rs/teacher":  # the teacher's side is the same in both runs
                 assert " [" in cells[2]  # and a paired interval of the difference
-    assert "At features.relu4, the distilled student's features are " in table
+            assert cells[3] == "needs ≥ 2 seed pairs"  # one seed pair: nothing about distillation
+    assert "In these runs, at features.relu4, the distilled student's features are " in table
+    assert "One seed pair says nothing about distillation in general." in table
 
 
 @pytest.mark.slow

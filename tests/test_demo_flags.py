@@ -108,3 +108,32 @@ def test_contradicting_options_are_one_sentence_and_exit_2_before_anything_runs(
     with pytest.raises(ValueError, match=message.split(":")[0]):
         run_demo(_args(*argv, "--out", str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "gpu", "pairs", "said"),
+    [
+        ([], False, 1, "1 seed pair (the default on the CPU, to stay within minutes): the report says whether these "
+         "runs differ and gives no verdict about distillation, which needs at least 2 seed pairs; --seeds 3 gives "
+         "verdicts and takes about 3× as long."),
+        ([], True, 3, "3 seed pairs (the default on a GPU), so that the report's verdicts about distillation count "
+         "how much training seeds disagree."),
+        (["--full"], False, 5, "5 seed pairs (the --full default), so that the report's verdicts about "
+         "distillation count how much training seeds disagree."),
+        (["--quick"], True, 1, ""),
+        (["--seeds", "2"], False, 2, ""),
+        (["--seeds", "1"], True, 1, "1 seed pair (--seeds 1): the report says whether these runs differ and gives "
+         "no verdict about distillation, which needs at least 2 seed pairs."),
+    ],
+)  # fmt: skip
+def test_the_demo_trains_enough_seed_pairs_for_verdicts_where_it_can_and_says_which(
+    argv: list[str], gpu: bool, pairs: int, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from kd_probe.apps.demo.plan import seed_pairs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    args = _args(*argv)
+    assert seed_pairs(args) == (pairs, said)
+    assert make_plan(args).seeds == pairs

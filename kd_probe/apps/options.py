@@ -101,7 +101,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="built-in data: image (shapes, the default), text (sentiment sentences) or points (3-D point clouds)",
     )
     add("--seed", type=int, default=0, help="seed of the data and of the first run")
-    add("--seeds", type=_positive, default=1, help="repeat the distilled and baseline runs over this many seeds")
+    add(
+        "--seeds",
+        type=_positive,
+        default=None,
+        help="seed pairs: the distilled and baseline runs repeated over this many seeds (default 1 on the CPU, "
+        "3 on a GPU, 5 with --full); the report's verdicts about distillation need at least 2",
+    )
     add(
         "--epochs",
         type=_positive,

@@ -5,8 +5,10 @@ ratio of counts, a distance correlation of the batch). A :data:`Statistic` takes
 indices ``[B, n]`` and returns the statistic of each resample ``[B]``; :func:`bootstrap_replicates` draws the
 indices (or half-samples of distinct images, for batch statistics) from a generator seeded by ``seed`` and ``n``
 only, so two runs probed on the same images get the
-*same* resamples — the difference of their replicates is the paired bootstrap of the difference.
-Several seeds are combined by :func:`combine_units` (a second stage that resamples the seed pairs).
+*same* resamples — the difference of their replicates is the paired bootstrap of the difference. These
+intervals answer "do these runs differ on such images?"; several runs are averaged by :func:`mean_over_units`.
+Whether the *training procedure* changes a measure is a question about seeds: :func:`seed_interval` is the
+t-interval over seed pairs' differences, which needs at least two pairs.
 
 Intervals are expanded percentile intervals (Hesterberg 2015): the percentile interval at the tail level
 ``α' = 2·Φ(−√(n/(n−1))·t_{α/2, n−1})``, which removes the plain percentile interval's narrowness for small
@@ -23,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,11 +40,14 @@ __all__ = [
     "Interval",
     "Statistic",
     "bootstrap_replicates",
-    "combine_units",
     "images_needed",
     "interval",
     "mean_of",
+    "mean_over_units",
+    "seed_interval",
+    "seed_pairs_needed",
     "sign_test",
+    "t_quantile",
     "verdict",
 ]
 
@@ -57,7 +63,8 @@ resample leaves it undefined, e.g. a ratio whose denominator is 0)."""
 @dataclass(frozen=True)
 class Interval:
     """An estimate with its ``level`` interval ``[low, high]`` over ``images`` probe images and ``resamples``
-    bootstrap resamples (``defined`` of them gave a number)."""
+    bootstrap resamples (``defined`` of them gave a number); a seed-level interval (:func:`seed_interval`) counts
+    seed pairs in ``images`` and has ``unit="seed pairs"`` and no resamples."""
 
     estimate: float
     low: float
@@ -66,6 +73,7 @@ class Interval:
     images: int
     resamples: int
     defined: int
+    unit: str = "images"
 
     def direction(self) -> int:
         """+1 when the interval lies above 0, −1 below, 0 when it holds 0 (or is undefined)."""
@@ -113,31 +121,67 @@ def bootstrap_replicates(
     return torch.cat([statistic(indices[start : start + chunk]).double() for start in range(0, resamples, chunk)])
 
 
-def combine_units(replicates: Sequence[Tensor], *, seed: int = 0) -> Tensor:
-    """The mean over units (seeds, seed pairs) with the units resampled too: replicate ``r`` averages the
-    replicates ``r`` of ``len(replicates)`` units drawn with replacement (one unit: its replicates)."""
+def mean_over_units(replicates: Sequence[Tensor]) -> Tensor:
+    """The replicates of the mean over fixed units (runs, seed pairs): replicate ``r`` averages the units'
+    replicates ``r``. The units are not resampled: the interval speaks about these runs on such images
+    (methods §5.4); how much the seeds disagree is :func:`seed_interval`'s business."""
     if not replicates:
         raise ValueError("`replicates` is empty; expected the replicates of at least one run or seed pair.")
-    stacked = torch.stack([torch.as_tensor(r, dtype=torch.float64) for r in replicates])  # [units, B]
-    if stacked.shape[0] == 1:
-        return stacked[0]
-    generator = torch.Generator().manual_seed(int(seed) + 1)
-    drawn = torch.randint(stacked.shape[0], (stacked.shape[1], stacked.shape[0]), generator=generator)
-    return stacked.gather(0, drawn.T).mean(dim=0)
+    return torch.stack([torch.as_tensor(r, dtype=torch.float64) for r in replicates]).mean(dim=0)
 
 
-def _t_quantile(p: float, freedom: int) -> float:
-    """Student's t quantile by the Cornish–Fisher expansion (Abramowitz & Stegun 26.7.5; error < 1e-3 for
-    ``freedom`` ≥ 3 at the tails used here)."""
-    z = NormalDist().inv_cdf(p)
-    v = float(freedom)
-    return (
-        z
-        + (z**3 + z) / (4 * v)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
-    )
+def _t_within(t: float, freedom: int) -> float:
+    """``P(|T| ≤ t)`` for Student's t with an integer number of degrees of freedom, exactly (Abramowitz &
+    Stegun 26.7.3–4: a finite series in ``θ = atan(t/√ν)``)."""
+    theta = math.atan(abs(t) / math.sqrt(freedom))
+    sine, cosine2 = math.sin(theta), math.cos(theta) ** 2
+    if freedom % 2 == 0:
+        term = total = 1.0
+        for k in range(2, freedom - 1, 2):  # (1·3···(k−1))/(2·4···k) cos^k θ
+            term *= (k - 1) / k * cosine2
+            total += term
+        return sine * total
+    term = math.cos(theta)
+    total = term if freedom > 1 else 0.0
+    for k in range(3, freedom - 1, 2):  # (2·4···(k−1))/(1·3···k) cos^k θ
+        term *= (k - 1) / k * cosine2
+        total += term
+    return 2 / math.pi * (theta + sine * total)
+
+
+@functools.lru_cache(maxsize=4096)
+def t_quantile(p: float, freedom: int) -> float:
+    """Student's t quantile ``t_{p, ν}`` (methods §5.2): exact for ``ν ≤ 30`` (bisection on the exact
+    distribution function), the Cornish–Fisher expansion above (Abramowitz & Stegun 26.7.5, error < 1e-5).
+
+    Example::
+
+        >>> round(t_quantile(0.975, 1), 3), round(t_quantile(0.975, 5), 3), round(t_quantile(0.975, 100), 3)
+        (12.706, 2.571, 1.984)
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"`p` must be in (0, 1), got {p!r}.")
+    _check_count("freedom", freedom, 1)
+    if p < 0.5:
+        return -t_quantile(1 - p, freedom)
+    if freedom > 30:
+        z, v = NormalDist().inv_cdf(p), float(freedom)
+        return (
+            z
+            + (z**3 + z) / (4 * v)
+            + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
+        )
+    target, low, high = 2 * p - 1, 0.0, 1.0
+    while _t_within(high, freedom) < target:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _t_within(middle, freedom) < target else (low, middle)
+        if high - low < 1e-12 * max(1.0, high):
+            break
+    return (low + high) / 2
 
 
 def interval(estimate: float, replicates: Tensor, *, images: int, level: float = LEVEL) -> Interval:
@@ -155,7 +199,7 @@ def interval(estimate: float, replicates: Tensor, *, images: int, level: float =
         return Interval(estimate, math.nan, math.nan, level, images, int(replicates.numel()), count)
     tail = (1 - level) / 2
     if images > 3:
-        tail = NormalDist().cdf(-math.sqrt(images / (images - 1)) * _t_quantile(1 - tail, images - 1))
+        tail = NormalDist().cdf(-math.sqrt(images / (images - 1)) * t_quantile(1 - tail, images - 1))
     low, high = torch.quantile(defined, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return Interval(estimate, low, high, level, images, int(replicates.numel()), count)
 
@@ -193,3 +237,45 @@ def sign_test(agreeing: int, pairs: int) -> float:
     extreme = max(agreeing, pairs - agreeing)
     tail = sum(math.comb(pairs, k) for k in range(extreme, pairs + 1)) / 2**pairs
     return min(1.0, 2 * tail)
+
+
+def seed_interval(differences: Sequence[float], *, level: float = LEVEL) -> Interval:
+    """The t-interval of the mean over seed pairs of their differences (distilled − baseline), methods §5.8:
+    ``d̄ ± t_{1−α/2, k−1} · s/√k`` over ``k`` pairs, ``s`` their sample standard deviation. Its width comes
+    from how much the seed pairs disagree, so it answers "does the training procedure change this measure?";
+    it needs at least 2 pairs (one pair gives an undefined interval). Non-finite differences are left out.
+
+    Example::
+
+        >>> found = seed_interval([1.0, 2.0, 3.0])
+        >>> round(found.low, 3), round(found.high, 3), found.images, found.unit
+        (-0.484, 4.484, 3, 'seed pairs')
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+    values = [float(d) for d in differences if math.isfinite(float(d))]
+    count = len(values)
+    estimate = math.fsum(values) / count if count else math.nan
+    if count < 2:
+        return Interval(estimate, math.nan, math.nan, level, count, 0, count, "seed pairs")
+    spread = math.sqrt(math.fsum((v - estimate) ** 2 for v in values) / (count - 1))
+    half = t_quantile(1 - (1 - level) / 2, count - 1) * spread / math.sqrt(count)
+    return Interval(estimate, estimate - half, estimate + half, level, count, 0, count, "seed pairs")
+
+
+def seed_pairs_needed(found: Interval, *, power: float = 0.8, most: int = 1000) -> int | None:
+    """Seed pairs at which a :func:`seed_interval` would exclude 0 with probability about ``power`` at the
+    observed mean difference and seed spread (methods §5.8): the least ``k ≥ 2`` with
+    ``(t_{1−α/2, k−1} + t_{power, k−1}) · s/√k ≤ |d̄|``; ``None`` when the difference is 0, the spread unknown
+    (fewer than 2 pairs) or more than ``most`` pairs would be needed."""
+    if not 0 < power < 1:
+        raise ValueError(f"`power` must be in (0, 1), got {power!r}.")
+    pairs, alpha = found.images, 1 - found.level
+    if pairs < 2 or not (math.isfinite(found.low) and math.isfinite(found.estimate)) or found.estimate == 0:
+        return None
+    spread = (found.high - found.low) / 2 * math.sqrt(pairs) / t_quantile(1 - alpha / 2, pairs - 1)
+    for k in range(2, most + 1):
+        needed = (t_quantile(1 - alpha / 2, k - 1) + t_quantile(power, k - 1)) * spread / math.sqrt(k)
+        if needed <= abs(found.estimate):
+            return k
+    return None

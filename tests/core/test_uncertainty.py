@@ -6,11 +6,14 @@ import torch
 from kd_probe.core.uncertainty import (
     Interval,
     bootstrap_replicates,
-    combine_units,
     images_needed,
     interval,
     mean_of,
+    mean_over_units,
+    seed_interval,
+    seed_pairs_needed,
     sign_test,
+    t_quantile,
     verdict,
 )
 
@@ -62,13 +65,53 @@ def test_sign_test_known_values() -> None:
     assert math.isclose(sign_test(9, 10), 22 / 1024)
 
 
-def test_combine_units_resamples_the_units() -> None:
+def test_mean_over_units_keeps_the_units_fixed() -> None:
     one = torch.linspace(0, 1, 500, dtype=torch.float64)
-    assert torch.equal(combine_units([one]), one)
+    assert torch.equal(mean_over_units([one]), one)
     units = [torch.full((4000,), float(k), dtype=torch.float64) for k in range(4)]
-    combined = combine_units(units, seed=0)
-    assert combined.min() >= 0 and combined.max() <= 3 and combined.std() > 0.3  # units drawn with replacement
-    assert abs(float(combined.mean()) - 1.5) < 0.05
+    assert torch.equal(mean_over_units(units), torch.full((4000,), 1.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("p", "freedom", "expected"),
+    [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 3, 3.1824), (0.975, 5, 2.5706), (0.975, 10, 2.2281),
+     (0.975, 30, 2.0423), (0.975, 60, 2.0003), (0.8, 1, 1.3764), (0.8, 4, 0.9410), (0.9875, 2, 6.2053),
+     (0.025, 3, -3.1824)],
+)  # fmt: skip
+def test_t_quantiles_equal_the_tables(p: float, freedom: int, expected: float) -> None:
+    assert t_quantile(p, freedom) == pytest.approx(expected, abs=1e-4)
+
+
+def test_seed_interval_is_the_t_interval_over_seed_pairs() -> None:
+    found = seed_interval([0.5, 1.5])  # mean 1, s = 0.7071, t_{.975,1} = 12.706
+    assert found.estimate == 1.0 and found.unit == "seed pairs" and found.images == 2
+    assert found.high - 1.0 == pytest.approx(12.7062 * 0.70711 / math.sqrt(2), rel=1e-4)
+    one = seed_interval([0.8])
+    assert one.estimate == 0.8 and math.isnan(one.low) and one.direction() == 0 and seed_pairs_needed(one) is None
+    assert seed_interval([1.0, math.nan, 2.0, 3.0]).images == 3  # non-finite pairs left out
+    assert seed_pairs_needed(seed_interval([1.0, 2.0, 3.0])) == 5
+    assert seed_pairs_needed(seed_interval([-1.0, 1.0])) is None  # no observed difference
+
+
+def _null_seed_pairs(pairs: int, generator: torch.Generator, effect: float = 0.0) -> list[float]:
+    """Seed pairs' differences of a run-level mean over 40 probe images, when each run has a seed-level random
+    effect (sd 1) on top of image noise (sd 2): the [KP] demo's situation, with a planted procedure effect."""
+    images = 40
+    per_image = torch.randn(2 * pairs, images, generator=generator, dtype=torch.float64) * 2
+    seeds = torch.randn(2 * pairs, 1, generator=generator, dtype=torch.float64)
+    runs = (per_image + seeds).mean(dim=1)
+    return (runs[:pairs] - runs[pairs:] + effect).tolist()
+
+
+@pytest.mark.parametrize("pairs", [1, 2, 3, 6])
+def test_seed_intervals_claim_a_null_difference_at_most_at_the_nominal_rate(pairs: int) -> None:
+    generator = torch.Generator().manual_seed(pairs)
+    trials = 2000
+    claims = sum(seed_interval(_null_seed_pairs(pairs, generator)).direction() != 0 for _ in range(trials))
+    monte_carlo = 3 * math.sqrt(0.05 * 0.95 / trials)
+    assert claims / trials <= 0.05 + monte_carlo
+    if pairs == 1:
+        assert claims == 0  # one pair never gives a verdict
 
 
 def test_an_interval_with_mostly_undefined_resamples_is_undefined() -> None:
@@ -88,7 +131,7 @@ def test_an_interval_with_mostly_undefined_resamples_is_undefined() -> None:
         (lambda: interval(0.0, torch.zeros(5), images=5, level=1.5), "`level` must be in (0, 1), got 1.5."),
         (lambda: verdict(Interval(0, 0, 0, 0.95, 1, 1, 1), 0), "`expected` must be +1 or −1"),
         (lambda: sign_test(4, 3), "`agreeing` must be an integer in [0, 3], got 4."),
-        (lambda: combine_units([]), "`replicates` is empty"),
+        (lambda: mean_over_units([]), "`replicates` is empty"),
     ],
 )
 def test_bad_arguments_are_named(call, message: str) -> None:

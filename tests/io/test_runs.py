@@ -237,10 +237,13 @@ def test_runs_that_are_not_comparable_are_refused_naming_what_differs(
     if what == "protocols":  # never averaged together, whatever the options
         assert grouped == 2 and err.endswith("are never averaged together; report each group's runs on their own.\n")
         return
-    assert err.endswith(
-        "so they cannot be compared image by image; report each group's runs on their own, or pass "
-        "--group-summaries to compare only the groups' summaries (no paired intervals, no verdicts).\n"
-    ) or grouped == 0
+    assert (
+        err.endswith(
+            "so they cannot be compared image by image; report each group's runs on their own, or pass "
+            "--group-summaries to compare only the groups' summaries (no paired intervals, no verdicts).\n"
+        )
+        or grouped == 0
+    )
     assert grouped == 0, err
     text = (runs / "report.md").read_text()
     assert f"**Group summaries only** (`--group-summaries`): the runs differ in {what} (" in text

@@ -8,13 +8,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from typing_extensions import override
 
 from kd_probe.apps.options import add_demo_arguments as add_arguments
 from kd_probe.apps.options import check_demo_arguments, sigma_method
 from kd_probe.callbacks import KnowledgePointProbe
 
-__all__ = ["PROBE_DEFAULTS", "Plan", "ProbeClock", "add_arguments", "check_arguments", "make_plan", "sigma_options"]
+__all__ = [
+    "PROBE_DEFAULTS",
+    "Plan",
+    "ProbeClock",
+    "add_arguments",
+    "check_arguments",
+    "make_plan",
+    "seed_pairs",
+    "sigma_options",
+]
 
 # (probe images, noise samples per faithful step or secant pass, secant passes) by (method, --full). The secant
 # default, 40 images × 2 passes × 64 samples, costs no more than the faithful 10 images × 16 samples that the
@@ -58,6 +68,7 @@ class Plan:
     student_widths: tuple[int, ...]
     schedule: list[int] | str
     unicam_images: int = 64  # held-out images of the agreement and UniCAM probes (at least 64 but in --quick)
+    seeds: int = 1  # seed pairs (distilled and baseline runs per seed): seed_pairs
 
     @property
     def layer(self) -> str:
@@ -69,14 +80,49 @@ class Plan:
         return max(1, self.epochs // 3)
 
 
+def seed_pairs(args: argparse.Namespace) -> tuple[int, str]:
+    """How many seed pairs the demo trains, and the sentence that says why (methods §5.8: a verdict about
+    distillation needs the seed-to-seed spread, so at least two pairs).
+
+    ``--seeds N`` when given; otherwise 5 with ``--full``, 3 on a GPU, and 1 on the CPU (and with ``--quick``):
+    there the default demo stays within minutes and its report says whether these runs differ, with no
+    verdict about distillation.
+    """
+    given = getattr(args, "seeds", None)
+    if given is not None:
+        return given, "" if given > 1 else (
+            "1 seed pair (--seeds 1): the report says whether these runs differ and gives no verdict about "
+            "distillation, which needs at least 2 seed pairs."
+        )
+    if args.quick:
+        return 1, ""
+    if args.full:
+        return (
+            5,
+            "5 seed pairs (the --full default), so that the report's verdicts about distillation count how much training seeds disagree.",
+        )
+    if torch.cuda.is_available():
+        return (
+            3,
+            "3 seed pairs (the default on a GPU), so that the report's verdicts about distillation count how much training seeds disagree.",
+        )
+    return 1, (
+        "1 seed pair (the default on the CPU, to stay within minutes): the report says whether these runs differ "
+        "and gives no verdict about distillation, which needs at least 2 seed pairs; --seeds 3 gives verdicts "
+        "and takes about 3× as long."
+    )
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     """What the options amount to (defaults filled in)."""
     check_demo_arguments(args)
     method, passes = sigma_method(args), getattr(args, "passes", None)
+    seeds = seed_pairs(args)[0]
     if args.quick:
         quick_passes = (passes or 2) if method == "secant" else None
         samples = args.samples or (8 if method == "secant" else 4)
-        return Plan(1, 1, 256, 4, method, samples, quick_passes, 25, 8, (8, 16), (4, 8), [0, 1], unicam_images=16)
+        quick = (1, 1, 256, 4, method, samples, quick_passes, 25, 8, (8, 16), (4, 8), [0, 1])
+        return Plan(*quick, unicam_images=16, seeds=seeds)
     images, samples, default_passes = PROBE_DEFAULTS[method, bool(args.full)]
     student_epochs, teacher_epochs = EPOCHS[getattr(args, "modality", "image") or "image"]
     epochs = args.epochs or (3 * student_epochs if args.full else student_epochs)
@@ -94,6 +140,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         teacher_widths=small if args.protocol == "paper" else (32, 64, 128),
         student_widths=small,
         schedule="paper" if args.full else sorted({0, 1, 2, 3, epochs // 2, 3 * epochs // 4, epochs}),
+        seeds=seeds,
     )
 
 

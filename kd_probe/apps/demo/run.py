@@ -40,7 +40,15 @@ from torch.utils.data import Subset
 
 from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
 from kd_probe.apps.demo.modalities import Modality, modality
-from kd_probe.apps.demo.plan import Plan, ProbeClock, add_arguments, check_arguments, make_plan, sigma_options
+from kd_probe.apps.demo.plan import (
+    Plan,
+    ProbeClock,
+    add_arguments,
+    check_arguments,
+    make_plan,
+    seed_pairs,
+    sigma_options,
+)
 from kd_probe.apps.options import QUICK_NOTE, Parser, ignored_demo_flags
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor, probe_epochs
 from kd_probe.data import ShapesDataModule
@@ -266,17 +274,20 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     plan = make_plan(args)
     for ignored in ignored_demo_flags(args):  # an option another one makes meaningless: said, never silently dropped
         print(f"kd-probe demo: {ignored}", file=sys.stderr)
+    seeds, why = seed_pairs(args)
+    if why:
+        print(f"kd-probe demo: {why}")
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     kit = modality(args, plan)
     data = kit.data
     log_dir = args.out / args.experiment
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
-    total = 1 + 2 * args.seeds
+    total = 1 + 2 * seeds
     clocks: list[ProbeClock] = []
     head_epochs = plan.head_epochs if args.protocol == "paper" else 0
     probes_per_run = len(probe_epochs(plan.schedule, max_epochs=plan.epochs))
-    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * args.seeds, probes_per_run, clocks)
+    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * seeds, probes_per_run, clocks)
 
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
     print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
@@ -289,8 +300,8 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         _record(RunResult("teacher", "teacher", args.seed, accuracy, log_dir / "teacher"), args.protocol, plan, kit)
     ]
 
-    for index, seed in enumerate(range(args.seed, args.seed + args.seeds)):
-        suffix = f"-s{seed}" if args.seeds > 1 else ""
+    for index, seed in enumerate(range(args.seed, args.seed + seeds)):
+        suffix = f"-s{seed}" if seeds > 1 else ""
         how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else "logit KD (T=4)"
         print(
             f"[{2 + 2 * index}/{total}] distilled student{suffix}: {kit.describe_student}, {how}, "

@@ -19,22 +19,23 @@ from kd_probe.apps.report.stats import (
     compare,
     unicam_measures,
 )
-from kd_probe.core.uncertainty import Interval, images_needed, sign_test, verdict
+from kd_probe.core.uncertainty import Interval
 from kd_probe.io.runs import AGREEMENT, RunSummary
 
 __all__ = [
+    "COLUMNS",
     "UNICAM",
     "Evidence",
     "agreement_section",
     "cell",
     "comparison_rows",
     "format_value",
-    "metric_verdict",
     "section",
     "unicam_section",
     "with_interval",
 ]
 
+COLUMNS = ["metric", "distilled", "baseline", "these runs: distilled − baseline", "distillation's effect (seed pairs)"]
 UNICAM = (  # [UC]'s scores at the last UniCAMProbe probe (history key prefix, label)
     ("fss", "FSS"),
     ("fss_v", "FSS (V)"),
@@ -105,34 +106,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def metric_verdict(found: Comparison, expected: int) -> tuple[str, str]:
-    """The verdict word of one predicted difference and its explanation: the interval must exclude 0 for
-    "holds" / "opposite"; otherwise how many images the observed effect would need."""
-    if found.difference is None or not math.isfinite(found.difference.low):
-        return "undetermined", "no per-image data behind it"
-    word = verdict(found.difference, expected)
-    if word != "not distinguishable":
-        return word, ""
-    needed = images_needed(found.difference)
-    if needed is None:
-        return word, "no observed difference"
-    return word, f"≈ {needed} images would be needed at the observed effect"
-
-
-def seed_agreement(found: Comparison, expected: int) -> str:
-    """How many seed pairs differ in the predicted direction, and the sign test's p-value from 3 pairs on."""
-    pairs = len(found.pair_differences)
-    if pairs < 2:
-        return ""
-    agreeing = sum(1 for difference in found.pair_differences if difference * expected > 0)
-    test = f", sign test p = {sign_test(agreeing, pairs):.2g}" if pairs >= 3 else ""
-    return f"{agreeing}/{pairs} seed pairs in the predicted direction{test}"
-
-
 def comparison_rows(
     evidence: Evidence, measures: tuple[list[dict[str, Measure]], list[dict[str, Measure]]], metrics: Sequence[Any]
 ) -> list[list[str]]:
-    """Rows ``metric | distilled | baseline | difference`` with intervals, for ``(key, label)`` metrics."""
+    """Rows of :data:`COLUMNS` with intervals, for ``(key, label)`` metrics: each group, the difference of these
+    runs (paired over probe images) and distillation's effect (a t-interval over seed pairs, from two on)."""
     rows = []
     for key, label in metrics:
         distilled = [m[key] for m in measures[0] if key in m]
@@ -150,7 +128,9 @@ def _row(key: str, label: str, found: Comparison, distilled: list[Measure], base
     shown = with_interval(key, found.difference, difference, signed=True)
     if found.difference is not None and found.difference.low == found.difference.high == difference == 0:
         shown = "0 (the same values: the teacher's side)"
-    return [label, with_interval(key, found.distilled, d), with_interval(key, found.baseline, b), shown]
+    seeds = found.seeds
+    effect = with_interval(key, seeds, seeds.estimate, signed=True) if seeds.images >= 2 else "needs ≥ 2 seed pairs"
+    return [label, with_interval(key, found.distilled, d), with_interval(key, found.baseline, b), shown, effect]
 
 
 # ------------------------------------------------------------------------------------------------------ agreement
@@ -179,7 +159,7 @@ def agreement_section(evidence: Evidence) -> list[str]:
         rows += _transfer_rows(evidence, groups, eps)
     lines = section(
         "Agreement with the teacher (what gets distilled, last probe)",
-        ["score", "distilled", "baseline", "distilled − baseline"],
+        ["score", *COLUMNS[1:]],
         rows,
     )
     images = next((int(record["labels"].numel()) for record in records if record), 0)
@@ -211,7 +191,7 @@ def _transfer_rows(
             else f"{row[1 + side]}; {counts} fooled"
         )
     if any(few):
-        row[3] = "–"
+        row[3] = row[4] = "–"
     return rows
 
 
@@ -262,28 +242,39 @@ def unicam_section(evidence: Evidence) -> list[str]:
     rows_note = " with L2-normalised rows (the authors' FSS (V))" if record.get("normalize_rows") else ""
     lines = section(
         "What the student holds of the teacher (UniCAM: FSS and RS, last probe)",
-        ["layer and score", "distilled", "baseline", "distilled − baseline"],
+        ["layer and score", *COLUMNS[1:]],
         rows,
     )
     deepest = layers[-1]
 
-    def compare_words(key: str, more: str, less: str) -> str:
+    def compare_words(key: str, more: str, less: str, seeds: bool = False) -> str:
         result = found.get((key, deepest))
-        if result is None or result.difference is None:
+        shown_interval = None if result is None else result.seeds if seeds else result.difference
+        if result is None or shown_interval is None:
             return "undetermined (no values)"
-        direction = result.difference.direction()
-        word = {1: more, -1: less}.get(direction, "not distinguishable from the baseline's")
-        shown = with_interval("", result.difference, _mean(list(result.pair_differences)), signed=True)
+        word = {1: more, -1: less}.get(shown_interval.direction(), "not distinguishable from the baseline's")
+        shown = with_interval("", shown_interval, _mean(list(result.pair_differences)), signed=True)
         return f"{word} ({UNICAM_LABELS[key]} difference {shown})"
 
+    def sentence(seeds: bool) -> str:
+        return (
+            f"the distilled student's features are "
+            f"{compare_words('fss', 'closer to the teacher', 'further from the teacher', seeds)}; its label-relevant "
+            f"knowledge beyond the teacher is {compare_words('rs/distilled', 'larger', 'smaller', seeds)}; the "
+            f"teacher's label-relevant knowledge it lacks is {compare_words('rs/residual', 'larger', 'smaller', seeds)}"
+        )
+
+    pairs = len(evidence.pairs)
+    effect = (
+        f" Over the {pairs} seed pairs (distillation's effect), {sentence(True)}."
+        if pairs >= 2
+        else " One seed pair says nothing about distillation in general."
+    )
     lines += [
-        f"Features: {features}{rows_note}. At {deepest}, the distilled student's features are "
-        f"{compare_words('fss', 'closer to the teacher', 'further from the teacher')}; its label-relevant knowledge "
-        f"beyond the teacher is {compare_words('rs/distilled', 'larger', 'smaller')}; the teacher's label-relevant "
-        f"knowledge it lacks is {compare_words('rs/residual', 'larger', 'smaller')}. FSS = R*(teacher, student) "
-        "features; RS = R*(features, labels); distilled = R*(student | teacher, labels); residual = "
-        "R*(teacher | student, labels) (bias-corrected squared distance correlations on the probe batch; "
-        "intervals resample the batch's images).",
+        f"Features: {features}{rows_note}. In these runs, at {deepest}, {sentence(False)}.{effect} FSS = "
+        "R*(teacher, student) features; RS = R*(features, labels); distilled = R*(student | teacher, labels); "
+        "residual = R*(teacher | student, labels) (bias-corrected squared distance correlations on the probe "
+        "batch; intervals resample the batch's images).",
         "",
     ]
     return lines

@@ -24,7 +24,15 @@ from torch import Tensor
 from kd_probe.core.distance_correlation import correlation_of_distances, relevance_given_of_distances
 from kd_probe.core.dynamics import image_stability, travel_until_learned
 from kd_probe.core.knowledge_points import count_knowledge_points, effective_images, image_foreground_ratios
-from kd_probe.core.uncertainty import RESAMPLES, Interval, Statistic, bootstrap_replicates, combine_units, interval
+from kd_probe.core.uncertainty import (
+    RESAMPLES,
+    Interval,
+    Statistic,
+    bootstrap_replicates,
+    interval,
+    mean_over_units,
+    seed_interval,
+)
 
 __all__ = [
     "LATE",
@@ -248,15 +256,20 @@ def _take(distances: Tensor, indices: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class Comparison:
-    """Distilled and baseline groups of one metric (mean over seeds) and their paired difference.
+    """Distilled and baseline groups of one metric and their difference, answered twice (methods §5.4):
 
-    ``pair_differences`` holds each seed pair's difference of estimates (the seed-level evidence)."""
+    - ``difference``: do *these runs* differ? The paired bootstrap over probe images of the mean over seed pairs
+      (the pairs fixed), an interval about these trained networks;
+    - ``seeds``: does *distillation* change the measure? The t-interval over the seed pairs' differences
+      (``pair_differences``), undefined with fewer than two pairs.
+    """
 
     distilled: Interval | None
     baseline: Interval | None
     difference: Interval | None
     pair_differences: tuple[float, ...]
     paired: bool
+    seeds: Interval
 
 
 def _group(measures: Sequence[Measure], resamples: int, seed: int) -> Interval | None:
@@ -266,7 +279,7 @@ def _group(measures: Sequence[Measure], resamples: int, seed: int) -> Interval |
     if not replicates or any(r is None for r in replicates):
         return None
     images = min(m.images for m in measures)
-    return interval(estimate, combine_units([r for r in replicates if r is not None], seed=seed), images=images)
+    return interval(estimate, mean_over_units([r for r in replicates if r is not None]), images=images)
 
 
 def compare(
@@ -277,10 +290,13 @@ def compare(
     resamples: int,
     seed: int = 0,
 ) -> Comparison:
-    """Intervals of each group and of the difference over the seed ``pairs`` (indices into the two lists).
+    """Intervals of each group and of the difference over the seed ``pairs`` (indices into the two lists), and
+    the seed-level interval of the pairs' differences.
 
     A pair probed on the same images (equal keys) shares resamples (paired); otherwise its two runs are
-    resampled independently. Seed pairs are resampled too (:func:`~kd_probe.core.uncertainty.combine_units`).
+    resampled independently. The image-level intervals keep the runs fixed
+    (:func:`~kd_probe.core.uncertainty.mean_over_units`); the seed-level one is
+    :func:`~kd_probe.core.uncertainty.seed_interval`.
     """
     differences, paired = [], True
     for d, b in pairs:
@@ -295,7 +311,7 @@ def compare(
     difference = None
     if pairs and all(r is not None for r in differences):
         images = min(min(distilled[d].images, baseline[b].images) for d, b in pairs)
-        combined = combine_units([r for r in differences if r is not None], seed=seed)
+        combined = mean_over_units([r for r in differences if r is not None])
         difference = interval(sum(estimates) / len(estimates), combined, images=images)
     return Comparison(
         _group(distilled, resamples, seed),
@@ -303,4 +319,5 @@ def compare(
         difference,
         estimates,
         paired and bool(pairs),
+        seed_interval(estimates),
     )

@@ -46,19 +46,19 @@ from kd_probe.apps.options import Parser
 from kd_probe.apps.options import add_report_arguments as add_arguments
 from kd_probe.apps.report.groups import ReportError, check_comparable, check_one_run_per_seed, group_summary_lines
 from kd_probe.apps.report.sections import (
+    COLUMNS,
     UNICAM,
     Evidence,
     agreement_section,
     cell,
     comparison_rows,
     format_value,
-    metric_verdict,
     section,
-    seed_agreement,
     unicam_section,
     with_interval,
 )
 from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_measures
+from kd_probe.apps.report.verdicts import HYPOTHESES, VIEWS, method_line, verdicts
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.uncertainty import LEVEL, RESAMPLES
 from kd_probe.io.paths import write_atomically
@@ -81,18 +81,8 @@ __all__ = [
 ]
 
 FIGURES = ("curves.png", "maps.png", "unicam.png")
-HYPOTHESES = (
-    ("H1", "more foreground knowledge points and a higher foreground ratio", (("n_fg", 1), ("fg_ratio", 1))),
-    (
-        "H2",
-        "lower D_mean and D_std: foreground knowledge learned with less weight travel and more at once",
-        (("d_mean", -1), ("d_std", -1)),
-    ),
-    ("H3", "higher stability ρ: fewer knowledge points found and then dropped", (("rho", 1),)),
-)
 SWEEP = (0.1, 0.2, 0.3, 0.5)
 KNOWLEDGE_POINTS = tuple((key, label) for key, label in METRICS if key not in ("accuracy", "path_efficiency"))
-VIEWS = {"all": "all probe images", "effective": "effective images"}
 _format = format_value  # kept for callers of the earlier name
 
 
@@ -130,53 +120,6 @@ def _views(evidence: Evidence) -> dict[str, tuple[list[dict[str, Measure]], list
         reason = keep if isinstance(keep, str) else "no image is effective in every run"
         views["effective"] = ([], [], reason)
     return views
-
-
-def verdicts(evidence: Evidence, views: dict | None = None) -> list[str]:
-    """One line per hypothesis: the verdict on all probe images and on the effective images, each from the
-    paired intervals of its metrics' differences (and the seed pairs' agreement from two pairs on)."""
-    views = views if views is not None else _views(evidence)
-    lines = []
-    for label, claim, predictions in HYPOTHESES:
-        parts = []
-        for view, (distilled, baseline, used) in views.items():
-            if not distilled or not baseline:
-                parts.append(f"{VIEWS[view]}: not available ({used}).")
-                continue
-            words, details = [], []
-            for key, expected in predictions:
-                found = evidence.compare([m[key] for m in distilled], [m[key] for m in baseline])
-                word, why = metric_verdict(found, expected)
-                words.append(word)
-                d = statistics.fmean(m[key].estimate for m in distilled)
-                b = statistics.fmean(m[key].estimate for m in baseline)
-                shown = with_interval(key, found.difference, d - b, signed=True)
-                seeds = seed_agreement(found, expected)
-                extra = "; ".join(part for part in (why, seeds) if part)
-                details.append(
-                    f"{dict(METRICS)[key]} {format_value(key, d)} vs {format_value(key, b)}, "
-                    f"difference {shown}: {word}{f' ({extra})' if extra else ''}"
-                )
-            parts.append(f"{VIEWS[view]} ({used}): **{_combined(words)}** — {'; '.join(details)}.")
-        lines += [f"- **{label}** (distilled vs baseline: {claim}):", *(f"  - {part}" for part in parts)]
-    return lines
-
-
-def _combined(words: list[str]) -> str:
-    """One verdict for a hypothesis from its metrics' verdicts."""
-    found = set(words)
-    if found == {"holds"}:
-        return "holds"
-    if found == {"opposite"}:
-        return "does not hold (the opposite direction)"
-    if {"holds", "opposite"} <= found:
-        return "mixed"
-    if "undetermined" in found:
-        return "undetermined"
-    if found == {"not distinguishable"}:
-        return "not distinguishable from no difference at this sample size"
-    decided = "holds" if "holds" in found else "opposite"
-    return f"partly: {decided} for some metrics, the others not distinguishable from no difference"
 
 
 def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP) -> list[dict[str, float]]:
@@ -281,10 +224,14 @@ def write_report(
         + (
             "."
             if group_summaries
-            else "; a difference's interval is paired (the same images and resamples for both runs of a seed "
-            f"pair; {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}, resampled too when "
-            "there are several)."
+            else "; the difference of *these runs* is paired (the same images and resamples for both runs of a "
+            f"seed pair, averaged over the {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}"
+            ", which are not resampled): it says whether these networks differ. *Distillation's effect* is a "
+            "t-interval over the seed pairs' differences: it counts how much the training seeds disagree and "
+            "needs at least two seed pairs."
         ),
+        "",
+        *([] if group_summaries else [method_line()]),
         "",
     ]
     unfinished = [run for run in runs if not run.finished]
@@ -309,7 +256,7 @@ def write_report(
             rows = comparison_rows(evidence, (d, b), KNOWLEDGE_POINTS)
             if view == "all":
                 rows = [_accuracy_row(distilled, baseline), *rows]
-            lines += section(title, ["metric", "distilled", "baseline", "distilled − baseline"], rows)
+            lines += section(title, COLUMNS, rows)
         lines += agreement_section(evidence)
         lines += unicam_section(evidence)
     lines += ["## The paper's hypotheses", ""]
