@@ -10,10 +10,24 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["SPLITS", "GeneratedDataModule"]
+__all__ = ["SPLITS", "GeneratedDataModule", "WithIndex"]
 
 SPLITS = ("train", "val", "test", "probe")  # a split's index is its random stream
 SplitSet = TypeVar("SplitSet", bound=Dataset)
+
+
+class WithIndex(Dataset):
+    """A dataset whose items end with their index: ``(*item, index)`` (what CRD's memory bank needs, methods §6)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple:
+        item = self.dataset[index]
+        return (*item, index) if isinstance(item, tuple) else (item, index)
 
 
 class GeneratedDataModule(pl.LightningDataModule, Generic[SplitSet]):
@@ -33,8 +47,10 @@ class GeneratedDataModule(pl.LightningDataModule, Generic[SplitSet]):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative int, got {num_workers!r}.")
 
-    def _init_splits(self, batch_size: int, num_workers: int) -> None:
-        self.batch_size, self.num_workers = batch_size, num_workers
+    def _init_splits(self, batch_size: int, num_workers: int, with_index: bool = False) -> None:
+        if not isinstance(with_index, bool):
+            raise ValueError(f"`with_index` must be True or False, got {with_index!r}.")
+        self.batch_size, self.num_workers, self.with_index = batch_size, num_workers, with_index
         self._sets: dict[str, SplitSet] = {}
 
     def _generate(self, name: str, stream: int) -> SplitSet:  # pragma: no cover - abstract
@@ -71,8 +87,9 @@ class GeneratedDataModule(pl.LightningDataModule, Generic[SplitSet]):
             self._split(name)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        split = self._split(name)
         return DataLoader(
-            self._split(name),
+            WithIndex(split) if self.with_index and name == "train" else split,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

@@ -29,6 +29,8 @@ class ShapesDataModule(GeneratedDataModule[TripletDataset]):
         batch_size: batch size of every loader.
         num_workers: worker processes of every loader.
         seed: the data seed.
+        with_index: the training loader's batches end with each sample's dataset index (``(..., index)``), as
+            :class:`~kd_probe.losses.CRD` needs.
 
     Example::
 
@@ -55,6 +57,7 @@ class ShapesDataModule(GeneratedDataModule[TripletDataset]):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        with_index: bool = False,
     ) -> None:
         super().__init__()
         sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
@@ -65,7 +68,7 @@ class ShapesDataModule(GeneratedDataModule[TripletDataset]):
         self.num_classes, self.image_size = num_classes, image_size
         self.class_names = SHAPES[:num_classes]
         self._sizes = dict(train=train_size, val=val_size, test=test_size, probe=probe_size)
-        self._init_splits(batch_size, num_workers)
+        self._init_splits(batch_size, num_workers, with_index)
 
     def _generate(self, name: str, stream: int) -> TripletDataset:
         scenes = generate_shapes(

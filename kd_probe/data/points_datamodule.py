@@ -88,6 +88,8 @@ class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
         batch_size: batch size of every loader.
         num_workers: worker processes of every loader.
         seed: the data seed.
+        with_index: the training loader's batches end with each sample's dataset index (``(..., index)``), as
+            :class:`~kd_probe.losses.CRD` needs.
 
     Example::
 
@@ -115,6 +117,7 @@ class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        with_index: bool = False,
     ) -> None:
         super().__init__()
         sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
@@ -135,7 +138,7 @@ class PointCloudDataModule(GeneratedDataModule[PointCloudDataset]):
         self.background_bias, self.random_rotation, self.seed = float(background_bias), random_rotation, seed
         self.train_size, self.val_size, self.test_size, self.probe_size = train_size, val_size, test_size, probe_size
         self.class_names = OBJECTS[:num_classes]
-        self._init_splits(batch_size, num_workers)
+        self._init_splits(batch_size, num_workers, with_index)
 
     def _generate(self, name: str, stream: int) -> PointCloudDataset:
         clouds = generate_point_clouds(

@@ -70,6 +70,8 @@ class SentimentDataModule(GeneratedDataModule[TokenDataset]):
         batch_size: batch size of every loader.
         num_workers: worker processes of every loader.
         seed: the data seed.
+        with_index: the training loader's batches end with each sample's dataset index (``(..., index)``), as
+            :class:`~kd_probe.losses.CRD` needs.
 
     Example::
 
@@ -100,6 +102,7 @@ class SentimentDataModule(GeneratedDataModule[TokenDataset]):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        with_index: bool = False,
     ) -> None:
         super().__init__()
         sizes = dict(train_size=train_size, val_size=val_size, test_size=test_size, probe_size=probe_size)
@@ -110,7 +113,7 @@ class SentimentDataModule(GeneratedDataModule[TokenDataset]):
         self.min_length, self.max_length = min_length, max_length
         self.background_bias, self.seed = float(background_bias), seed
         self.train_size, self.val_size, self.test_size, self.probe_size = train_size, val_size, test_size, probe_size
-        self._init_splits(batch_size, num_workers)
+        self._init_splits(batch_size, num_workers, with_index)
 
     def _generate(self, name: str, stream: int) -> TokenDataset:
         sentences = generate_sentences(

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["dry_run", "example_batch"]
+from kd_probe.modules._optim import check_number
+
+__all__ = ["check_stage_options", "dry_run", "example_batch"]
 
 
 def example_batch(example_input: object) -> Tensor:
@@ -50,3 +52,30 @@ def dry_run(function: Any, network: Any, layers: Any, example_input: Tensor, giv
         raise ValueError(
             f"`example_input`{described} cannot go through the {type(network).__name__}: {complaint}"
         ) from error
+
+
+def check_stage_options(
+    stage: str,
+    teacher: nn.Module | None,
+    pairs: dict[str, str],
+    freeze_through: str | None,
+    temperature: float,
+    kd_weight: float,
+    ce_weight: float,
+    feature_weight: float,
+) -> None:
+    """The stage and loss-weight options of ``DistillationModule``, each mistake in one sentence."""
+    check_number("temperature", temperature, 0, strict=True)
+    for name, value in dict(kd_weight=kd_weight, ce_weight=ce_weight, feature_weight=feature_weight).items():
+        check_number(name, value, 0, strict=False)
+    if pairs and teacher is None:
+        raise ValueError(f"`feature_pairs`={pairs!r} needs a teacher, got teacher=None.")
+    if stage == "mimic" and (teacher is None or len(pairs) != 1):
+        raise ValueError(
+            f"stage='mimic' needs a teacher and exactly one layer pair in `feature_pairs`, got "
+            f"teacher={'None' if teacher is None else type(teacher).__name__} and feature_pairs={pairs!r}."
+        )
+    if stage == "head" and freeze_through is None:
+        raise ValueError("stage='head' needs `freeze_through`, the student layer up to which modules are frozen.")
+    if stage != "head" and freeze_through is not None:
+        raise ValueError(f"`freeze_through`={freeze_through!r} is only used with stage='head', got stage={stage!r}.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,10 +18,21 @@ from kd_probe.core.adapters import RESIZE_MODES, build_adapter
 from kd_probe.core.batches import unpack_batch
 from kd_probe.core.layers import modules_through, output_shapes, resolve_layer, run_capturing
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
-from kd_probe.modules._checks import dry_run, example_batch
-from kd_probe.modules._optim import OptimizerOptions, check_number
+from kd_probe.losses._base import DistillationLoss
+from kd_probe.modules._checks import check_stage_options, dry_run, example_batch
+from kd_probe.modules._losses import (
+    batch_indices,
+    build_losses,
+    check_losses,
+    loss_terms,
+    run_for_losses,
+    student_layers,
+    teacher_layers,
+    weighted_total,
+)
+from kd_probe.modules._optim import OptimizerOptions
 
-__all__ = ["DistillationModule", "check_module_options"]
+__all__ = ["DistillationModule"]
 
 STAGES = ("distill", "mimic", "head")
 _EVAL_MODE_WARNING = "Found {} module(s) in eval mode at the start of training."
@@ -75,10 +85,15 @@ class DistillationModule(pl.LightningModule):
         schedule: ``"cosine"``, ``"step"`` (``gamma`` at the ``milestones``, fractions of training) or ``None``;
             stepped every optimiser step over ``trainer.estimated_stepping_batches``.
         checkpoint_teacher: keep the teacher's weights in ``state_dict()``/checkpoints.
+        losses: methods of :mod:`kd_probe.losses` (``[DKD(), AT(student_layers=...)]``), each weighted by its
+            ``weight``; with them the objective is ``ce_weight·CE + Σ weight·L`` and replaces the logit KD and
+            feature terms above (``temperature``, ``kd_weight`` and ``feature_pairs`` are their shorthand).
+            Their learnable parts are built from the dry forward, train with the student and are saved with it.
 
     Logged metrics (``<split>`` is ``train``, ``val`` or ``test``; train losses per step, the rest per epoch):
         ``<split>/loss`` (the total objective), ``<split>/loss_ce``, ``<split>/loss_kd``,
-        ``<split>/loss_feature`` (each where the stage uses it), ``<split>/acc`` (top-1, not in ``"mimic"``).
+        ``<split>/loss_feature`` (each where the stage uses it), ``<split>/loss_<method>`` (each of ``losses``, e.g.
+        ``loss_dkd``), ``<split>/acc`` (top-1, not in ``"mimic"``).
 
     Example::
 
@@ -111,6 +126,7 @@ class DistillationModule(pl.LightningModule):
         milestones: Sequence[float] = (0.5, 0.75),
         gamma: float = 0.1,
         checkpoint_teacher: bool = False,
+        losses: Sequence[DistillationLoss] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(student, nn.Module):
@@ -136,7 +152,12 @@ class DistillationModule(pl.LightningModule):
         if isinstance(feature_pairs, str):
             feature_pairs = {feature_pairs: feature_pairs}
         pairs = dict(feature_pairs or {})
-        self._check_losses(stage, teacher, pairs, freeze_through, temperature, kd_weight, ce_weight, feature_weight)
+        check_stage_options(stage, teacher, pairs, freeze_through, temperature, kd_weight, ce_weight, feature_weight)
+        methods = check_losses(losses, teacher, stage)
+        if methods and pairs:
+            raise ValueError(
+                "`feature_pairs` and `losses` both set feature terms; give the feature method in `losses`."
+            )
         milestones = (
             tuple(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else milestones
         )
@@ -152,8 +173,7 @@ class DistillationModule(pl.LightningModule):
                 "`num_classes` is needed: the student has no nn.Linear to read the number of classes from."
             )
         feature_pairs = pairs  # hyperparameters record the resolved values (they merge with a datamodule's in loggers)
-        self.save_hyperparameters(ignore=["student", "teacher", "example_input"])
-
+        self.save_hyperparameters(ignore=["student", "teacher", "example_input", "losses"])
         self.student = student
         self.teacher = teacher
         if teacher is not None:
@@ -161,9 +181,10 @@ class DistillationModule(pl.LightningModule):
             teacher.eval()
         self.stage, self.feature_pairs = stage, pairs
         self.adapters = nn.ModuleDict()
+        self.losses = nn.ModuleList(methods)
         self.frozen_modules: list[str] = []  # student module names frozen by the "head" stage
         self._frozen: list[nn.Module] = []
-        self._prepared = not pairs and stage != "head"
+        self._prepared = not pairs and stage != "head" and not methods
         self._warning_filter: tuple | None = None
         self.register_load_state_dict_post_hook(self._ignore_missing_teacher_keys)
 
@@ -172,34 +193,6 @@ class DistillationModule(pl.LightningModule):
         )
         if example_input is not None:
             self.prepare(example_input)
-
-    @staticmethod
-    def _check_losses(
-        stage: str,
-        teacher: nn.Module | None,
-        pairs: dict[str, str],
-        freeze_through: str | None,
-        temperature: float,
-        kd_weight: float,
-        ce_weight: float,
-        feature_weight: float,
-    ) -> None:
-        check_number("temperature", temperature, 0, strict=True)
-        for name, value in dict(kd_weight=kd_weight, ce_weight=ce_weight, feature_weight=feature_weight).items():
-            check_number(name, value, 0, strict=False)
-        if pairs and teacher is None:
-            raise ValueError(f"`feature_pairs`={pairs!r} needs a teacher, got teacher=None.")
-        if stage == "mimic" and (teacher is None or len(pairs) != 1):
-            raise ValueError(
-                f"stage='mimic' needs a teacher and exactly one layer pair in `feature_pairs`, got "
-                f"teacher={'None' if teacher is None else type(teacher).__name__} and feature_pairs={pairs!r}."
-            )
-        if stage == "head" and freeze_through is None:
-            raise ValueError("stage='head' needs `freeze_through`, the student layer up to which modules are frozen.")
-        if stage != "head" and freeze_through is not None:
-            raise ValueError(
-                f"`freeze_through`={freeze_through!r} is only used with stage='head', got stage={stage!r}."
-            )
 
     # ------------------------------------------------------------------ dry forward: adapters, freezing
     def prepare(self, example_input: Tensor | Sequence[int]) -> None:
@@ -227,6 +220,10 @@ class DistillationModule(pl.LightningModule):
                 )
                 if adapter is not None:
                     self.adapters[_adapter_key(name)] = adapter.to(example_input.device)
+        if len(self.losses):
+            dry_run(
+                lambda s, t, x: build_losses(self.losses, s, t, x), self.student, self.teacher, example_input, given
+            )  # type: ignore[arg-type]
         if self.stage == "head":
             self.frozen_modules = dry_run(
                 modules_through, self.student, self.hparams["freeze_through"], example_input, given
@@ -248,6 +245,9 @@ class DistillationModule(pl.LightningModule):
                 "DistillationModule needs `example_input` (a batch of inputs or an input shape) to build feature "
                 "adapters or find the modules to freeze, when the Trainer is not given a datamodule."
             )
+        for loss in self.losses:  # CRD's memory bank: one row per training sample
+            if getattr(loss, "num_samples", 0) is None:
+                setattr(loss, "num_samples", len(datamodule.train_dataloader().dataset))  # noqa: B010
         loader = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
         inputs, _ = unpack_batch(next(iter(getattr(datamodule, loader.get(stage, "train_dataloader"))())))
         self.prepare(inputs)
@@ -321,10 +321,14 @@ class DistillationModule(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
-    def compute_losses(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_losses(
+        self, inputs: Tensor, labels: Tensor, indices: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Student logits and the loss terms of the current stage (``loss`` is their weighted sum)."""
         hp: Any = self.hparams
         self._enforce_frozen_modes()  # Lightning may have toggled modes: the teacher and frozen modules stay in eval
+        if len(self.losses):
+            return self._method_losses(inputs, labels, indices)
         logits, student_features = run_capturing(
             self.student, list(self.feature_pairs), inputs, argument="feature_pairs"
         )
@@ -350,14 +354,29 @@ class DistillationModule(pl.LightningModule):
             terms["loss"] = terms["loss_feature"] if self.stage == "mimic" else terms["loss_ce"]
         return logits, terms
 
+    def _method_losses(
+        self, inputs: Tensor, labels: Tensor, indices: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``ce_weight·CE + Σ weight·L`` over :attr:`losses` (methods §6.3)."""
+        logits, student_features = run_for_losses(self.student, student_layers(self.losses), inputs)
+        with torch.no_grad():
+            teacher_logits, teacher_features = run_for_losses(self.teacher, teacher_layers(self.losses), inputs)  # type: ignore[arg-type]
+        terms = {"loss_ce": F.cross_entropy(logits, labels)}
+        epoch = self.current_epoch + 1 if self._trainer is not None and self.training else None
+        features = (student_features, teacher_features)
+        methods = loss_terms(self.losses, logits, teacher_logits, *features, labels, indices, epoch)
+        total = weighted_total(self.losses, self.hparams["ce_weight"], {**terms, **methods})
+        return logits, {**terms, **methods, "loss": total}
+
     def _adapt(self, name: str, feature: Tensor) -> Tensor:
         key = _adapter_key(name)
         return self.adapters[key](feature) if key in self.adapters else feature
 
     def _shared_step(self, batch: Any, split: str) -> Tensor:
         inputs, labels = unpack_batch(batch)
-        logits, terms = self.compute_losses(inputs, labels)
         on_step = split == "train"
+        needs = on_step and any(loss.needs_indices for loss in self.losses)
+        logits, terms = self.compute_losses(inputs, labels, batch_indices(batch, len(labels)) if needs else None)
         for name, value in terms.items():
             self.log(
                 f"{split}/{name}",
@@ -389,35 +408,9 @@ class DistillationModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        parameters = [p for p in [*self.student.parameters(), *self.adapters.parameters()] if p.requires_grad]
+        owned = [*self.student.parameters(), *self.adapters.parameters(), *self.losses.parameters()]
+        parameters = [p for p in owned if p.requires_grad]
         return self._optimizer_options.build(parameters, self.trainer.estimated_stepping_batches)
-
-
-def check_module_options(options: Mapping[str, Any], argument: str, reserved: Sequence[str] = ()) -> None:
-    """Check ``DistillationModule`` keyword options before any training: unknown names, names the caller sets
-    itself (``reserved``), and every number (so a bad second-phase option is refused before the first phase)."""
-    parameters = inspect.signature(DistillationModule.__init__).parameters
-    known = sorted(set(parameters) - {"self", "student", "teacher"})
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"`{argument}` has unknown DistillationModule options {unknown}; expected some of {known}.")
-    taken = sorted(set(options) & set(reserved))
-    if taken:
-        raise ValueError(f"`{argument}` sets {taken}, which run_two_phase sets itself for each phase.")
-    values = {name: options.get(name, parameters[name].default) for name in known}
-    check_number("temperature", values["temperature"], 0, strict=True)
-    for name in ("kd_weight", "ce_weight", "feature_weight"):
-        check_number(name, values[name], 0, strict=False)
-    milestones = values["milestones"]
-    OptimizerOptions(
-        values["optimizer"],
-        values["lr"],
-        values["momentum"],
-        values["weight_decay"],
-        values["schedule"],
-        tuple(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else milestones,
-        values["gamma"],
-    )
 
 
 def _adapter_key(layer: str) -> str:

@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 from torch import nn
 
 from kd_probe.core.layers import resolve_layer
-from kd_probe.modules.distillation import DistillationModule, check_module_options
+from kd_probe.modules._options import check_module_options
+from kd_probe.modules.distillation import DistillationModule
 
 __all__ = ["TwoPhaseResult", "run_two_phase"]
 
