@@ -137,3 +137,38 @@ def test_the_demo_trains_enough_seed_pairs_for_verdicts_where_it_can_and_says_wh
     args = _args(*argv)
     assert seed_pairs(args) == (pairs, said)
     assert make_plan(args).seeds == pairs
+
+
+def test_the_kd_methods_the_demo_offers_are_kd_probe_losses_methods() -> None:
+    from kd_probe.apps.options import KD_METHODS
+    from kd_probe.losses import METHODS
+
+    assert tuple(METHODS) == KD_METHODS
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--kd-method", "at", "--modality", "text"], "argument --kd-method: at matches feature maps, which --modality text has not"),
+        (["--kd-method", "dkd", "--protocol", "paper"], "argument --kd-method: applies to --protocol hinton, got --kd-method dkd with paper"),
+    ],
+)  # fmt: skip
+def test_a_kd_method_that_cannot_apply_is_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *argv, "--out", "/nonexistent/never-written"])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["crd", "at"])
+def test_the_demo_distils_with_another_kd_method(tmp_path: Path, method: str) -> None:
+    import json
+
+    argv = ["demo", "--quick", "--kd-method", method, "--out", str(tmp_path), "--experiment", "e"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "e" / "distilled" / "kd_probe_run.json").read_text())
+    assert record["kd_method"] == method and "kd_method" not in json.loads(
+        (tmp_path / "e" / "baseline" / "kd_probe_run.json").read_text()
+    )
+    assert (tmp_path / "e" / "report.md").exists()

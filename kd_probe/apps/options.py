@@ -11,6 +11,8 @@ from typing import NoReturn
 from kd_probe.io.paths import check_name
 
 __all__ = [
+    "FEATURE_METHODS",
+    "KD_METHODS",
     "LIGHTNING_COMMANDS",
     "MAX_CLASSES",
     "MIN_IMAGE_SIZE",
@@ -26,6 +28,22 @@ __all__ = [
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # handed to LightningCLI (kd_probe.apps.lightning_cli)
 MAX_CLASSES = 8  # len(kd_probe.data.shapes.SHAPES), one class per built-in shape (tests/test_cli.py checks)
+KD_METHODS = (  # kd_probe.losses.METHODS, without importing torch (tests/test_demo_flags.py checks)
+    "kd",
+    "dkd",
+    "dist",
+    "logit_standard_kd",
+    "fitnets",
+    "at",
+    "nst",
+    "vid",
+    "sp",
+    "pkt",
+    "rkd",
+    "cc",
+    "crd",
+)
+FEATURE_METHODS = ("fitnets", "at", "nst", "vid")  # they match feature maps: image students and teachers
 POINT_CLASSES = 5  # the most point-cloud objects the demo's --modality points uses (its default too)
 MIN_IMAGE_SIZE = 16  # the demo's knowledge-point probe takes σ on a 16×16 grid of the image
 RESAMPLES = 2000  # kd_probe.core.uncertainty.RESAMPLES (tests/test_cli.py checks), without importing torch
@@ -141,6 +159,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="probability that the background is tied to the class (a shortcut)",
     )
     add(
+        "--kd-method",
+        choices=KD_METHODS,
+        default="kd",
+        help="how the distilled student learns from the teacher: one of kd_probe.losses (methods §6.4–6.16; feature "
+        "methods fitnets, at, nst, vid at the probed layer, images only); default kd (Hinton)",
+    )
+    add(
         "--method",
         choices=("secant", "faithful"),
         default=None,
@@ -189,6 +214,14 @@ def check_demo_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"argument --passes: applies to --method secant only, got --method {method}")
     if getattr(args, "quick", False) and getattr(args, "full", False):
         raise ValueError("argument --full: not allowed with --quick (a pipeline check in seconds, not a longer run)")
+    kd_method = getattr(args, "kd_method", "kd")
+    if kd_method != "kd" and getattr(args, "protocol", "hinton") == "paper":
+        raise ValueError(f"argument --kd-method: applies to --protocol hinton, got --kd-method {kd_method} with paper")
+    if kd_method in FEATURE_METHODS and (getattr(args, "modality", None) or "image") != "image":
+        raise ValueError(
+            f"argument --kd-method: {kd_method} matches feature maps, which --modality {args.modality} has not; "
+            "use a logit, relation or contrastive method"
+        )
     classes = getattr(args, "num_classes", None)
     if getattr(args, "modality", None) == "points" and classes is not None and classes > POINT_CLASSES:
         raise ValueError(

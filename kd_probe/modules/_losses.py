@@ -156,6 +156,8 @@ def loss_terms(
     times its method's ``weight`` (``terms`` holds ``loss_ce``)."""
     terms = {}
     for loss in _methods(losses):
+        if loss.needs_indices and indices is None:  # CRD outside training: its memory bank is the training set's
+            continue
         if loss.kind == "logit":
             warm = {"epoch": epoch} if epoch is not None and getattr(loss, "warmup", None) else {}
             terms[term_name(loss)] = loss(logits, teacher_logits, labels, **warm)  # DKD warms up (epochs from 1)
@@ -169,7 +171,8 @@ def weighted_total(losses: Losses, ce_weight: float, terms: Mapping[str, Tensor]
     """``ce_weight·loss_ce + Σ weight·term`` over the methods (methods §6.3)."""
     total = ce_weight * terms["loss_ce"]
     for loss in _methods(losses):
-        total = total + loss.weight * terms[term_name(loss)]
+        if term_name(loss) in terms:
+            total = total + loss.weight * terms[term_name(loss)]
     return total
 
 

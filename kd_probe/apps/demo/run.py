@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
+from kd_probe.apps.demo.methods import kd_method
 from kd_probe.apps.demo.modalities import Modality, modality
 from kd_probe.apps.demo.plan import (
     Plan,
@@ -165,7 +166,7 @@ def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     )
 
 
-def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality) -> RunResult:
+def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality, kd_method_name: str = "") -> RunResult:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "run": run.name,
@@ -177,6 +178,7 @@ def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality) -> RunResu
         "layer": kit.layer,
         "modality": kit.name,
         "threads": torch.get_num_threads(),
+        **({"kd_method": kd_method_name} if run.role == "distilled" and kd_method_name else {}),
     }
     (run.log_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
     return run
@@ -316,12 +318,15 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
                 student, teacher.student, kit, (log_dir, name), plan, seed, probes, options, (clock, args.quick)
             )
         else:
-            module = DistillationModule(student, teacher.student, **options)
+            module = DistillationModule(student, teacher.student, **options, **kd_method(args, kit))
             callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
             trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
             trainer.fit(module, datamodule=data)
             accuracy = _test(trainer, module, data)
-        runs.append(_record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit))
+        method = getattr(args, "kd_method", "kd") if args.protocol == "hinton" else ""
+        runs.append(
+            _record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit, method)
+        )
 
         print(
             f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs "
