@@ -60,7 +60,7 @@ from kd_probe.apps.report.sections import (
 from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_measures
 from kd_probe.apps.report.verdicts import HYPOTHESES, VIEWS, method_line, verdicts
 from kd_probe.core.knowledge_points import count_knowledge_points
-from kd_probe.core.uncertainty import LEVEL, RESAMPLES
+from kd_probe.core.uncertainty import LEVEL, RESAMPLES, seed_interval
 from kd_probe.io.paths import write_atomically
 from kd_probe.io.run_files import SUMMARY_FILE, RunFileError, error_text
 from kd_probe.io.runs import METRICS, RunSummary, find_runs, load_run
@@ -225,8 +225,12 @@ def write_report(
             "."
             if group_summaries
             else "; the difference of *these runs* is paired (the same images and resamples for both runs of a "
-            f"seed pair, averaged over the {len(evidence.pairs)} seed pair{'s' if len(evidence.pairs) != 1 else ''}"
-            ", which are not resampled): it says whether these networks differ. *Distillation's effect* is a "
+            + (
+                "seed pair"
+                if len(evidence.pairs) <= 1
+                else f"seed pair, averaged over the {len(evidence.pairs)} pairs, which are not resampled"
+            )
+            + "): it says whether these networks differ. *Distillation's effect* is a "
             "t-interval over the seed pairs' differences: it counts how much the training seeds disagree and "
             "needs at least two seed pairs."
         ),
@@ -255,7 +259,7 @@ def write_report(
                 continue
             rows = comparison_rows(evidence, (d, b), KNOWLEDGE_POINTS)
             if view == "all":
-                rows = [_accuracy_row(distilled, baseline), *rows]
+                rows = [_accuracy_row(distilled, baseline, evidence.pairs), *rows]
             lines += section(title, COLUMNS, rows)
         lines += agreement_section(evidence)
         lines += unicam_section(evidence)
@@ -301,8 +305,10 @@ def _runs_section(evidence: Evidence, views: dict) -> list[str]:
     return section("Runs", ["run", "role", "seed", *(label for _, label in METRICS)], rows)
 
 
-def _accuracy_row(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[str]:
-    """Test accuracy (no per-image data: mean ± std over seeds)."""
+def _accuracy_row(
+    distilled: list[RunSummary], baseline: list[RunSummary], pairs: Sequence[tuple[int, int]]
+) -> list[str]:
+    """Test accuracy (no per-image data: mean ± std over seeds; distillation's effect over the seed pairs)."""
     cells = []
     for group in (distilled, baseline):
         mean, std = _mean_std([run.metrics["accuracy"] for run in group])
@@ -313,7 +319,13 @@ def _accuracy_row(distilled: list[RunSummary], baseline: list[RunSummary]) -> li
         )
     d = _mean_std([run.metrics["accuracy"] for run in distilled])[0]
     b = _mean_std([run.metrics["accuracy"] for run in baseline])[0]
-    return ["accuracy (test set)", *cells, f"{(d - b) * 100:+.1f} points" if math.isfinite(d - b) else "–"]
+    seeds = seed_interval([distilled[i].metrics["accuracy"] - baseline[j].metrics["accuracy"] for i, j in pairs])
+    effect = (
+        f"{seeds.estimate * 100:+.1f} [{seeds.low * 100:+.1f}, {seeds.high * 100:+.1f}] points"
+        if seeds.images >= 2 and math.isfinite(seeds.low)
+        else "needs ≥ 2 seed pairs"
+    )
+    return ["accuracy (test set)", *cells, f"{(d - b) * 100:+.1f} points" if math.isfinite(d - b) else "–", effect]
 
 
 def _sweep_section(runs: list[RunSummary]) -> list[str]:
