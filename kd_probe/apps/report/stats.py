@@ -3,7 +3,8 @@
 A :class:`Measure` is one metric of one run: its estimate and, where the run's files hold per-image values,
 a :data:`~kd_probe.core.uncertainty.Statistic` over resampled probe images. :func:`compare` turns the
 measures of the distilled and baseline runs into intervals for each group and a paired interval for their
-difference (runs probed on the same images share resamples; several seed pairs are resampled too).
+difference (runs probed on the same images share resamples; the seed pairs are fixed), and the seed-level
+t-interval of the seed pairs' differences (methods §5.8).
 
 Knowledge-point metrics come in two views: **all** probe images (those with ``σ_f > 0`` at the last
 checkpoint, as the probe's own summary) and **effective** images, the reference code's filter (methods §1.3:

@@ -3,11 +3,13 @@
 Reads each run's ``kd_probe_summary.json``, ``kd_probe_history.pt``, ``kd_probe_run.json`` (written by the
 demo; otherwise the test accuracy is read from the TensorBoard event files with TensorBoard's own reader) and,
 when present, the agreement and UniCAM probes' files, and writes ``report.md``. Every per-run number comes with
-a 95 % bootstrap interval over the probe images (seeded, ``--resamples`` resamples) and every distilled −
-baseline difference with a paired interval (the same images and resamples; with several seeds the seed
-pairs are resampled too). A hypothesis "holds" (or is "opposite") only when the interval of the difference
-excludes 0 in that direction; otherwise it is "not distinguishable from no difference at this sample size",
-with the number of images the observed effect would need. The knowledge-point metrics are reported on all
+a 95 % bootstrap interval over the probe images (seeded, ``--resamples`` resamples). Every distilled −
+baseline difference is answered twice (methods §5.5): whether *these runs* differ (a paired interval: the same
+images and resamples, the seed pairs fixed; words "differ as predicted" / "differ the other way") and, from two
+seed pairs on, whether *distillation* changes the measure (a t-interval over the seed pairs' differences,
+methods §5.8; a hypothesis "holds" or is "opposite" only when it excludes 0 in that direction, else "not
+distinguishable from no difference at this sample size" with the seed pairs it would need). One seed pair
+gets no verdict about distillation (:mod:`kd_probe.apps.report.verdicts`). The knowledge-point metrics are reported on all
 probe images and on the reference code's effective images (methods §1.3), intersected over the runs, as the
 [KP] authors compared networks. Also: a threshold sweep recomputed from the saved entropy maps and, with
 matplotlib, PNG figures.
