@@ -239,3 +239,15 @@ def test_images_datamodule_and_a_probe_file_give_the_python_objects_history(tmp_
             assert [entry["epoch"] for entry in history] == [0, 1]
             timeless = [{k: v for k, v in e.items() if "seconds" not in k} for e in history]
             assert _same(timeless, [{k: v for k, v in e.items() if "seconds" not in k} for e in expected])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "method"), [("kd_dkd.yaml", "dkd"), ("kd_at.yaml", "at"), ("kd_rkd.yaml", "rkd"), ("kd_crd.yaml", "crd")]
+)
+def test_each_kd_method_example_trains_with_its_method(config: str, method: str, teacher_checkpoint: Path) -> None:
+    """One example per family of kd_probe.losses: `model.losses` as a list of class_path entries."""
+    fit(config, "--model.teacher_checkpoint", str(teacher_checkpoint))
+    logged = set(tags(Path("runs/examples") / f"distilled_{method}")["scalars"])
+    assert {f"train/loss_{method}", "train/loss_ce", *KNOWLEDGE_POINTS} <= logged, sorted(logged)
+    assert "train/loss_kd" not in logged  # the method replaces Hinton's KD
