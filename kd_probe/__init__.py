@@ -4,7 +4,9 @@ Public API:
 
 - :class:`DistillationModule` — a KD ``LightningModule``: logit KD, feature/hint KD at named layers,
   the two-phase feature-mimicking protocol of the knowledge-point paper (``stage="mimic"`` then
-  ``stage="head"``, or :func:`run_two_phase`), and the from-scratch baseline (``teacher=None``).
+  ``stage="head"``, or :func:`run_two_phase`), and the from-scratch baseline (``teacher=None``);
+  ``losses=[...]`` trains with the KD methods of :mod:`kd_probe.losses` (KD, DKD, DIST, LogitStandardKD,
+  FitNets, AT, NST, VID, SP, PKT, RKD, CC, CRD; their math in ``kd_probe.losses.functional``).
 - :class:`ShapesDataModule` — built-in generated images with exact foreground masks;
   :class:`ImageMaskFolder` and :class:`CUB200` read real data as the same ``(image, label, mask)`` triples.
 - :func:`estimate_sigma_maps` — the σ-map engine of the knowledge-point paper (which input units a layer
