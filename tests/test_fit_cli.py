@@ -247,7 +247,7 @@ def test_images_datamodule_and_a_probe_file_give_the_python_objects_history(tmp_
 )
 def test_each_kd_method_example_trains_with_its_method(config: str, method: str, teacher_checkpoint: Path) -> None:
     """One example per family of kd_probe.losses: `model.losses` as a list of class_path entries."""
-    fit(config, "--model.teacher_checkpoint", str(teacher_checkpoint))
+    fit(config, "--model.teacher_checkpoint", str(teacher_checkpoint), "--trainer.log_every_n_steps", "1")
     logged = set(tags(Path("runs/examples") / f"distilled_{method}")["scalars"])
     assert {f"train/loss_{method}", "train/loss_ce", *KNOWLEDGE_POINTS} <= logged, sorted(logged)
     assert "train/loss_kd" not in logged  # the method replaces Hinton's KD
