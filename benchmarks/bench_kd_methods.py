@@ -71,6 +71,7 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from _demo_setup import quiet_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -275,14 +276,10 @@ def _time_trainer(
     timer = _Interleaved(hand, device)
     repeated: Any = [batches[step % len(batches)] for step in range(steps)]  # a list of ready batches
     loader: DataLoader[Any] = DataLoader(repeated, batch_size=None, shuffle=False)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
         accelerator=device.type,
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[timer],
@@ -386,12 +383,8 @@ def _settings(options: argparse.Namespace) -> dict[str, Any]:
 
 def _trainer(epochs: int, out: Path) -> pl.Trainer:
     """The demo's Trainer options (deterministic), without logger, checkpoints, probes or validation."""
-    return pl.Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=True,
