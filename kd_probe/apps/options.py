@@ -23,6 +23,7 @@ __all__ = [
     "add_demo_arguments",
     "add_report_arguments",
     "check_demo_arguments",
+    "demo_methods",
     "ignored_demo_flags",
 ]
 
@@ -166,6 +167,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "methods fitnets, at, nst, vid at the probed layer, images only); default kd (Hinton)",
     )
     add(
+        "--methods",
+        type=_methods,
+        default=None,
+        help="compare KD methods: a comma-separated list of kd_probe.losses methods (e.g. kd,dkd,at,crd) or all; "
+        "one distilled student per method and seed (run folders distilled-METHOD[-sSEED]) against one baseline, "
+        "and a report of what each method transfers",
+    )
+    add(
         "--method",
         choices=("secant", "faithful"),
         default=None,
@@ -201,6 +210,43 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    """``--methods``: ``all`` or a comma-separated list of distinct KD methods."""
+    if text.strip() == "all":
+        return ("all",)
+    names = tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in KD_METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected all or a comma-separated list of {', '.join(KD_METHODS)}; got {text!r} ({unknown[0]!r} is "
+            "not a KD method)"
+            if unknown
+            else f"expected all or a list of KD methods, got {text!r}"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"expected each KD method once, got {text!r} ({repeated[0]} twice)")
+    return names
+
+
+def demo_methods(args: argparse.Namespace) -> tuple[tuple[str, ...], str]:
+    """The KD methods ``--methods`` compares (``()`` without it) and a note naming those ``all`` leaves out:
+    the feature methods when the modality has no feature maps to match."""
+    given = getattr(args, "methods", None)
+    if not given:
+        return (), ""
+    if given != ("all",):
+        return tuple(given), ""
+    modality = getattr(args, "modality", None) or "image"
+    if modality == "image":
+        return KD_METHODS, ""
+    kept = tuple(name for name in KD_METHODS if name not in FEATURE_METHODS)
+    return kept, (
+        f"--methods all runs {len(kept)} methods: the feature methods {', '.join(FEATURE_METHODS)} match feature "
+        f"maps, which --modality {modality} has not."
+    )
+
+
 def sigma_method(args: argparse.Namespace) -> str:
     """The demo's σ method: ``--method``, else faithful with ``--full`` and secant without."""
     return str(getattr(args, "method", None) or ("faithful" if args.full else "secant"))
@@ -215,6 +261,20 @@ def check_demo_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "quick", False) and getattr(args, "full", False):
         raise ValueError("argument --full: not allowed with --quick (a pipeline check in seconds, not a longer run)")
     kd_method = getattr(args, "kd_method", "kd")
+    methods = getattr(args, "methods", None)
+    if methods and kd_method != "kd":
+        raise ValueError(
+            f"argument --methods: not allowed with --kd-method {kd_method} (--methods names every distilled "
+            "student's method; add it to the list)"
+        )
+    if methods and getattr(args, "protocol", "hinton") == "paper":
+        raise ValueError("argument --methods: applies to --protocol hinton (paper's protocol is its own method)")
+    feature = [name for name in methods or () if name in FEATURE_METHODS]
+    if feature and (getattr(args, "modality", None) or "image") != "image":
+        raise ValueError(
+            f"argument --methods: {feature[0]} matches feature maps, which --modality {args.modality} has not; "
+            "use logit, relation or contrastive methods (--methods all leaves feature methods out there)"
+        )
     if kd_method != "kd" and getattr(args, "protocol", "hinton") == "paper":
         raise ValueError(f"argument --kd-method: applies to --protocol hinton, got --kd-method {kd_method} with paper")
     if kd_method in FEATURE_METHODS and (getattr(args, "modality", None) or "image") != "image":

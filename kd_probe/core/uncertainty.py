@@ -39,12 +39,15 @@ __all__ = [
     "RESAMPLES",
     "Interval",
     "Statistic",
+    "bootstrap_p_value",
     "bootstrap_replicates",
+    "holm",
     "images_needed",
     "interval",
     "mean_of",
     "mean_over_units",
     "seed_interval",
+    "seed_p_value",
     "seed_pairs_needed",
     "sign_test",
     "t_quantile",
@@ -279,3 +282,76 @@ def seed_pairs_needed(found: Interval, *, power: float = 0.8, most: int = 1000) 
         if needed <= abs(found.estimate):
             return k
     return None
+
+
+def bootstrap_p_value(replicates: Tensor, *, images: int) -> float:
+    """The two-sided p-value that matches :func:`interval` (methods §5.9): the least ``α`` at which the expanded
+    percentile interval at level ``1 − α`` excludes 0. With ``q`` the smaller share of defined replicates on
+    either side of 0 (``≤ 0`` or ``≥ 0``), the interval's tail level equals ``q`` at
+    ``α = P(|T_{n−1}| > Φ⁻¹(1 − q) / sqrt(n/(n−1)))`` (``α = 2q`` for ``n ≤ 3``); a ``q`` of 0 is taken as half a
+    replicate, so the least p-value is about ``1/resamples``. NaN when fewer than half the replicates are defined.
+
+    Example::
+
+        >>> round(bootstrap_p_value(torch.linspace(-1.0, 3.0, 2001), images=3), 3)
+        0.5
+    """
+    _check_count("images", images, 1)
+    replicates = torch.as_tensor(replicates, dtype=torch.float64).flatten()
+    defined = replicates[~replicates.isnan()]
+    count = int(defined.numel())
+    if count == 0 or count < max(1, replicates.numel() // 2):
+        return math.nan
+    share = min(float((defined <= 0).double().mean()), float((defined >= 0).double().mean()))
+    share = max(share, 0.5 / count)
+    if share >= 0.5:
+        return 1.0
+    if images <= 3:
+        return min(1.0, 2 * share)
+    t = -NormalDist().inv_cdf(share) / math.sqrt(images / (images - 1))
+    return min(1.0, max(0.0, 1 - _t_within(t, images - 1)))
+
+
+def seed_p_value(differences: Sequence[float]) -> float:
+    """The two-sided p-value of the one-sample t-test of the seed pairs' differences (methods §5.9), matching
+    :func:`seed_interval`: its interval at level ``1 − α`` excludes 0 exactly when the p-value is below ``α``.
+    NaN with fewer than two finite differences; 0 when they are all equal and not 0, 1 when all are 0.
+
+    Example::
+
+        >>> round(seed_p_value([1.0, 2.0, 3.0]), 4)
+        0.0742
+    """
+    values = [float(d) for d in differences if math.isfinite(float(d))]
+    count = len(values)
+    if count < 2:
+        return math.nan
+    mean = math.fsum(values) / count
+    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (count - 1))
+    if spread == 0:
+        return 1.0 if mean == 0 else 0.0
+    return min(1.0, max(0.0, 1 - _t_within(mean / (spread / math.sqrt(count)), count - 1)))
+
+
+def holm(p_values: Sequence[float], *, alpha: float = 1 - LEVEL) -> list[bool]:
+    """Holm's step-down procedure (methods §5.9): which of the ``m`` hypotheses are rejected so that the chance
+    of rejecting any true one is at most ``alpha`` (family-wise), whatever their dependence. The p-values in
+    increasing order are compared with ``alpha/m, alpha/(m−1), …`` until the first that exceeds its bound; a NaN
+    p-value is never rejected and still counts in ``m``.
+
+    Example::
+
+        >>> holm([0.01, 0.04, 0.03, 0.5])
+        [True, False, False, False]
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"`alpha` must be in (0, 1), got {alpha!r}.")
+    count = len(p_values)
+    order = sorted(range(count), key=lambda i: (math.isnan(p_values[i]), p_values[i]))
+    rejected = [False] * count
+    for rank, index in enumerate(order):
+        p = p_values[index]
+        if math.isnan(p) or p > alpha / (count - rank):
+            break
+        rejected[index] = True
+    return rejected

@@ -87,6 +87,13 @@ class RunSummary:
     _unicam: dict[str, Any] | None = field(default=None, repr=False)
     protocol: str | None = None
     agreement: dict[str, Any] | None = field(default=None, repr=False)
+    method: str | None = None  # a distilled run's KD method (``kd_method`` of its kd_probe_run.json)
+
+    @property
+    def group(self) -> str:
+        """What the report compares the run as: ``"baseline"``, or a distilled run's KD method (``"distilled"``
+        when its files do not name one)."""
+        return self.role if self.role == "baseline" else self.method or self.role
 
     @property
     def finished(self) -> bool:
@@ -212,11 +219,14 @@ def load_run(path: Path) -> RunSummary:
     if role not in ROLES:
         raise RunFileError(run_file, f"gives the role {role!r}; expected one of {', '.join(ROLES)}.")
     seed, name, protocol = info.get("seed", 0), info.get("run", path.name), info.get("protocol")
+    method = info.get("kd_method") if role == "distilled" else None
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RunFileError(run_file, f"gives the seed {seed!r}; expected an integer.")
     if not isinstance(name, str) or not isinstance(protocol, (str, type(None))):
         raise RunFileError(run_file, f"gives the run {name!r} and protocol {protocol!r}; expected text.")
-    for what, text in (("run", name), ("protocol", protocol)):
+    if not isinstance(method, (str, type(None))):
+        raise RunFileError(run_file, f"gives the kd_method {method!r}; expected text.")
+    for what, text in (("run", name), ("protocol", protocol), ("kd_method", method or None)):
         if text is not None and not _PLAIN.fullmatch(text):
             shown = repr(text) if len(repr(text)) <= 80 else f"{repr(text)[:77]}..."
             raise RunFileError(run_file, f"gives the {what} {shown}; expected 1–100 letters, digits, '_', '-' or '.'.")
@@ -243,6 +253,7 @@ def load_run(path: Path) -> RunSummary:
         _unicam=unicam,
         protocol=protocol,
         agreement=agreement,
+        method=method or None,
     )
 
 

@@ -8,9 +8,13 @@ than the faithful method on 10 (``--method faithful``); ``--full`` uses the pape
 to ``runs/<experiment>/<run>``, so ``tensorboard --logdir runs/<experiment>`` overlays the runs; ``report.md``
 in that folder says whether the knowledge-point paper's three hypotheses hold for this run.
 
+``--methods kd,dkd,at,crd`` (or ``all``) compares KD methods: one distilled student per method and seed, in
+``distilled-<method>[-sN]``, against the same baseline, with the same student architecture, data, seed, schedule
+and probe items; the report then has a row per method (:mod:`kd_probe.apps.report.methods`).
+
 ``<experiment>`` is one safe path component. A folder that already holds a demo's runs is refused before
 anything trains (a second run would append to every TensorBoard curve); ``--overwrite`` first removes what the
-demo writes there — the run folders ``teacher``, ``distilled[-sN]`` and ``baseline[-sN]`` (only when they
+demo writes there — the run folders ``teacher``, ``distilled[-<method>][-sN]`` and ``baseline[-sN]`` (only when they
 hold TensorBoard event files or a ``kd_probe_run.json``, and never through a link), ``report.md`` and the
 report's figures — and leaves everything else in the folder alone.
 """
@@ -50,7 +54,7 @@ from kd_probe.apps.demo.plan import (
     seed_pairs,
     sigma_options,
 )
-from kd_probe.apps.options import QUICK_NOTE, Parser, ignored_demo_flags
+from kd_probe.apps.options import QUICK_NOTE, Parser, demo_methods, ignored_demo_flags
 from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor, probe_epochs
 from kd_probe.data import ShapesDataModule
 from kd_probe.io.run_files import RUN_FILE
@@ -58,8 +62,8 @@ from kd_probe.modules import DistillationModule, run_two_phase
 
 __all__ = ["DemoResult", "RunResult", "add_arguments", "check_arguments", "main", "run_demo"]
 
-RUN_FOLDER = re.compile(r"teacher|(distilled|baseline)(-s\d+)?")  # the run folders the demo writes
-REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png")
+RUN_FOLDER = re.compile(r"teacher|(distilled(-[a-z_]+)?|baseline)(-s\d+)?")  # the run folders the demo writes
+REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png", "methods.png")
 
 
 @dataclass
@@ -279,17 +283,21 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     seeds, why = seed_pairs(args)
     if why:
         print(f"kd-probe demo: {why}")
+    methods, left_out = demo_methods(args)
+    if left_out:
+        print(f"kd-probe demo: {left_out}")
     _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     kit = modality(args, plan)
     data = kit.data
     log_dir = args.out / args.experiment
     options: dict[str, Any] = dict(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine")
-    total = 1 + 2 * seeds
+    students = (len(methods) or 1) + 1  # per seed: a distilled student per KD method, and the baseline
+    total = 1 + students * seeds
     clocks: list[ProbeClock] = []
     head_epochs = plan.head_epochs if args.protocol == "paper" else 0
     probes_per_run = len(probe_epochs(plan.schedule, max_epochs=plan.epochs))
-    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, 2 * seeds, probes_per_run, clocks)
+    clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, students * seeds, probes_per_run, clocks)
 
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
     print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
@@ -302,36 +310,43 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         _record(RunResult("teacher", "teacher", args.seed, accuracy, log_dir / "teacher"), args.protocol, plan, kit)
     ]
 
-    for index, seed in enumerate(range(args.seed, args.seed + seeds)):
+    step = 1
+    for seed in range(args.seed, args.seed + seeds):
         suffix = f"-s{seed}" if seeds > 1 else ""
-        how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else "logit KD (T=4)"
-        print(
-            f"[{2 + 2 * index}/{total}] distilled student{suffix}: {kit.describe_student}, {how}, "
-            f"{plan.epochs} epochs, knowledge points at {kit.layer} ({clock.describe()})"
-        )
-        pl.seed_everything(seed, verbose=False)
-        student = kit.student()
-        name = f"distilled{suffix}"
-        if args.protocol == "paper":
-            probes = _probes(plan, kit, seed, clocks)
-            accuracy = _two_phase(
-                student, teacher.student, kit, (log_dir, name), plan, seed, probes, options, (clock, args.quick)
+        for method in methods or (getattr(args, "kd_method", "kd"),):
+            step += 1
+            name = f"distilled-{method}{suffix}" if methods else f"distilled{suffix}"
+            how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else _how(method)
+            print(
+                f"[{step}/{total}] distilled student{_which(method, methods)}{suffix}: {kit.describe_student}, "
+                f"{how}, {plan.epochs} epochs, knowledge points at {kit.layer} ({clock.describe()})"
             )
-        else:
-            module = DistillationModule(student, teacher.student, **options, **kd_method(args, kit))
-            callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
-            trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
-            trainer.fit(module, datamodule=data)
-            accuracy = _test(trainer, module, data)
-        method = getattr(args, "kd_method", "kd") if args.protocol == "hinton" else ""
-        runs.append(
-            _record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit, method)
-        )
+            pl.seed_everything(seed, verbose=False)
+            student = kit.student()
+            if args.protocol == "paper":
+                probes = _probes(plan, kit, seed, clocks)
+                accuracy = _two_phase(
+                    student, teacher.student, kit, (log_dir, name), plan, seed, probes, options, (clock, args.quick)
+                )
+            else:
+                module = DistillationModule(student, teacher.student, **options, **kd_method(args, kit, method))
+                callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
+                trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
+                trainer.fit(module, datamodule=data)
+                accuracy = _test(trainer, module, data)
+            recorded = method if args.protocol == "hinton" else ""
+            runs.append(
+                _record(
+                    RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit, recorded
+                )
+            )
 
+        step += 1
         print(
-            f"[{3 + 2 * index}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs "
+            f"[{step}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs "
             f"({clock.describe()})"
         )
+        setattr(data, "with_index", False)  # noqa: B010 (CRD's run may have set it)
         pl.seed_everything(seed, verbose=False)
         module = DistillationModule(kit.student(), **options)
         name = f"baseline{suffix}"
@@ -348,6 +363,16 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     seconds = time.perf_counter() - start
     probe_seconds = sum(clock.seconds for clock in clocks)
     return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name, note)
+
+
+def _how(method: str) -> str:
+    """How a distilled student learns from the teacher, for the run's header line."""
+    return "logit KD (T=4)" if method == "kd" else f"KD method {method} (kd_probe.losses)"
+
+
+def _which(method: str, methods: Sequence[str]) -> str:
+    """`` (dkd)`` when the demo compares methods, else nothing."""
+    return f" ({method})" if methods else ""
 
 
 def _test(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule) -> float:

@@ -226,3 +226,57 @@ def _draw_unicam(runs: list[Any], images: int) -> Figure | None:
     bar = fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.9, aspect=30)
     bar.set_label("UniCAM map (each scaled to [0, 1])", fontsize=8)
     return fig
+
+
+def methods_figure(evidence: Any, measures: list[Any], path: Path) -> Path:
+    """A forest plot of every KD method × measure (``kd-probe report`` on several methods): one panel per
+    measure, a row per method with its difference from the baseline (the mean over seed pairs) and its
+    simultaneous interval — over seed pairs from two pairs on, else over probe images — and a line at 0
+    (the baseline). A filled marker is a difference Holm flags at family-wise 5 %; a hollow one is not."""
+    level = "seeds" if evidence.seed_pairs >= 2 else "runs"
+    methods = list(evidence.methods)
+    count = len(measures)
+    wide = min(count, 5)
+    rows = -(-count // wide)
+    fig, axes = plt.subplots(
+        rows, wide, figsize=(2.9 * wide, 0.6 + (0.32 * len(methods) + 0.7) * rows), squeeze=False, sharey=True
+    )
+    for index, axis in enumerate(axes.flat):
+        if index >= count:
+            axis.set_visible(False)
+            continue
+        column = measures[index]
+        for row, method in enumerate(methods):
+            found = evidence.cells[method, column.key]
+            if found.note:  # too few teacher-fooled images: no value to show
+                axis.text(0.0, row, "too few", fontsize=7, ha="center", va="center", color="0.4")
+                continue
+            shown = found.seeds if level == "seeds" else found.runs
+            flagged = bool(getattr(found, f"{level}_flag"))
+            color = _MARKER_COLORS[row % len(_MARKER_COLORS)]
+            if shown is not None and shown.low == shown.low and shown.high == shown.high:
+                axis.plot([shown.low, shown.high], [row, row], color=color, linewidth=1.6)
+            axis.plot(
+                [found.estimate],
+                [row],
+                marker="o",
+                markersize=5,
+                color=color,
+                markerfacecolor=color if flagged else "white",
+            )
+        axis.axvline(0.0, color="0.4", linewidth=0.8, linestyle="--")
+        axis.set_title(column.label, fontsize=9)
+        axis.tick_params(labelsize=7)
+        axis.set_yticks(range(len(methods)), methods)
+        axis.set_ylim(len(methods) - 0.5, -0.5)
+    what = "over seed pairs" if level == "seeds" else "over probe images (these runs)"
+    fig.suptitle(
+        f"Method − baseline, simultaneous 95 % intervals {what}; filled: Holm-flagged (family-wise 5 %)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+_MARKER_COLORS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")

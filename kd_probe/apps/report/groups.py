@@ -53,13 +53,15 @@ def check_comparable(runs: Sequence[RunSummary], group_summaries: bool = False) 
 
 
 def check_one_run_per_seed(runs: Sequence[RunSummary]) -> None:
-    """A ``ReportError`` naming both folders when two runs have the same role and seed."""
-    seen: dict[tuple[str, int], RunSummary] = {}
+    """A ``ReportError`` naming both folders when two runs of one group (the baseline, or one KD method's
+    distilled runs) have the same seed."""
+    seen: dict[tuple[str, str, int], RunSummary] = {}
     for run in runs:
-        other = seen.setdefault((run.role, run.seed), run)
+        other = seen.setdefault((run.role, run.group, run.seed), run)
         if other is not run:
+            what = f"{run.role} runs" if run.group == run.role else f"{run.role} runs of KD method {run.group}"
             raise ReportError(
-                f"two {run.role} runs have seed {run.seed}, {other.path} and {run.path}; each seed pairs one "
+                f"two {what} have seed {run.seed}, {other.path} and {run.path}; each seed pairs one "
                 "distilled with one baseline run, so report them separately."
             )
 

@@ -44,6 +44,7 @@ __all__ = [
     "compare",
     "effective_keep",
     "knowledge_point_measures",
+    "paired_replicates",
     "unicam_measures",
 ]
 
@@ -283,6 +284,32 @@ def _group(measures: Sequence[Measure], resamples: int, seed: int) -> Interval |
     return interval(estimate, mean_over_units([r for r in replicates if r is not None]), images=images)
 
 
+def paired_replicates(
+    distilled: Sequence[Measure],
+    baseline: Sequence[Measure],
+    pairs: Sequence[tuple[int, int]],
+    resamples: int,
+    seed: int,
+) -> tuple[Tensor | None, tuple[float, ...], bool, int]:
+    """The pairs' differences (``distilled[d] − baseline[b]`` for each pair ``(d, b)``), the bootstrap replicates of
+    their mean over the pairs (``None`` when a run has no per-image data), whether every pair shares its
+    resamples (probed on the same images: equal keys) and the fewest images behind a pair."""
+    differences, paired = [], True
+    for d, b in pairs:
+        same = distilled[d].key is not None and distilled[d].key == baseline[b].key
+        paired &= same
+        first, second = (
+            distilled[d].replicates(resamples, seed),
+            baseline[b].replicates(resamples, seed + (0 if same else 7919)),
+        )
+        differences.append(None if first is None or second is None else first - second)
+    estimates = tuple(distilled[d].estimate - baseline[b].estimate for d, b in pairs)
+    images = min((min(distilled[d].images, baseline[b].images) for d, b in pairs), default=0)
+    if not pairs or any(r is None for r in differences):
+        return None, estimates, paired and bool(pairs), images
+    return mean_over_units([r for r in differences if r is not None]), estimates, paired, images
+
+
 def compare(
     distilled: Sequence[Measure],
     baseline: Sequence[Measure],
@@ -299,26 +326,15 @@ def compare(
     (:func:`~kd_probe.core.uncertainty.mean_over_units`); the seed-level one is
     :func:`~kd_probe.core.uncertainty.seed_interval`.
     """
-    differences, paired = [], True
-    for d, b in pairs:
-        same = distilled[d].key is not None and distilled[d].key == baseline[b].key
-        paired &= same
-        first, second = (
-            distilled[d].replicates(resamples, seed),
-            baseline[b].replicates(resamples, seed + (0 if same else 7919)),
-        )
-        differences.append(None if first is None or second is None else first - second)
-    estimates = tuple(distilled[d].estimate - baseline[b].estimate for d, b in pairs)
+    combined, estimates, paired, images = paired_replicates(distilled, baseline, pairs, resamples, seed)
     difference = None
-    if pairs and all(r is not None for r in differences):
-        images = min(min(distilled[d].images, baseline[b].images) for d, b in pairs)
-        combined = mean_over_units([r for r in differences if r is not None])
+    if combined is not None:
         difference = interval(sum(estimates) / len(estimates), combined, images=images)
     return Comparison(
         _group(distilled, resamples, seed),
         _group(baseline, resamples, seed),
         difference,
         estimates,
-        paired and bool(pairs),
+        paired,
         seed_interval(estimates),
     )

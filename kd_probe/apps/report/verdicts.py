@@ -18,7 +18,7 @@ from kd_probe.apps.report.stats import Comparison
 from kd_probe.core.uncertainty import LEVEL, images_needed, seed_interval, seed_pairs_needed, sign_test, verdict
 from kd_probe.io.runs import METRICS
 
-__all__ = ["HYPOTHESES", "VIEWS", "hypothesis_verdict", "method_line", "verdicts"]
+__all__ = ["HYPOTHESES", "VIEWS", "combined_word", "hypothesis_verdict", "method_line", "verdicts"]
 
 HYPOTHESES = (
     ("H1", "more foreground knowledge points and a higher foreground ratio", (("n_fg", 1), ("fg_ratio", 1))),
@@ -67,7 +67,7 @@ def hypothesis_verdict(
         needed = seed_pairs_needed(found) if word == "not distinguishable" else None
         extra = f" (≈ {needed} seed pairs would be needed at the observed effect and seed spread)" if needed else ""
         details.append(f"{dict(METRICS)[key]} {with_interval(key, found, found.estimate, signed=True)}: {word}{extra}")
-    return _combined(words), details
+    return combined_word(words), details
 
 
 def verdicts(evidence: Evidence, views: dict) -> list[str]:
@@ -107,7 +107,7 @@ def verdicts(evidence: Evidence, views: dict) -> list[str]:
                 word, detail = _runs_detail(key, expected, found[view][key], d, b)
                 words.append(word)
                 details.append(detail)
-            combined = _combined(words, yes="differ as predicted", no="differ the other way")
+            combined = combined_word(words, yes="differ as predicted", no="differ the other way")
             lines.append(f"    - {VIEWS[view]} ({used}): **{combined}** — {'; '.join(details)}.")
     return lines
 
@@ -137,7 +137,7 @@ def _seed_agreement(key: str, found: Comparison, expected: int) -> str:
     return f"{dict(METRICS)[key]}: {agreeing}/{pairs} seed pairs in the predicted direction{test}"
 
 
-def _combined(words: list[str], yes: str = "holds", no: str = "does not hold (the opposite direction)") -> str:
+def combined_word(words: list[str], yes: str = "holds", no: str = "does not hold (the opposite direction)") -> str:
     """One word for a hypothesis from its metrics' words."""
     found = set(words)
     if found == {"holds"}:

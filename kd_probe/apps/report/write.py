@@ -47,6 +47,7 @@ import torch
 from kd_probe.apps.options import Parser
 from kd_probe.apps.options import add_report_arguments as add_arguments
 from kd_probe.apps.report.groups import ReportError, check_comparable, check_one_run_per_seed, group_summary_lines
+from kd_probe.apps.report.methods import method_groups, methods_sections
 from kd_probe.apps.report.sections import (
     COLUMNS,
     UNICAM,
@@ -210,6 +211,14 @@ def write_report(
             f"only {found} runs ({', '.join(run.name for run in runs)})."
         )
     evidence = Evidence(distilled, baseline, _pairs(distilled, baseline), resamples)
+    methods = method_groups(distilled)
+    if len(methods) > 1 and group_summaries:
+        raise ReportError(
+            f"--group-summaries compares one distilled group with the baseline, and the runs hold "
+            f"{len(methods)} KD methods ({', '.join(methods)}); report each method's runs with the baseline on "
+            "their own."
+        )
+    pair_count = min(len(_pairs(group, baseline)) for group in methods.values()) if methods else 0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = runs[0].summary.get("settings")
@@ -229,8 +238,9 @@ def write_report(
             else "; the difference of *these runs* is paired (the same images and resamples for both runs of a "
             + (
                 "seed pair"
-                if len(evidence.pairs) <= 1
-                else f"seed pair, averaged over the {len(evidence.pairs)} pairs, which are not resampled"
+                if pair_count <= 1
+                else f"seed pair, averaged over the {pair_count} pairs{' of each method' if len(methods) > 1 else ''}, "
+                "which are not resampled"
             )
             + "): it says whether these networks differ. *Distillation's effect* is a "
             "t-interval over the seed pairs' differences: it counts how much the training seeds disagree and "
@@ -250,7 +260,13 @@ def write_report(
     if left_out:
         lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
     views = _views(evidence)
-    lines += _runs_section(evidence, views)
+    lines += _runs_section(evidence, views, show_method=len(methods) > 1)
+    if len(methods) > 1 and baseline:
+        lines += methods_sections(methods, baseline, out_dir, resamples=resamples, figures=figures)
+        lines += ["", _METRICS_NOTE]
+        text = "\n".join(lines) + "\n"
+        path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        return path, text
     if distilled and baseline and group_summaries:
         lines += group_summary_lines(evidence, views, differing)
     elif distilled and baseline:
@@ -271,16 +287,7 @@ def write_report(
     else:
         lines += verdicts(evidence, views) if distilled and baseline else ["- needs both distilled and baseline runs."]
     lines += _sweep_section(runs)
-    lines += [
-        "",
-        "Metrics: N_fg / N_bg knowledge points per image on the foreground / background at the last "
-        "checkpoint; fg_ratio = mean N_fg/(N_fg+N_bg); D_mean, D_std = weight travel until an image's "
-        "foreground knowledge peaks; ρ = share of knowledge points ever found that survive to the end; "
-        "path efficiency = straight-line distance / path length of the weights (WeightTrajectoryMonitor). "
-        "Effective images: the [KP] reference code's filter (σ_f > 0 at every checkpoint, foreground entropy "
-        "at most the background's at late checkpoints), knowledge points recounted on the images effective in "
-        "every run, as the authors compared networks.",
-    ]
+    lines += ["", _METRICS_NOTE]
     if figures and not group_summaries:
         lines += _figures(runs, out_dir)
     text = "\n".join(lines) + "\n"
@@ -288,9 +295,20 @@ def write_report(
     return path, text
 
 
-def _runs_section(evidence: Evidence, views: dict) -> list[str]:
+_METRICS_NOTE = (
+    "Metrics: N_fg / N_bg knowledge points per image on the foreground / background at the last "
+    "checkpoint; fg_ratio = mean N_fg/(N_fg+N_bg); D_mean, D_std = weight travel until an image's "
+    "foreground knowledge peaks; ρ = share of knowledge points ever found that survive to the end; "
+    "path efficiency = straight-line distance / path length of the weights (WeightTrajectoryMonitor). "
+    "Effective images: the [KP] reference code's filter (σ_f > 0 at every checkpoint, foreground entropy "
+    "at most the background's at late checkpoints), knowledge points recounted on the images effective in "
+    "every run, as the authors compared networks."
+)
+
+
+def _runs_section(evidence: Evidence, views: dict, show_method: bool = False) -> list[str]:
     """One row per run, distilled then baseline: accuracy, path efficiency and the knowledge-point metrics (all
-    probe images) with their intervals."""
+    probe images) with their intervals; with ``show_method`` a distilled run's role names its KD method."""
     runs = [*evidence.distilled, *evidence.baseline]  # the order of the view's measures
     measures = dict(zip((id(run) for run in runs), [*views["all"][0], *views["all"][1]], strict=True))
     rows = []
@@ -303,7 +321,8 @@ def _runs_section(evidence: Evidence, views: dict) -> list[str]:
             else:
                 cells.append(format_value(key, run.metrics.get(key, math.nan)))
         name = cell(run.name) if run.finished else f"{cell(run.name)} (unfinished)"
-        rows.append([name, run.role, str(run.seed), *cells])
+        role = f"{run.role} ({run.group})" if show_method and run.group != run.role else run.role
+        rows.append([name, cell(role), str(run.seed), *cells])
     return section("Runs", ["run", "role", "seed", *(label for _, label in METRICS)], rows)
 
 
