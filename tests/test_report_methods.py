@@ -231,3 +231,17 @@ def test_methods_all_leaves_the_feature_methods_out_without_feature_maps() -> No
         "--methods all runs 9 methods: the feature methods fitnets, at, nst, vid match feature maps, which "
         "--modality text has not."
     )
+
+
+def test_overwrite_removes_the_method_runs_of_an_earlier_comparison(tmp_path: Path) -> None:
+    from kd_probe.apps.demo.folders import clear_experiment
+
+    for name in ("distilled-dkd-s1", "distilled-logit_standard_kd", "baseline-s1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kd_probe_run.json").write_text("{}")
+    (tmp_path / "methods.png").write_bytes(b"png")
+    (tmp_path / "notes-s1").mkdir()  # not the demo's: left alone
+    with pytest.raises(FileExistsError, match="already holds an earlier demo"):
+        clear_experiment(tmp_path, overwrite=False)
+    clear_experiment(tmp_path, overwrite=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes-s1"]

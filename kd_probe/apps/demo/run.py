@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shlex
-import shutil
 import sys
 import time
 import warnings
@@ -43,6 +41,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
+from kd_probe.apps.demo.folders import clear_experiment
 from kd_probe.apps.demo.methods import kd_method
 from kd_probe.apps.demo.modalities import Modality, modality
 from kd_probe.apps.demo.plan import (
@@ -61,9 +60,6 @@ from kd_probe.io.run_files import RUN_FILE
 from kd_probe.modules import DistillationModule, run_two_phase
 
 __all__ = ["DemoResult", "RunResult", "add_arguments", "check_arguments", "main", "run_demo"]
-
-RUN_FOLDER = re.compile(r"teacher|(distilled(-[a-z_]+)?|baseline)(-s\d+)?")  # the run folders the demo writes
-REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png", "methods.png")
 
 
 @dataclass
@@ -196,52 +192,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def _earlier_demo(folder: Path) -> list[Path]:
-    """What an earlier demo wrote into ``folder``: its run folders, report and figures."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if RUN_FOLDER.fullmatch(path.name) or (path.name in REPORT_FILES and not path.is_dir())
-    )
-
-
-def _clear_experiment(folder: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds an earlier demo's runs, or with ``overwrite`` remove them (and only them).
-
-    Raises:
-        FileExistsError: the folder holds an earlier demo and ``overwrite`` is off, or a run folder's name is
-            taken by something that is not a demo run (a link, a file, a folder without event files or
-            ``kd_probe_run.json``), which ``overwrite`` leaves alone.
-    """
-    found = _earlier_demo(folder)
-    if not found:
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{folder} already holds an earlier demo ({', '.join(p.name for p in found)}); choose another "
-            "folder with --experiment NAME, or pass --overwrite to remove those runs first."
-        )
-    for path in found:
-        run = path.name not in REPORT_FILES
-        demo_run = (
-            not path.is_symlink()
-            and path.is_dir()
-            and ((path / RUN_FILE).is_file() or any(path.glob("events.out.tfevents.*")))
-        )
-        if run and not demo_run:
-            raise FileExistsError(
-                f"{path} is not a demo run (a link, a file, or a folder without TensorBoard event files or "
-                f"{RUN_FILE}), so --overwrite leaves it alone; move it away or choose another --experiment NAME."
-            )
-    for path in found:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
 def run_demo(args: argparse.Namespace) -> DemoResult:
     """Train the teacher, then distilled and baseline students over the seeds; write the report.
 
@@ -286,7 +236,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     methods, left_out = demo_methods(args)
     if left_out:
         print(f"kd-probe demo: {left_out}")
-    _clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
+    clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     kit = modality(args, plan)
     data = kit.data

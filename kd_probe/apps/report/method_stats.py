@@ -286,5 +286,6 @@ def holm_family_note(methods: int) -> str:
         f"Multiple comparisons: each measure is one family of {methods} comparisons (one per method against the "
         f"baseline). Its intervals are simultaneous (Bonferroni, each at {level:.2%}), and a difference is "
         f"flagged (▲ above, ▼ below the baseline) where Holm's step-down procedure rejects no difference at a "
-        f"family-wise level of {ALPHA:.0%} (methods §5.9)."
+        f"family-wise level of {ALPHA:.0%} (methods §5.9); Holm tests a family's later comparisons less strictly "
+        "than Bonferroni, so a flagged cell's interval may still touch 0."
     )

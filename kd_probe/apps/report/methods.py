@@ -17,6 +17,7 @@ The numbers and the multiple-comparison procedure are in :mod:`kd_probe.apps.rep
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def _shown(key: str, found: Cell, level: str) -> str:
         return cell(found.note)
     shown = found.seeds if level == "seeds" else found.runs
     text = with_interval(key, shown, found.estimate, signed=True)
+    if key == "accuracy":
+        text = format_signed(key, found.estimate)
+        if shown is not None and math.isfinite(shown.low):
+            text += f" [{format_signed(key, shown.low)}, {format_signed(key, shown.high)}]"
     flag = getattr(found, f"{level}_flag")
     return f"**{text} {'▲' if flag > 0 else '▼'}**" if flag else text
 
@@ -118,7 +123,8 @@ def _ranking_lines(evidence: MethodEvidence, measures: list[Column]) -> list[str
         where = "over the seed pairs" if found.level == "seeds" else "in these runs"
         leading = evidence.cells[leader, key]
         flag = getattr(leading, f"{found.level}_flag")
-        versus = "" if flag else "; it does not differ from the baseline's"
+        tested = getattr(leading, found.level) is not None and math.isfinite(getattr(leading, found.level).low)
+        versus = "" if flag or not tested else "; it does not differ from the baseline's"
         parts = [f"**{cell(leader)}** ({format_signed(key, value)} vs the baseline{versus})"]
         if found.ahead_of:
             parts.append(f"ahead of {', '.join(map(cell, found.ahead_of))}")
@@ -135,6 +141,9 @@ def _ranking_lines(evidence: MethodEvidence, measures: list[Column]) -> list[str
 
 
 def format_signed(key: str, value: float) -> str:
+    """A signed difference as the tables show it; accuracy in percentage points."""
+    if key == "accuracy":
+        return f"{value * 100:+.1f} points" if math.isfinite(value) else "–"
     text = format_value(key, value)
     return text if text == "–" or text.startswith("-") else f"+{text}"
 
