@@ -268,7 +268,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
             name = f"distilled-{method}{suffix}" if methods else f"distilled{suffix}"
             how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else _how(method)
             print(
-                f"[{step}/{total}] distilled student{_which(method, methods)}{suffix}: {kit.describe_student}, "
+                f"[{step}/{total}] distilled student{suffix}{_which(method, methods)}: {kit.describe_student}, "
                 f"{how}, {plan.epochs} epochs, knowledge points at {kit.layer} ({clock.describe()})"
             )
             pl.seed_everything(seed, verbose=False)
