@@ -64,13 +64,21 @@ def stop_check(trainer: pl.Trainer) -> Callable[[], None]:
     return check
 
 
+def clock() -> float:
+    """``time.perf_counter()`` after the GPU's queued work has finished (CUDA runs asynchronously: without the
+    synchronisation a probe's or an epoch's seconds would count only the launches)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def seconds_per_pass(network: nn.Module, images: Tensor, *, backward: bool, repeats: int = 2) -> float:
     """Wall time of one forward (and input-gradient backward) pass of ``images`` through ``network``, best of
     ``repeats``; eval mode for the duration (modes restored), no parameter's ``.grad`` touched."""
     best = math.inf
     with probing(network):
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             if backward:
                 inputs = images.detach().clone().requires_grad_(True)
                 output = _first_tensor(network(inputs))
@@ -79,7 +87,7 @@ def seconds_per_pass(network: nn.Module, images: Tensor, *, backward: bool, repe
             else:
                 with torch.no_grad():
                     network(images)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, clock() - start)
     return best
 
 
@@ -107,21 +115,21 @@ class CostGuard:
         rank_zero_info(f"{self.owner}: about {_duration(seconds)} per probe ({detail}).")
 
     def timed(self, action: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
+        start = clock()
         try:
             return action()
         finally:
-            self.measured = time.perf_counter() - start
+            self.measured = clock() - start
 
     def epoch_started(self) -> None:
         if self.epoch_seconds is None:
-            self._epoch_start = time.perf_counter()
+            self._epoch_start = clock()
 
     def epoch_ended(self) -> None:
         """At the end of the first training epoch (before this epoch's probe): the share, and the warning."""
         if self.epoch_seconds is not None or self._epoch_start is None:
             return
-        self.epoch_seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.epoch_seconds = max(clock() - self._epoch_start, 1e-9)
         cost = self.measured if self.measured is not None else self.expected
         if cost is None:
             return

@@ -4,12 +4,13 @@ the progress bar, and a timed dry run that estimates its cost before training.""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from kd_probe.callbacks._guard import clock
+from kd_probe.core.memory import CPU_BATCH, MOST_BATCH
 from kd_probe.core.sigma import DEFAULT_PASSES, DEFAULT_SAMPLES, estimate_sigma_maps
 
 __all__ = ["estimate_sigma_cost", "sigma_work"]
@@ -31,15 +32,13 @@ def estimate_sigma_cost(
     method, units, unit = sigma_work(options)
     plural = "passes" if unit == "pass" else "steps"
     samples = int(options.get("samples") or DEFAULT_SAMPLES[method])
-    max_batch = options.get("max_batch") or (4096 if images.device.type == "cuda" else 256)
+    max_batch = options.get("max_batch") or (MOST_BATCH if images.device.type == "cuda" else CPU_BATCH)
     per_rank = math.ceil(images.shape[0] / world_size)
     group = min(per_rank, max(1, max_batch // samples))  # images that share one forward
     ticks: list[float] = []
     dry = {**options, "passes": 2} if method == "secant" else {**options, "steps": 4}
-    start = time.perf_counter()
-    estimate_sigma_maps(
-        network, images[:group], layer=layer, progress=lambda *_: ticks.append(time.perf_counter()), **dry
-    )
+    start = clock()
+    estimate_sigma_maps(network, images[:group], layer=layer, progress=lambda *_: ticks.append(clock()), **dry)
     per_unit = (ticks[-1] - ticks[0]) / (len(ticks) - 1)
     fixed = max(ticks[0] - start - per_unit, 0.0)  # σ_f (faithful) and the images' reference features
     processes = f" on each of {world_size} processes" if world_size > 1 else ""

@@ -9,6 +9,7 @@ global index), in the same order whatever the batch, so batching, order and shar
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -23,7 +24,10 @@ from kd_probe.core._sigma_common import (
     image_generator,
     recurrence,
 )
+from kd_probe.core.memory import is_out_of_memory
 from kd_probe.core.units import BoundUnits
+
+_T = TypeVar("_T")
 
 __all__ = ["SampledObjective", "faithful_maps", "secant_maps"]
 
@@ -49,8 +53,8 @@ class SampledObjective:
         self.device = inputs.device
         self.count = inputs.shape[0]
         self.generators = [image_generator(seed, index, inputs.device) for index in indices]
-        self.group = max(1, max_batch // samples)  # whole inputs per forward
-        self.rows = min(samples, max_batch)  # noise samples per input per forward
+        self.set_max_batch(max_batch)
+        self.halved_from: int | None = None  # the batch an out-of-memory error first halved, if any
         with torch.no_grad():
             # one input per forward: a batch of one gives the same clean feature however the inputs are batched
             self.clean = torch.cat([features(inputs[i : i + 1]) for i in range(self.count)])
@@ -64,6 +68,51 @@ class SampledObjective:
         self.mask = mask
         elements = self.clean[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
         self.numel = torch.as_tensor(elements, dtype=self.clean.dtype, device=self.device).expand(self.count)
+
+    def set_max_batch(self, max_batch: int) -> None:
+        """Pass at most ``max_batch`` perturbed inputs through the model at once (the maps do not depend on it)."""
+        self.max_batch = max_batch
+        self.group = max(1, max_batch // self.samples)  # whole inputs per forward
+        self.rows = min(self.samples, max_batch)  # noise samples per input per forward
+
+    def retrying(self, positions: list[int], compute: Callable[[], _T]) -> _T:
+        """``compute()``; when the device runs out of memory, halve the batch, rewind the noise generators of
+        ``positions`` and compute again, so that the result is the one any batch gives (methods §4.5)."""
+        states = [self.generators[p].get_state() for p in positions]
+        while True:
+            try:
+                return compute()
+            except Exception as error:  # only a device out of memory is retried
+                if not is_out_of_memory(error) or self.max_batch <= 1:
+                    raise
+            for p, state in zip(positions, states, strict=True):
+                self.generators[p].set_state(state)
+            if self.halved_from is None:
+                self.halved_from = self.max_batch
+            self.set_max_batch(self.max_batch // 2)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def trial_cost(self, inputs: int = 8) -> float | None:
+        """The device memory (bytes) of one perturbed input in a pass of the feature and its gradient, measured on
+        ``inputs`` perturbed copies of the first input with noise from a generator of its own (the maps' noise is
+        left untouched); ``None`` off CUDA. Resets the device's peak-memory statistics."""
+        if self.device.type != "cuda":
+            return None
+        rows = max(1, min(inputs, self.samples, self.max_batch))
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        noise = torch.randn(
+            (1, rows, *self.units.noise_shape), generator=generator, dtype=self.dtype, device=self.device
+        )
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        with torch.enable_grad():
+            sigma = self.initial(1).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.squared_error([0], sigma, noise).sum(), sigma)
+        del grad, sigma
+        torch.cuda.synchronize(self.device)
+        return max(1.0, (torch.cuda.max_memory_allocated(self.device) - before) / rows)
 
     def initial(self, count: int) -> Tensor:
         """σ = 0.01 on every unit of ``count`` inputs."""
@@ -99,11 +148,16 @@ class SampledObjective:
 
     def normaliser(self) -> Tensor:
         """``σ_f`` of every input: the mean squared feature change under uniform σ = 0.01 (methods §1.2)."""
-        total = torch.zeros(self.count, dtype=self.clean.dtype, device=self.device)
-        with torch.no_grad():
-            for group, noise, rows in self._chunks(list(range(self.count))):
-                total[group] += self.squared_error(group, self.initial(len(group)), noise[:, rows])
-        return total / (self.samples * self.numel)
+        positions = list(range(self.count))
+
+        def compute() -> Tensor:
+            total = torch.zeros(self.count, dtype=self.clean.dtype, device=self.device)
+            with torch.no_grad():
+                for group, noise, rows in self._chunks(positions):
+                    total[group] += self.squared_error(group, self.initial(len(group)), noise[:, rows])
+            return total
+
+        return self.retrying(positions, compute) / (self.samples * self.numel)
 
     def feature_gradient(
         self, positions: list[int], sigma: Tensor, weight: Tensor, into: Tensor | None = None
@@ -111,17 +165,26 @@ class SampledObjective:
         """For the inputs at ``positions`` (σ rows in that order): the summed squared error ``[n]`` (detached)
         and the gradient of ``Σ_p weight_p · error_p`` with respect to σ ``[n, *units]`` (one fresh draw of
         noise per input), added chunk by chunk to ``into`` when given."""
-        error = torch.zeros(len(positions), dtype=sigma.dtype, device=sigma.device)
-        gradient = torch.zeros_like(sigma) if into is None else into
         where = {p: i for i, p in enumerate(positions)}
-        with torch.enable_grad():
-            for group, noise, rows in self._chunks(positions):
-                rows_of = [where[p] for p in group]
-                part = sigma[rows_of].detach().requires_grad_(True)
-                chunk_error = self.squared_error(group, part, noise[:, rows])
-                (grad_part,) = torch.autograd.grad((chunk_error * weight[rows_of]).sum(), part)
-                gradient[rows_of] += grad_part
-                error[rows_of] += chunk_error.detach()
+        start = None if into is None else into.clone()  # a retry starts again from here
+
+        def compute() -> tuple[Tensor, Tensor]:
+            error = torch.zeros(len(positions), dtype=sigma.dtype, device=sigma.device)
+            gradient = torch.zeros_like(sigma) if start is None else start.clone()
+            with torch.enable_grad():
+                for group, noise, rows in self._chunks(positions):
+                    rows_of = [where[p] for p in group]
+                    part = sigma[rows_of].detach().requires_grad_(True)
+                    chunk_error = self.squared_error(group, part, noise[:, rows])
+                    (grad_part,) = torch.autograd.grad((chunk_error * weight[rows_of]).sum(), part)
+                    gradient[rows_of] += grad_part
+                    error[rows_of] += chunk_error.detach()
+            return error, gradient
+
+        error, gradient = self.retrying(positions, compute)
+        if into is not None:
+            into.copy_(gradient)
+            return error, into
         return error, gradient
 
 

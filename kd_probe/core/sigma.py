@@ -7,6 +7,7 @@ Pure torch, no Lightning.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from kd_probe.core._sigma_common import (
 from kd_probe.core._sigma_common import check_int as _check_int
 from kd_probe.core._sigma_engines import SampledObjective, faithful_maps, secant_maps
 from kd_probe.core.layers import probing, resolve_layer, unwrap_compiled
+from kd_probe.core.memory import CPU_BATCH, MOST_BATCH, batch_for_budget, budget_bytes
 from kd_probe.core.precision import computes_in_float32
 from kd_probe.core.units import ImageGrid, Units, upsample_units
 
@@ -70,6 +72,7 @@ def estimate_sigma_maps(
     patience: int | None = 3,
     progress: Callable[[int, int], None] | None = None,
     check: Callable[[], None] | None = None,
+    memory_budget: float | int | None = None,
 ) -> SigmaMaps:
     """Optimise one σ map per input: the noise each input unit tolerates before ``layer``'s feature changes.
 
@@ -121,8 +124,14 @@ def estimate_sigma_maps(
         feature_relu: apply ReLU to the feature before the MSE (``g = ReLU(f)``).
         seed: seed of the per-image noise generators.
         indices: global index of each image (default ``0..N-1``); pass dataset indices when sharding.
-        max_batch: most perturbed images per forward; default 256 on CPU, 4096 on GPU. Memory is about the
-            activations of ``max_batch`` perturbed images plus ``max(max_batch, samples)`` noise images.
+        max_batch: most perturbed images per forward (the maps do not depend on it). Default: 256 on the CPU; on
+            a GPU as many as fit in ``memory_budget`` at the cost of one perturbed image measured by a trial pass
+            (at most 4096; methods §4.5). Memory is about the activations of ``max_batch`` perturbed images plus
+            ``max(max_batch, samples)`` noise images. On a device that runs out of memory the batch is halved
+            and the same computation repeated with the same noise, said once in a warning.
+        memory_budget: the device memory one pass may use when ``max_batch`` is ``None`` on a GPU: a fraction of
+            the free memory in ``(0, 1]`` or a number of bytes; default the smaller of 8 GiB and half the free
+            memory.
         channels_last: run the model on channels-last inputs (faster convolutions); ``None`` = use it when
             the model has convolutions and gives the same feature with such inputs.
         fold_batchnorm: run a ``torch.fx`` trace of the forward up to the layer with eval-mode BatchNorm
@@ -179,9 +188,9 @@ def estimate_sigma_maps(
         raise ValueError(f"`lam` must be a non-negative number, got {lam!r}.")
     if not (isinstance(target_entropy, (int, float)) and math.isfinite(target_entropy)):
         raise ValueError(f"`target_entropy` must be a finite number of nats, got {target_entropy!r}.")
-    if max_batch is None:
-        max_batch = 4096 if images.device.type == "cuda" else 256
-    _check_int("max_batch", max_batch, 1)
+    budget = budget_bytes(memory_budget, images.device)  # checks memory_budget on every device
+    if max_batch is not None:
+        _check_int("max_batch", max_batch, 1)
     index_list = _check_indices(indices, images.shape[0])
     model = unwrap_compiled(model)
     target_module = resolve_layer(model, layer)
@@ -196,13 +205,29 @@ def estimate_sigma_maps(
         if not bound.fold_graph:  # the noise enters through a hook: run the model's own forward
             channels_last, fold_batchnorm = False, False
         features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
-        objective = SampledObjective(features, bound, index_list, samples, seed, max_batch, check)
+        objective = SampledObjective(features, bound, index_list, samples, seed, max_batch or CPU_BATCH, check)
+        if max_batch is None and budget is not None:
+            objective.set_max_batch(automatic_batch(objective, budget))
         options: dict[str, Any] = dict(
             steps=steps, lr=lr, lam=lam, target=target_entropy, boost=boost, patience=patience
         )
-        if method == "secant":
-            return secant_maps(objective, passes=passes, progress=progress, **options)
-        return faithful_maps(objective, progress=progress, **options)
+        engine = secant_maps if method == "secant" else faithful_maps
+        maps = engine(objective, progress=progress, **({"passes": passes} if method == "secant" else {}), **options)
+        if objective.halved_from is not None:
+            warnings.warn(
+                f"kd_probe: the device ran out of memory at max_batch={objective.halved_from} perturbed inputs per "
+                f"pass; the σ maps were computed with max_batch={objective.max_batch} instead (the same maps, "
+                f"slower). Pass max_batch={objective.max_batch} or a smaller memory_budget to start there.",
+                stacklevel=2,
+            )
+        return maps
+
+
+def automatic_batch(objective: SampledObjective, budget: int) -> int:
+    """The perturbed inputs per pass that fit in ``budget`` bytes at the trial pass's measured cost (methods §4.5);
+    the largest automatic batch when the cost cannot be measured."""
+    cost = objective.retrying([], objective.trial_cost)
+    return MOST_BATCH if cost is None else batch_for_budget(cost, budget)
 
 
 def _empty_maps(images: Tensor, shape: tuple[int, ...], method: str) -> SigmaMaps:
