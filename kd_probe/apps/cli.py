@@ -65,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         check_demo_arguments(args)
     except ValueError as error:
         demo.error(str(error))
+    from kd_probe.apps.demo.plan import accelerator
     from kd_probe.apps.demo.run import report, run_demo
+
+    try:
+        accelerator(args)  # needs torch: checked once it is imported
+    except ValueError as error:
+        demo.error(str(error))
 
     try:
         result = run_demo(args)

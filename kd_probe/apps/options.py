@@ -201,6 +201,19 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "threads, seed and kind of machine; 0 leaves PyTorch's choice (one per core), and then they vary with the "
         "core count",
     )
+    add(
+        "--accelerator",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where the models train and the probes run: auto (a GPU when PyTorch sees one, else the CPU; the "
+        "default), cpu or gpu",
+    )
+    add(
+        "--devices",
+        type=_integer(1, "1 (the demo trains on one device; kd-probe fit runs DDP over several)", 1),
+        default=1,
+        help="devices per Trainer: 1 (the demo trains on one device; kd-probe fit --config runs DDP over several)",
+    )
     add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
     add(
         "--quick",

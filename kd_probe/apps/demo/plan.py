@@ -19,6 +19,7 @@ __all__ = [
     "PROBE_DEFAULTS",
     "Plan",
     "ProbeClock",
+    "accelerator",
     "add_arguments",
     "check_arguments",
     "make_plan",
@@ -69,6 +70,8 @@ class Plan:
     schedule: list[int] | str
     unicam_images: int = 64  # held-out images of the agreement and UniCAM probes (at least 64 but in --quick)
     seeds: int = 1  # seed pairs (distilled and baseline runs per seed): seed_pairs
+    accelerator: str = "cpu"  # the Trainers' accelerator: "cpu" or "gpu" (--accelerator, auto resolved)
+    devices: int = 1  # the Trainers' devices (--devices)
 
     @property
     def layer(self) -> str:
@@ -101,7 +104,7 @@ def seed_pairs(args: argparse.Namespace) -> tuple[int, str]:
             5,
             "5 seed pairs (the --full default), so that the report's verdicts about distillation count how much training seeds disagree.",
         )
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and (getattr(args, "accelerator", "auto") or "auto") != "cpu":
         return (
             3,
             "3 seed pairs (the default on a GPU), so that the report's verdicts about distillation count how much training seeds disagree.",
@@ -113,16 +116,30 @@ def seed_pairs(args: argparse.Namespace) -> tuple[int, str]:
     )
 
 
+def accelerator(args: argparse.Namespace) -> tuple[str, int]:
+    """The Trainers' accelerator and devices: ``--accelerator auto`` is ``gpu`` where CUDA is available and
+    ``cpu`` elsewhere; ``gpu`` without CUDA is a ``ValueError``."""
+    asked, devices = getattr(args, "accelerator", "auto") or "auto", getattr(args, "devices", 1) or 1
+    if asked == "gpu" and not torch.cuda.is_available():
+        raise ValueError(
+            "argument --accelerator: gpu asked for, but PyTorch sees no GPU (torch.cuda.is_available() is False); "
+            "use --accelerator cpu or auto"
+        )
+    chosen = asked if asked != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    return chosen, devices
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     """What the options amount to (defaults filled in)."""
     check_demo_arguments(args)
     method, passes = sigma_method(args), getattr(args, "passes", None)
     seeds = seed_pairs(args)[0]
+    hardware = accelerator(args)
     if args.quick:
         quick_passes = (passes or 2) if method == "secant" else None
         samples = args.samples or (8 if method == "secant" else 4)
         quick = (1, 1, 256, 4, method, samples, quick_passes, 25, 8, (8, 16), (4, 8), [0, 1])
-        return Plan(*quick, unicam_images=16, seeds=seeds)
+        return Plan(*quick, unicam_images=16, seeds=seeds, accelerator=hardware[0], devices=hardware[1])
     images, samples, default_passes = PROBE_DEFAULTS[method, bool(args.full)]
     student_epochs, teacher_epochs = EPOCHS[getattr(args, "modality", "image") or "image"]
     epochs = args.epochs or (3 * student_epochs if args.full else student_epochs)
@@ -141,6 +158,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         student_widths=small,
         schedule="paper" if args.full else sorted({0, 1, 2, 3, epochs // 2, 3 * epochs // 4, epochs}),
         seeds=seeds,
+        accelerator=hardware[0],
+        devices=hardware[1],
     )
 
 

@@ -96,8 +96,10 @@ def _logger(log_dir: Path, run: str) -> TensorBoardLogger:
     return TensorBoardLogger(save_dir=str(log_dir), name=run, version="", default_hp_metric=False)
 
 
-def _trainer(logger: TensorBoardLogger, epochs: int, callbacks: list[pl.Callback], quick: bool) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, **_trainer_options(quick))
+def _trainer(
+    logger: TensorBoardLogger, epochs: int, callbacks: list[pl.Callback], quick: bool, plan: Plan | None = None
+) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, **_trainer_options(quick, plan))
 
 
 def _timed(callbacks: Sequence[pl.Callback], clock: DemoClock, kind: str, ends_run: bool = True) -> list[pl.Callback]:
@@ -106,13 +108,18 @@ def _timed(callbacks: Sequence[pl.Callback], clock: DemoClock, kind: str, ends_r
     return [*callbacks, EpochTimer(clock, kind, ends_run), DemoProgressBar(clock)]
 
 
-def _trainer_options(quick: bool) -> dict[str, Any]:
+def _trainer_options(quick: bool, plan: Plan | None = None) -> dict[str, Any]:
+    """The demo's Trainer options; ``plan`` gives the accelerator and devices (the CPU and one device without it)."""
     return dict(
         enable_checkpointing=not quick,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=True,
+        # on a GPU some kernels have no deterministic version (a pooling layer's backward): use the deterministic
+        # ones where they exist, and run the others rather than stop (Lightning's "warn")
+        deterministic="warn" if plan and plan.accelerator == "gpu" else True,
         log_every_n_steps=1 if quick else 10,
+        accelerator=plan.accelerator if plan else "cpu",
+        devices=plan.devices if plan else 1,
     )
 
 
@@ -190,6 +197,7 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*does not have a deterministic implementation.*")  # on a GPU
 
 
 def run_demo(args: argparse.Namespace) -> DemoResult:
@@ -250,10 +258,12 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     clock = DemoClock(plan.teacher_epochs, plan.epochs + head_epochs, students * seeds, probes_per_run, clocks)
 
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
+    if plan.accelerator == "gpu":
+        threads = f", on {plan.devices} GPU{'s' if plan.devices > 1 else ''}: --accelerator{threads}"
     print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
     pl.seed_everything(args.seed, verbose=False)
     teacher = DistillationModule(kit.teacher(), **options)
-    trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, _timed([], clock, "teacher"), args.quick)
+    trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, _timed([], clock, "teacher"), args.quick, plan)
     trainer.fit(teacher, datamodule=data)
     accuracy = _test(trainer, teacher, data)
     runs = [
@@ -281,7 +291,9 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
             else:
                 module = DistillationModule(student, teacher.student, **options, **kd_method(args, kit, method))
                 callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
-                trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
+                trainer = _trainer(
+                    _logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick, plan
+                )
                 trainer.fit(module, datamodule=data)
                 accuracy = _test(trainer, module, data)
             recorded = method if args.protocol == "hinton" else ""
@@ -301,7 +313,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         module = DistillationModule(kit.student(), **options)
         name = f"baseline{suffix}"
         callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
-        trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick)
+        trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick, plan)
         trainer.fit(module, datamodule=data)
         accuracy = _test(trainer, module, data)
         runs.append(_record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
@@ -353,7 +365,7 @@ def _two_phase(
         layer=kit.layer,
         mimic_epochs=plan.epochs,
         head_epochs=plan.head_epochs,
-        trainer_options=_trainer_options(quick),
+        trainer_options=_trainer_options(quick, plan),
         mimic_callbacks=_timed([*probes, *mimic], clock, "student", ends_run=False),
         head_callbacks=_timed(head, clock, "student"),
         mimic_trainer_options={"logger": _logger(log_dir, name)},
