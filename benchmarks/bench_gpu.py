@@ -1,0 +1,227 @@
+"""σ maps at researcher scale on one GPU (issue 32), side by side in one run:
+
+- the card's own peaks, measured here: a bf16 and a TF32 matmul, and a bf16 convolution;
+- per case — the demo's VGG at 32 px, a ResNet-18 (the look-alike with torchvision's names and in-place ReLUs)
+  at 64 and 224 px — and per engine (faithful, secant): maps per second, the achieved TFLOP/s (the FLOPs of a
+  map, counted by ``torch.utils.flop_counter`` over every pass the engine runs on two images, times maps per
+  second), the peak memory, and the perturbed inputs per pass the engine chose;
+- the same with the earlier default batch (4096 perturbed inputs per pass), for the memory the automatic batch
+  saves and what it costs in speed;
+- the per-image procedure of the paper (``benchmarks/sigma_oracle.py``: one image at a time, SGD on σ);
+- the share of a ResNet-18 224-px KD epoch (10 000 images, batch 128, ResNet-18 teacher and student) that a
+  probe of 16 faithful or secant maps costs.
+
+Run: ``python benchmarks/bench_gpu.py`` (about 5 minutes on one H200); ``--smoke`` runs tiny sizes on any
+device to check the script (the CPU's figures mean nothing). Goals on an H200 (issue 32): faithful at 224 px
+≥ 8 maps/s, secant ≥ 25 maps/s, the demo VGG faithful ≥ 150 maps/s, peak memory ≤ 12 GiB at 224 px within 10 %
+of the earlier default's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.sigma_oracle import oracle_sigma_maps
+from kd_probe import estimate_sigma_maps
+from kd_probe.core._sigma_engines import SampledObjective
+from kd_probe.models import VGG
+from tests.lookalikes import resnet18_like
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_seconds(device: torch.device, work: Callable[[], Any], repeats: int = 3) -> float:
+    work()  # warm-up (kernels chosen, caches filled)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        work()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peaks(device: torch.device, size: int) -> dict[str, float]:
+    """TFLOP/s of a square bf16 and TF32 matmul of side ``size`` and of a bf16 3×3 convolution."""
+    found = {}
+    for name, dtype, tf32 in (("matmul bf16", torch.bfloat16, False), ("matmul tf32", torch.float32, True)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        found[name] = 2 * size**3 / _best_seconds(device, lambda a=a, b=b: a @ b) / 1e12
+    torch.backends.cuda.matmul.allow_tf32 = False
+    channels, side = (256, 56) if size >= 4096 else (16, 8)
+    x = torch.randn(64, channels, side, side, device=device, dtype=torch.bfloat16)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, torch.bfloat16)
+    flops = 2 * 64 * channels * channels * 9 * side * side
+    with torch.no_grad():
+        found["conv bf16"] = flops / _best_seconds(device, lambda: conv(x)) / 1e12
+    return found
+
+
+def cases(smoke: bool) -> list[tuple[str, nn.Module, str, int, float]]:
+    """(name, network, layer, image side, λ) of each case."""
+    torch.manual_seed(0)
+    vgg = VGG(num_classes=6, widths=(16, 32, 64), convs_per_stage=2)
+    resnet = resnet18_like(num_classes=1000, width=8 if smoke else 64)
+    sides = (16, 32) if smoke else (64, 224)
+    return [
+        ("demo VGG, 32 px", vgg, "features.bn6", 16 if smoke else 32, 7.0),
+        (f"ResNet-18, {sides[0]} px", resnet, "layer4.1.bn2", sides[0], 6.0),
+        (f"ResNet-18, {sides[1]} px", resnet, "layer4.1.bn2", sides[1], 6.0),
+    ]
+
+
+def flops_per_map(
+    model: nn.Module, images: Tensor, layer: str, lam: float, method: str, options: dict[str, Any]
+) -> float:
+    """FLOPs of one σ map, counted by ``torch.utils.flop_counter`` over the maps of ``images`` (every forward and
+    backward the engine runs, early stops included)."""
+    with FlopCounterMode(display=False) as counter:
+        estimate_sigma_maps(model, images, layer=layer, method=method, lam=lam, **options)
+    return float(counter.get_total_flops()) / images.shape[0]
+
+
+_CHOSEN: list[int] = []
+_set_max_batch = SampledObjective.set_max_batch
+
+
+def _recording(self: SampledObjective, max_batch: int) -> None:
+    _CHOSEN.append(max_batch)
+    _set_max_batch(self, max_batch)
+
+
+SampledObjective.set_max_batch = _recording  # type: ignore[method-assign]  # the batch each call ends with
+
+
+def measure_maps(
+    model: nn.Module, images: Tensor, layer: str, lam: float, method: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Maps per second, peak memory (GiB) and the perturbed inputs per pass the engine ended with."""
+    device = images.device
+    estimate_sigma_maps(model, images[:1], layer=layer, method=method, lam=lam, **options)  # warm-up
+    _CHOSEN.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    estimate_sigma_maps(model, images, layer=layer, method=method, lam=lam, **options)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"maps_per_s": images.shape[0] / seconds, "seconds": seconds, "peak_gib": peak, "batch": _CHOSEN[-1]}
+
+
+def epoch_seconds(device: torch.device, side: int, smoke: bool) -> float:
+    """Seconds of a ResNet-18 → ResNet-18 KD epoch of 10 000 images at batch 128 (from 5 timed steps)."""
+    torch.manual_seed(0)
+    width = 8 if smoke else 64
+    teacher, student = resnet18_like(1000, width=width).to(device).eval(), resnet18_like(1000, width=width).to(device)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    batch = 8 if smoke else 128
+    x, y = torch.randn(batch, 3, side, side, device=device), torch.randint(1000, (batch,), device=device)
+
+    def step() -> None:
+        with torch.no_grad():
+            target = teacher(x).div(4).softmax(dim=1)
+        logits = student(x)
+        loss = (
+            nn.functional.cross_entropy(logits, y)
+            + nn.functional.kl_div(logits.div(4).log_softmax(dim=1), target, reduction="batchmean") * 16
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    per_step = _best_seconds(device, lambda: [step() for _ in range(5)], repeats=1) / 5
+    return per_step * 10_000 / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, any device: checks the script")
+    parser.add_argument("--images", type=int, default=16, help="probe images per case (default 16)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    options = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    images_per_case = 2 if options.smoke else options.images
+    sigma = (
+        {"faithful": dict(samples=8, steps=6), "secant": dict(samples=8, passes=2, steps=6)}
+        if options.smoke
+        else {"faithful": {}, "secant": {}}
+    )
+    print(
+        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; torch {torch.__version__}"
+    )
+    found: dict[str, Any] = {"peaks": peaks(device, 256 if options.smoke else 8192), "cases": []}
+    print("peaks (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in found["peaks"].items()))
+    best_peak = max(found["peaks"]["matmul tf32"], found["peaks"]["conv bf16"])
+    print(
+        "| case | engine | batch | maps/s | TFLOP/s (share of the peak) | peak GiB | maps/s at batch 4096 | "
+        "peak GiB at 4096 | per-image maps/s | share of a KD epoch |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    epoch = {}
+    for name, network, layer, side, lam in cases(options.smoke):
+        network = network.to(device).eval()
+        images = torch.rand(images_per_case, 3, side, side, generator=torch.Generator().manual_seed(side)).to(device)
+        flops = {m: flops_per_map(network, images[:2], layer, lam, m, sigma[m]) for m in ("faithful", "secant")}
+        if "ResNet" in name and side not in epoch:
+            epoch[side] = epoch_seconds(device, side, options.smoke)
+        for method in ("faithful", "secant"):
+            auto = measure_maps(network, images, layer, lam, method, sigma[method])
+            old = measure_maps(network, images, layer, lam, method, {**sigma[method], "max_batch": 4096})
+            tflops = flops[method] * auto["maps_per_s"] / 1e12
+            row = {
+                "case": name,
+                "engine": method,
+                **auto,
+                "tflops": tflops,
+                "share_of_peak": tflops / best_peak,
+                "maps_per_s_4096": old["maps_per_s"],
+                "peak_gib_4096": old["peak_gib"],
+            }
+            if method == "faithful":
+                grid = 16
+                count = 1 if side >= 224 or options.smoke else 2
+                start = time.perf_counter()
+                oracle_sigma_maps(
+                    network,
+                    images[:count],
+                    layer=layer,
+                    grid=grid,
+                    lam=lam,
+                    **({"samples": 8, "steps": 6} if options.smoke else {}),
+                )
+                _sync(device)
+                row["per_image_maps_per_s"] = count / (time.perf_counter() - start)
+            share = auto["seconds"] / images_per_case * 16 / epoch[side] if side in epoch else float("nan")
+            row["share_of_epoch"] = share
+            found["cases"].append(row)
+            print(
+                f"| {name} | {method} | {auto['batch']} | {auto['maps_per_s']:.2f} | {tflops:.1f} "
+                f"({tflops / best_peak:.0%}) | {auto['peak_gib']:.1f} | {old['maps_per_s']:.2f} | "
+                f"{old['peak_gib']:.1f} | {row.get('per_image_maps_per_s', float('nan')):.2f} | {share:.1%} |"
+            )
+    if options.json:
+        options.json.write_text(json.dumps(found, indent=2))
+
+
+if __name__ == "__main__":
+    main()
