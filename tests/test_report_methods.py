@@ -245,3 +245,9 @@ def test_overwrite_removes_the_method_runs_of_an_earlier_comparison(tmp_path: Pa
         clear_experiment(tmp_path, overwrite=False)
     clear_experiment(tmp_path, overwrite=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes-s1"]
+
+
+def test_seed_pairs_that_agree_exactly_are_not_a_test() -> None:
+    """Three equal differences (a measure that moves in whole images) have no spread: no p-value, no flag."""
+    assert math.isnan(seed_p_value([1 / 64] * 3)) and seed_p_value([0.0, 0.0]) == 1.0
+    assert math.isnan(seed_p_value([0.3]))

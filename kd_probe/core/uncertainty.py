@@ -315,7 +315,8 @@ def bootstrap_p_value(replicates: Tensor, *, images: int) -> float:
 def seed_p_value(differences: Sequence[float]) -> float:
     """The two-sided p-value of the one-sample t-test of the seed pairs' differences (methods §5.9), matching
     :func:`seed_interval`: its interval at level ``1 − α`` excludes 0 exactly when the p-value is below ``α``.
-    NaN with fewer than two finite differences; 0 when they are all equal and not 0, 1 when all are 0.
+    NaN with fewer than two finite differences, and when they are all equal but not 0 (no spread to test: a
+    measure that moves in whole images can give three equal differences); 1 when all are 0.
 
     Example::
 
@@ -329,7 +330,7 @@ def seed_p_value(differences: Sequence[float]) -> float:
     mean = math.fsum(values) / count
     spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (count - 1))
     if spread == 0:
-        return 1.0 if mean == 0 else 0.0
+        return 1.0 if mean == 0 else math.nan
     return min(1.0, max(0.0, 1 - _t_within(mean / (spread / math.sqrt(count)), count - 1)))
 
 

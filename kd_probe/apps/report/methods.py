@@ -77,7 +77,8 @@ def _shown(key: str, found: Cell, level: str) -> str:
     if key == "accuracy":
         text = format_signed(key, found.estimate)
         if shown is not None and math.isfinite(shown.low):
-            text += f" [{format_signed(key, shown.low)}, {format_signed(key, shown.high)}]"
+            low, high = (f"{value * 100:+.1f}" for value in (shown.low, shown.high))
+            text = text.replace(" points", f" [{low}, {high}] points")
     flag = getattr(found, f"{level}_flag")
     return f"**{text} {'▲' if flag > 0 else '▼'}**" if flag else text
 
