@@ -85,6 +85,30 @@ def test_version_still_answers(capsys: pytest.CaptureFixture) -> None:
             ["--method", "faithful", "--passes", "2"],
             "argument --passes: applies to --method secant only, got --method faithful",
         ),
+        (
+            ["--methods", "kd,nope"],
+            "argument --methods: expected all or a comma-separated list of kd, dkd, dist, logit_standard_kd, fitnets, "
+            "at, nst, vid, sp, pkt, rkd, cc, crd; got 'kd,nope' ('nope' is not a KD method)",
+        ),
+        (["--methods", "kd,dkd,kd"], "argument --methods: expected each KD method once, got 'kd,dkd,kd' (kd twice)"),
+        (
+            ["--methods", "kd,dkd", "--kd-method", "at"],
+            "argument --methods: not allowed with --kd-method at (--methods names every distilled student's method; "
+            "add it to the list)",
+        ),
+        (
+            ["--methods", "kd,dkd", "--protocol", "paper"],
+            "argument --methods: applies to --protocol hinton (paper's protocol is its own method)",
+        ),
+        (
+            ["--methods", "kd,at", "--modality", "text"],
+            "argument --methods: at matches feature maps, which --modality text has not; use logit, relation or "
+            "contrastive methods (--methods all leaves feature methods out there)",
+        ),
+        (
+            ["--devices", "2"],
+            "argument --devices: expected 1 (the demo trains on one device; kd-probe fit runs DDP over several), got 2",
+        ),
     ],
 )
 def test_a_demo_mistake_is_one_sentence_and_exit_2(

@@ -28,15 +28,6 @@ def test_a_gpu_asked_for_without_one_is_one_sentence(capsys: pytest.CaptureFixtu
     )
 
 
-def test_the_demo_trains_on_one_device(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main(["demo", "--devices", "2"])
-    assert stop.value.code == 2
-    assert "argument --devices: expected 1 (the demo trains on one device; kd-probe fit runs DDP over several), " in (
-        capsys.readouterr().err
-    )
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
 def test_on_the_cpu_the_trainers_are_as_before() -> None:
     for given in ((), ("--accelerator", "auto"), ("--accelerator", "cpu")):

@@ -200,25 +200,6 @@ def test_the_report_refuses_group_summaries_and_two_runs_of_one_method_and_seed(
     )
 
 
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--methods", "kd,nope"], "argument --methods: expected all or a comma-separated list of kd, dkd,"),
-        (["--methods", "kd,dkd,kd"], "argument --methods: expected each KD method once, got 'kd,dkd,kd' (kd twice)"),
-        (["--methods", "kd,dkd", "--kd-method", "at"], "argument --methods: not allowed with --kd-method at"),
-        (["--methods", "kd,dkd", "--protocol", "paper"], "argument --methods: applies to --protocol hinton"),
-        (["--methods", "kd,at", "--modality", "text"], "argument --methods: at matches feature maps"),
-    ],
-)
-def test_bad_methods_get_one_sentence_and_exit_2(
-    arguments: list[str], message: str, capsys: pytest.CaptureFixture
-) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main(["demo", *arguments])
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_methods_all_leaves_the_feature_methods_out_without_feature_maps() -> None:
     import argparse
 
