@@ -38,6 +38,7 @@ from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, fai
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
+from kd_probe.callbacks._sigma_stream import STREAM, streamed_sigma_maps
 from kd_probe.callbacks._units import describe_units, log_probe_media, read_probe_inputs
 from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.core.knowledge_points import count_knowledge_points
@@ -299,17 +300,20 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         fields: dict[str, Tensor] = {}
         try:
             _, units, unit = sigma_work(self.sigma_options)
-            with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", units, unit) as tick:
-                maps = estimate_sigma_maps(
+            chunks = max(1, -(-len(local) // STREAM))  # the probe set goes to the device in chunks
+            with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", units * chunks, unit) as tick:
+                maps = streamed_sigma_maps(
                     network,
-                    self.images[local].to(device),
+                    self.images,
+                    local,
+                    device,
+                    tick,
+                    units,
                     layer=self.layer,
-                    indices=local,
-                    progress=tick,
                     check=stop_check(trainer),
                     **self.sigma_options,
                 )
-            fields = {key: getattr(maps, key).float() for key in _GATHERED}
+            fields = {key: getattr(maps, key).float().to(device) for key in _GATHERED}
             valid = self.probe_set.valid
             finite = torch.isfinite(fields["entropy"]) | (False if valid is None else ~valid[local].to(device))
             if not finite.all():

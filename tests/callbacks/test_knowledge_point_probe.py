@@ -382,3 +382,19 @@ def test_resuming_with_changed_settings_is_refused_naming_both_values(tmp_path: 
 def _other_probe_set(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     images, _, masks = (torch.stack(parts) for parts in zip(*[data.probe_set[i] for i in range(3)], strict=True))  # type: ignore[attr-defined]
     return images, masks
+
+
+@pytest.mark.parametrize("sigma", [PROBE, SECANT], ids=["faithful", "secant"])
+def test_a_probe_set_streamed_to_the_device_in_chunks_gives_the_same_history(
+    tmp_path: Path, sigma: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32: the probe images go to the device ``STREAM`` at a time; chunks of 3 give the one-chunk history."""
+    whole = _fit_for_history(tmp_path / "whole", sigma)
+    from kd_probe.callbacks import _sigma_stream, knowledge_points
+
+    monkeypatch.setattr(_sigma_stream, "STREAM", 3)
+    monkeypatch.setattr(knowledge_points, "STREAM", 3)
+    streamed = _fit_for_history(tmp_path / "streamed", sigma)
+    for a, b in zip(streamed["entries"], whole["entries"], strict=True):
+        for key in ("entropy", "points", "n_fg", "n_bg", "sigma_f", "step", "effective"):
+            assert torch.equal(a[key], b[key]), (a["epoch"], key)

@@ -1,0 +1,39 @@
+"""The knowledge-point probe's σ maps over a probe set of any size: its images go to the device in chunks, never
+whole (issue 32), and each chunk's maps come back to the host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
+
+__all__ = ["STREAM", "streamed_sigma_maps"]
+
+STREAM = 256  # probe images on the device at once (each image's map does not depend on its chunk)
+
+
+def streamed_sigma_maps(
+    network: nn.Module,
+    images: Tensor,
+    indices: Sequence[int],
+    device: torch.device,
+    tick: Callable[[int, int], None],
+    units: int,
+    **options: Any,
+) -> SigmaMaps:
+    """The σ maps of ``images[indices]`` (global indices: each image's noise seed), ``STREAM`` images on
+    ``device`` at a time, on the host; ``tick(done, total)`` counts ``units`` per chunk across all chunks."""
+    chunks = [list(indices[start : start + STREAM]) for start in range(0, len(indices), STREAM)] or [[]]
+    parts = []
+    for number, chunk in enumerate(chunks):
+
+        def progress(done: int, _total: int, first: int = number * units) -> None:
+            tick(first + done, len(chunks) * units)
+
+        maps = estimate_sigma_maps(network, images[chunk].to(device), indices=chunk, progress=progress, **options)
+        parts.append(maps.to("cpu") if len(chunks) > 1 else maps)
+    return parts[0] if len(parts) == 1 else SigmaMaps.cat(parts)
