@@ -9,7 +9,9 @@
   saves and what it costs in speed;
 - the per-image procedure of the paper (``benchmarks/sigma_oracle.py``: one image at a time, SGD on σ);
 - the share of a ResNet-18 224-px KD epoch (10 000 images, batch 128, ResNet-18 teacher and student) that a
-  probe of 16 faithful or secant maps costs.
+  probe of 16 faithful or secant maps costs;
+- what reproduces across devices: GPU maps against CPU maps of the same seed (knowledge-point IoU, largest |Δσ|)
+  with the GPU's own noise and with ``noise_device="cpu"`` (the CPU's noise, copied), and what that costs.
 
 Run: ``python benchmarks/bench_gpu.py`` (about 5 minutes on one H200); ``--smoke`` runs tiny sizes on any
 device to check the script (the CPU's figures mean nothing). Goals on an H200 (issue 32): faithful at 224 px
@@ -153,6 +155,40 @@ def epoch_seconds(device: torch.device, side: int, smoke: bool) -> float:
     return per_step * 10_000 / batch
 
 
+def reproducibility(device: torch.device, smoke: bool, sigma: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """GPU maps against CPU maps of the same seed, on the demo VGG at 32 px (4 images): knowledge-point IoU and the
+    largest |Δσ|, with the GPU's own noise and with ``noise_device="cpu"``, and what drawing on the CPU costs."""
+    from kd_probe import count_knowledge_points
+
+    torch.manual_seed(0)
+    network = VGG(num_classes=6, widths=(16, 32, 64), convs_per_stage=2).eval()
+    side = 16 if smoke else 32
+    images = torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(5))
+    masks = torch.zeros(4, side, side)
+    masks[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 1
+    on_cpu = {m: estimate_sigma_maps(network, images, layer="features.bn6", method=m, **sigma[m]) for m in sigma}
+    on_device, device_images = network.to(device), images.to(device)
+    rows = []
+    for method, cpu in on_cpu.items():
+        cpu_points = count_knowledge_points(cpu.entropy, masks).points
+        row: dict[str, Any] = {"engine": method}
+        for noise in (None, "cpu"):
+
+            def run(noise: str | None = noise, method: str = method) -> Any:
+                options = dict(layer="features.bn6", method=method, noise_device=noise, **sigma[method])
+                return estimate_sigma_maps(on_device, device_images, **options)
+
+            seconds = _best_seconds(device, run, repeats=1)
+            maps = run().to("cpu")
+            points = count_knowledge_points(maps.entropy, masks).points
+            union = int((points | cpu_points).sum())
+            row[f"iou_{noise or 'device'}"] = float((points & cpu_points).sum()) / union if union else 1.0
+            row[f"max_dsigma_{noise or 'device'}"] = float((maps.sigma - cpu.sigma).abs().max())
+            row[f"seconds_{noise or 'device'}"] = seconds
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, any device: checks the script")
@@ -219,6 +255,17 @@ def main() -> None:
                 f"({tflops / best_peak:.0%}) | {auto['peak_gib']:.1f} | {old['maps_per_s']:.2f} | "
                 f"{old['peak_gib']:.1f} | {row.get('per_image_maps_per_s', float('nan')):.2f} | {share:.1%} |"
             )
+    found["reproducibility"] = reproducibility(device, options.smoke, sigma)
+    print(
+        "\n| engine | KP IoU vs CPU, device noise | KP IoU vs CPU, noise_device='cpu' | max abs Δσ (device / cpu noise) "
+        "| cpu-noise time ratio |"
+    )
+    print("|---|---|---|---|---|")
+    for row in found["reproducibility"]:
+        print(
+            f"| {row['engine']} | {row['iou_device']:.3f} | {row['iou_cpu']:.3f} | {row['max_dsigma_device']:.2e} / "
+            f"{row['max_dsigma_cpu']:.2e} | {row['seconds_cpu'] / row['seconds_device']:.2f} |"
+        )
     if options.json:
         options.json.write_text(json.dumps(found, indent=2))
 

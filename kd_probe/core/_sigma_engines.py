@@ -46,13 +46,15 @@ class SampledObjective:
         seed: int,
         max_batch: int,
         check: Callable[[], None] | None = None,
+        noise_device: torch.device | str | None = None,
     ) -> None:
         self.features, self.units, self.samples, self.check = features, units, samples, check
         inputs = units.inputs
         self.dtype = torch.get_default_dtype() if not inputs.is_floating_point() else inputs.dtype
         self.device = inputs.device
         self.count = inputs.shape[0]
-        self.generators = [image_generator(seed, index, inputs.device) for index in indices]
+        self.noise_device = torch.device(noise_device) if noise_device is not None else inputs.device
+        self.generators = [image_generator(seed, index, self.noise_device) for index in indices]
         self.set_max_batch(max_batch)
         self.halved_from: int | None = None  # the batch an out-of-memory error first halved, if any
         with torch.no_grad():
@@ -121,10 +123,11 @@ class SampledObjective:
     def _noise(self, positions: list[int]) -> Tensor:
         """One draw of noise ``[len(positions), M, *noise]``, each input from its own generator."""
         shape = (self.samples, *self.units.noise_shape)
-        dtype, device = self.clean.dtype, self.device
-        return torch.stack(
+        dtype, device = self.clean.dtype, self.noise_device
+        noise = torch.stack(
             [torch.randn(shape, generator=self.generators[p], dtype=dtype, device=device) for p in positions]
         )
+        return noise.to(self.device)
 
     def _chunks(self, positions: list[int]) -> Iterator[tuple[list[int], Tensor, slice]]:
         """Groups of inputs with their noise, and the sample slices that fit in ``max_batch`` rows; ``check``

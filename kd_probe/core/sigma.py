@@ -73,6 +73,7 @@ def estimate_sigma_maps(
     progress: Callable[[int, int], None] | None = None,
     check: Callable[[], None] | None = None,
     memory_budget: float | int | None = None,
+    noise_device: str | None = None,
 ) -> SigmaMaps:
     """Optimise one σ map per input: the noise each input unit tolerates before ``layer``'s feature changes.
 
@@ -132,6 +133,9 @@ def estimate_sigma_maps(
         memory_budget: the device memory one pass may use when ``max_batch`` is ``None`` on a GPU: a fraction of
             the free memory in ``(0, 1]`` or a number of bytes; default the smaller of 8 GiB and half the free
             memory.
+        noise_device: where the noise is drawn: ``None`` on the inputs' device; ``"cpu"`` draws it with CPU
+            generators and copies it over, so that a GPU uses the same noise as the CPU for the same seed (CUDA
+            generators give other streams, and so other maps: methods §4.2), at the cost of the copies.
         channels_last: run the model on channels-last inputs (faster convolutions); ``None`` = use it when
             the model has convolutions and gives the same feature with such inputs.
         fold_batchnorm: run a ``torch.fx`` trace of the forward up to the layer with eval-mode BatchNorm
@@ -189,6 +193,7 @@ def estimate_sigma_maps(
     if not (isinstance(target_entropy, (int, float)) and math.isfinite(target_entropy)):
         raise ValueError(f"`target_entropy` must be a finite number of nats, got {target_entropy!r}.")
     budget = budget_bytes(memory_budget, images.device)  # checks memory_budget on every device
+    check_noise_device(noise_device)
     if max_batch is not None:
         _check_int("max_batch", max_batch, 1)
     index_list = _check_indices(indices, images.shape[0])
@@ -205,7 +210,9 @@ def estimate_sigma_maps(
         if not bound.fold_graph:  # the noise enters through a hook: run the model's own forward
             channels_last, fold_batchnorm = False, False
         features = FeatureFunction(model, target_module, layer, feature_relu, channels_last, fold_batchnorm, images)
-        objective = SampledObjective(features, bound, index_list, samples, seed, max_batch or CPU_BATCH, check)
+        objective = SampledObjective(
+            features, bound, index_list, samples, seed, max_batch or CPU_BATCH, check, noise_device
+        )
         if max_batch is None and budget is not None:
             objective.set_max_batch(automatic_batch(objective, budget))
         options: dict[str, Any] = dict(
@@ -221,6 +228,12 @@ def estimate_sigma_maps(
                 stacklevel=2,
             )
         return maps
+
+
+def check_noise_device(value: object) -> None:
+    """``noise_device``: ``None`` (the inputs' device) or ``"cpu"``."""
+    if value not in (None, "cpu"):
+        raise ValueError(f"`noise_device` must be None (the inputs' device) or 'cpu', got {value!r}.")
 
 
 def automatic_batch(objective: SampledObjective, budget: int) -> int:

@@ -112,3 +112,15 @@ def test_a_bad_budget_is_one_sentence(budget: object) -> None:
         "`memory_budget` must be None, a fraction of the free memory in (0, 1] or a number of bytes ≥ 1, got "
         f"{budget!r}."
     )
+
+
+def test_noise_drawn_on_the_cpu_is_the_cpu_noise() -> None:
+    """``noise_device="cpu"`` (issue 32): the noise of the CPU's generators, copied to the inputs' device; on the
+    CPU it is the default draw, so the maps are the same bit for bit (on a GPU it makes the GPU use the CPU's
+    noise: ``benchmarks/bench_gpu.py`` measures its cost)."""
+    default = estimate_sigma_maps(_net(), _images(), **FAST)
+    on_cpu = estimate_sigma_maps(_net(), _images(), noise_device="cpu", **FAST)
+    assert torch.equal(default.sigma, on_cpu.sigma)
+    with pytest.raises(ValueError) as error:
+        estimate_sigma_maps(_net(), _images(), noise_device="cuda", **FAST)
+    assert str(error.value) == "`noise_device` must be None (the inputs' device) or 'cpu', got 'cuda'."
