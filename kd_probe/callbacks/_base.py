@@ -18,6 +18,7 @@ from kd_probe.callbacks._common import check_same_settings
 from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, stop_check
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import read_pending_probe_sets
+from kd_probe.callbacks._sharding import failure_of
 from kd_probe.callbacks._tensorboard import (
     ACCURACY_TAG,
     hyperparameters,
@@ -147,14 +148,17 @@ def _acts(callback: ProbeCallback, trainer: pl.Trainer) -> bool:
 
 class BatchProbe(ProbeCallback):
     """What the probes of one fixed held-out batch share (``AgreementProbe``, ``UniCAMProbe``): probe at epoch 0
-    (before any optimizer step) and after every ``every_n_epochs`` epochs, on rank zero only (no collectives),
-    never during sanity checking or ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where
-    it stopped). A probe is computed first (:meth:`measure`), then recorded as exactly one history entry
-    (failed, with the reason, when computing raised), then published (:meth:`publish`: scalars, images, files),
-    each side effect in its own guard: a probe problem never stops training. At the start of fit a dry run
-    (:meth:`estimate_cost`) says what a probe costs, and after the first epoch which share of an epoch. Probes
-    compute in float32 with autocast off (a mixed-precision Trainer is noted once; a Trainer whose weights are
-    not float32, ``precision="bf16-true"``, is refused at the start of fit)."""
+    (before any optimizer step) and after every ``every_n_epochs`` epochs, never during sanity checking or
+    ``fast_dev_run``, never twice for one epoch (so a resumed run goes on where it stopped). Under DDP every rank
+    probes: :meth:`measure` shares the images out over the ranks and gathers what must be whole
+    (:class:`~kd_probe.callbacks._sharding.Shards`; a failure on any rank fails the probe on every rank, with
+    the same reason). A probe is computed first (:meth:`measure`), then recorded as exactly one history entry on
+    every rank (failed, with the reason, when computing raised), then published on rank zero (:meth:`publish`:
+    scalars, images, files), each side effect in its own guard: a probe problem never stops training. At the
+    start of fit a dry run (:meth:`estimate_cost`, shared by the processes under DDP) says what a probe costs,
+    and after the first epoch which share of an epoch. Probes compute in float32 with autocast off (a
+    mixed-precision Trainer is noted once; a Trainer whose weights are not float32, ``precision="bf16-true"``, is
+    refused at the start of fit)."""
 
     description = "probe"
     knobs = "probe fewer images or less often (`every_n_epochs`)"
@@ -185,29 +189,32 @@ class BatchProbe(ProbeCallback):
             check_same_settings(self.side_effects.owner, saved, current)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
-        """Compute one probe without side effects: the history entry, and what :meth:`publish` shows."""
+        """Compute one probe without side effects: the history entry, and what :meth:`publish` shows. Every rank
+        calls it under DDP (it makes collectives); a failure raises on every rank."""
         raise NotImplementedError
 
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
         """Log and save a recorded entry (``shown`` is ``None`` for a failed one), every side effect guarded
-        with ``self.side_effects.run``."""
+        with ``self.side_effects.run``; called on rank zero only."""
 
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
         """Seconds one probe is expected to take (from a tiny dry run), and what that covers."""
         raise NotImplementedError
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Any]:
-        """Probe now on this process: compute, append exactly one history entry, publish it."""
+        """Probe now (every rank must call it under DDP): compute, append exactly one history entry, publish it on
+        rank zero."""
         shown = None
         try:
             with float32_probe():  # autocast off: the probe's numbers do not depend on the training precision
                 entry, shown = self.cost.timed(lambda: self.measure(trainer, pl_module, epoch))
         except Exception as error:  # a probe problem never stops training nor loses the history
-            reason = failure_reason(error)
+            reason = failure_of(error)
             rank_zero_warn(f"kd_probe: the {self.description} at epoch {epoch} failed ({reason}); training continues.")
             entry = {"epoch": epoch, "global_step": trainer.global_step, "failed": reason}
         self.history.append(entry)
-        self.publish(trainer, entry, shown)
+        if trainer.is_global_zero:
+            self.publish(trainer, entry, shown)
         return entry
 
     @override
@@ -215,9 +222,15 @@ class BatchProbe(ProbeCallback):
         check_precision(trainer, self.side_effects.owner)  # every rank: a refused precision stops them all
         if trainer.is_global_zero and not getattr(trainer, "fast_dev_run", False):
             with float32_probe():
-                self.side_effects.run(
-                    None, "estimating the cost", lambda: self.cost.expect(*self.estimate_cost(pl_module))
-                )
+                self.side_effects.run(None, "estimating the cost", self._expect_cost, trainer, pl_module)
+
+    def _expect_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """:meth:`estimate_cost`, shared by the processes under DDP (each computes its share of the images)."""
+        seconds, detail = self.estimate_cost(pl_module)
+        world = trainer.world_size
+        if world > 1:
+            seconds, detail = seconds / world, f"{detail}, shared by {world} processes"
+        self.cost.expect(seconds, detail)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -234,7 +247,7 @@ class BatchProbe(ProbeCallback):
         self._maybe_probe(trainer, pl_module, trainer.current_epoch + 1)
 
     def _maybe_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
         if epoch % self.every_n_epochs or any(entry["epoch"] == epoch for entry in self.history):
             return

@@ -153,13 +153,14 @@ def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
 
 def gather_shards(trainer: pl.Trainer, local: Tensor, count: int) -> Tensor:
     """Reassemble per-rank results (rank ``r`` holds images ``r::world_size``) into ``[count, ...]`` on every
-    rank. Every rank must call this (it is a collective)."""
+    rank (booleans sent as bytes). Every rank must call this (it is a collective)."""
     world = trainer.world_size
     if world == 1:
         return local
     width = math.ceil(count / world)
-    padded = local.new_zeros((width, *local.shape[1:]))
-    padded[: local.shape[0]] = local
+    sent = local.to(torch.uint8) if local.dtype == torch.bool else local
+    padded = sent.new_zeros((width, *local.shape[1:]))
+    padded[: local.shape[0]] = sent
     gathered = trainer.strategy.all_gather(padded)  # [world, width, ...]
     result = local.new_empty((count, *local.shape[1:]))
     for rank in range(world):

@@ -22,17 +22,18 @@ def streamed_sigma_maps(
     indices: Sequence[int],
     device: torch.device,
     tick: Callable[[int, int], None],
-    units: int,
+    ticks: int,
     **options: Any,
 ) -> SigmaMaps:
     """The σ maps of ``images[indices]`` (global indices: each image's noise seed), ``STREAM`` images on
-    ``device`` at a time, on the host; ``tick(done, total)`` counts ``units`` per chunk across all chunks."""
+    ``device`` at a time, on the host; ``tick(done, total)`` counts ``ticks`` (σ steps or passes) per chunk
+    across all chunks; ``options`` go to :func:`~kd_probe.estimate_sigma_maps`."""
     chunks = [list(indices[start : start + STREAM]) for start in range(0, len(indices), STREAM)] or [[]]
     parts = []
     for number, chunk in enumerate(chunks):
 
-        def progress(done: int, _total: int, first: int = number * units) -> None:
-            tick(first + done, len(chunks) * units)
+        def progress(done: int, _total: int, first: int = number * ticks) -> None:
+            tick(first + done, len(chunks) * ticks)
 
         maps = estimate_sigma_maps(network, images[chunk].to(device), indices=chunk, progress=progress, **options)
         parts.append(maps.to("cpu") if len(chunks) > 1 else maps)

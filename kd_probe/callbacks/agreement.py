@@ -33,6 +33,7 @@ from kd_probe.callbacks._common import (
 )
 from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.callbacks._probe_sources import ProbeSetReader
+from kd_probe.callbacks._sharding import Shards
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -64,12 +65,16 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     energy on the object), adversarial transfer (the share of the teacher-fooling I-FGSM images that also
     fool the student) at each radius of an ε sweep in [0, 1] pixel units, and invariance agreement per
     transform. Teacher-side work (teacher CAMs, the adversarial images of every ε, teacher predictions) is
-    computed once and cached, so each probe costs one student backward and a few forwards. Probe work runs
-    on rank zero only (the batch is small); the model is left as it was (methods §4). A failing probe (e.g. a
-    diverged student with NaN logits or CAMs) is warned about and recorded as failed with the reason, never
-    as numbers; a logger, an image grid or a file that fails is warned about once and noted in the entry's
-    ``problems``; training goes on. At the start of fit a dry run logs what a probe is expected to cost, and
-    after the first epoch which share of a training epoch that is (a warning when it is more than the epoch).
+    computed once and cached, so each probe costs one student backward and a few forwards. Under DDP the
+    images are shared out over the ranks (rank ``r`` of ``w`` takes images ``r, r + w, …``) and their values
+    gathered in the images' order before scoring, on every rank; rank zero logs and writes. An image's
+    transforms are drawn from ``seed`` for the whole probe set, so they depend on its index only, not on the
+    number of processes. The model is left as it was (methods §4). A failing probe (e.g. a diverged student
+    with NaN logits or CAMs; under DDP, a failure on any rank fails it on every rank) is warned about and
+    recorded as failed with the reason, never as numbers; a logger, an image grid or a file that fails is
+    warned about once and noted in the entry's ``problems``; training goes on. At the start of fit a dry run
+    logs what a probe is expected to cost, and after the first epoch which share of a training epoch that is (a
+    warning when it is more than the epoch).
 
     Every successful entry of :attr:`history` also holds ``per_image``, CPU tensors ``[N]`` whose means are the
     scalars: ``cam_cosine``, ``cam_energy_in_mask/{student,teacher}`` (with masks; NaN for an empty map, the
@@ -209,11 +214,14 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             self.prefix_tokens,
         )
 
-    def _teacher_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
-        """Everything that depends only on the (frozen) teacher and the reference: computed once."""
-        if self._cache is not None and self._cache["device"] == device:
+    def _teacher_side(self, teacher: nn.Module, device: torch.device, shards: Shards) -> dict[str, Any]:
+        """Everything that depends only on the (frozen) teacher and the reference, for this rank's images
+        (``shards.work``): computed once per device and share."""
+        key = (device, *shards.key)
+        if self._cache is not None and self._cache["key"] == key:
             return self._cache
-        images, labels = self.images.to(device), self.labels.to(device)
+        every_image = self.images.to(device)
+        images, labels = every_image[shards.work], self.labels[shards.work].to(device)
         mean, std = self.mean.to(device), self.std.to(device)
         adversarial = {
             key: ifgsm(
@@ -229,13 +237,15 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         }
         transformed = {}
         for name in self.transforms:
+            # drawn for the whole probe set, then this rank's rows: an image's transform depends on the seed and
+            # its index only, not on how many processes probe
             generator = torch.Generator().manual_seed(self.seed)
             options = (
                 {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()} if name == "color" else {}
             )
-            transformed[name] = TRANSFORMS[name](images, generator, **options)
+            transformed[name] = TRANSFORMS[name](every_image, generator, **options)[shards.work]
         cache: dict[str, Any] = {
-            "device": device,
+            "key": key,
             "images": images,
             "labels": labels,
             "cams": _finite(self._cam(teacher, images, labels, self.teacher_layer), "the teacher's Grad-CAM maps"),
@@ -275,47 +285,72 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
 
     @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
-        """The agreement scores now; a ``FloatingPointError`` when the student's logits or CAMs are not finite."""
+        """The agreement scores now; a ``FloatingPointError`` when the student's logits or CAMs are not finite.
+        Under DDP each rank computes its images' values, which every rank gathers before scoring them."""
         teacher, student = networks_by_role(pl_module, teacher=self.teacher, student=self.student)
         device = module_device(student, pl_module.device)
-        cache = self._teacher_side(teacher, device)
-        student_clean = self._predict(student, cache["images"])
-        cams = _finite(
-            self._cam(student, cache["images"], cache["labels"], self.student_layer), "the student's Grad-CAM maps"
-        )
-        cosine = _finite(cam_cosine(cams, cache["cams"]), "the Grad-CAM cosines")
+        shards = Shards(trainer, self.images.shape[0], device)
+        local = shards.compute(lambda: self._per_image(teacher, student, device, shards))
+        whole = {key: shards.gather(value) for key, value in local.items() if not key.startswith("cams/")}
+        roles = ("teacher", "student") if self.log_images else ()
+        shown = {role: shards.gather(local[f"cams/{role}"], self.log_images) for role in roles}  # the grid's CAMs
+        cosine = whole["cam_cosine"]
         per_image: dict[str, Tensor] = {"cam_cosine": cosine}
         values: dict[str, float] = {"cam_cosine": float(cosine.mean())}
-        if "reference_cosine" in cache:
-            per_image["cam_win"] = cam_wins(cosine, cache["reference_cosine"])
-            values["cam_win_rate"] = cam_win_rate(cosine, cache["reference_cosine"])
+        if "reference_cosine" in whole:
+            per_image["cam_win"] = cam_wins(cosine, whole["reference_cosine"])
+            values["cam_win_rate"] = cam_win_rate(cosine, whole["reference_cosine"])
         if self.masks is not None:
-            masks = self.masks.to(device)
-            for role, role_cams in (("student", cams), ("teacher", cache["cams"])):
-                per_image[f"cam_energy_in_mask/{role}"] = energy = cam_energy_in_mask(role_cams, masks)
+            for role in ("student", "teacher"):
+                per_image[f"cam_energy_in_mask/{role}"] = energy = whole[f"cam_energy_in_mask/{role}"]
                 values[f"cam_energy_in_mask/{role}"] = float(energy.nanmean())  # over images with a non-empty map
-        for key, adversarial in cache["adversarial"].items():
-            teacher_adversarial = cache["adversarial_predictions"][key]
-            student_adversarial = self._predict(student, adversarial)
-            per_image[f"teacher_fooled/{key}"] = fooled(cache["clean"], teacher_adversarial)
+        teacher_clean, student_clean = whole["clean/teacher"], whole["clean/student"]
+        for key in self.eps_keys:
+            teacher_adversarial, student_adversarial = whole[f"{key}/teacher"], whole[f"{key}/student"]
+            per_image[f"teacher_fooled/{key}"] = fooled(teacher_clean, teacher_adversarial)
             per_image[f"student_fooled/{key}"] = fooled(student_clean, student_adversarial)
             transfer, rate = adversarial_transfer(
-                cache["clean"], teacher_adversarial, student_clean, student_adversarial
+                teacher_clean, teacher_adversarial, student_clean, student_adversarial
             )
             if key == self.eps_keys[0]:
                 values.update(adv_transfer=transfer, teacher_fooling_rate=rate)
             if len(self.eps) > 1:
                 values.update({f"adv_transfer/{key}": transfer, f"teacher_fooling_rate/{key}": rate})
-        for name, batch in cache["transformed"].items():
-            for role, clean, moved in (
-                ("student", student_clean, self._predict(student, batch)),
-                ("teacher", cache["clean"], cache["transformed_predictions"][name]),
-            ):
+        for name in self.transforms:
+            for role, clean in (("student", student_clean), ("teacher", teacher_clean)):
+                moved = whole[f"invariance/{name}/{role}"]
                 per_image[f"invariance/{name}/{role}"] = prediction_unchanged(clean, moved)
                 values[f"invariance/{name}/{role}"] = prediction_agreement(clean, moved)
         entry: dict[str, Any] = {"epoch": epoch, "global_step": trainer.global_step, **values}
         entry["per_image"] = {key: value.detach().cpu() for key, value in per_image.items()}
-        return entry, cams
+        return entry, shown
+
+    def _per_image(
+        self, teacher: nn.Module, student: nn.Module, device: torch.device, shards: Shards
+    ) -> dict[str, Tensor]:
+        """This rank's images' values (one row each): the CAM cosines (and the reference's, the energies in the
+        masks), both models' top-1 predictions on the clean, adversarial (``<eps key>/<role>``) and transformed
+        (``invariance/<transform>/<role>``) images, and both CAMs (``cams/<role>``)."""
+        cache = self._teacher_side(teacher, device, shards)
+        student_clean = self._predict(student, cache["images"])
+        cams = _finite(
+            self._cam(student, cache["images"], cache["labels"], self.student_layer), "the student's Grad-CAM maps"
+        )
+        values = {"cam_cosine": _finite(cam_cosine(cams, cache["cams"]), "the Grad-CAM cosines")}
+        if "reference_cosine" in cache:
+            values["reference_cosine"] = cache["reference_cosine"]
+        if self.masks is not None:
+            masks = self.masks.to(device)[shards.work]
+            for role, role_cams in (("student", cams), ("teacher", cache["cams"])):
+                values[f"cam_energy_in_mask/{role}"] = cam_energy_in_mask(role_cams, masks)
+        values.update({"clean/teacher": cache["clean"], "clean/student": student_clean})
+        for key, adversarial in cache["adversarial"].items():
+            values[f"{key}/teacher"] = cache["adversarial_predictions"][key]
+            values[f"{key}/student"] = self._predict(student, adversarial)
+        for name, batch in cache["transformed"].items():
+            values[f"invariance/{name}/student"] = self._predict(student, batch)
+            values[f"invariance/{name}/teacher"] = cache["transformed_predictions"][name]
+        return {**values, "cams/teacher": cache["cams"], "cams/student": cams}
 
     @override
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
@@ -323,7 +358,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             self._log(trainer, entry, shown)
         self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
 
-    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Tensor) -> None:
+    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: dict[str, Tensor]) -> None:
         step = trainer.global_step
         metrics = {
             f"{self.prefix}/{key}": value
@@ -339,16 +374,15 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
                     entry, "writing the CAM grid to TensorBoard", self._write_grid, logger, shown, step
                 )
 
-    def _write_grid(self, logger: TensorBoardLogger, cams: Tensor, step: int) -> None:
+    def _write_grid(self, logger: TensorBoardLogger, cams: dict[str, Tensor], step: int) -> None:
         logger.experiment.add_image(f"{self.prefix}/cams", self._grid(cams), global_step=step)
 
-    def _grid(self, cams: Tensor) -> Tensor:
-        assert self._cache is not None  # the teacher side of the entry being published
-        shown = min(self.log_images, cams.shape[0])
+    def _grid(self, cams: dict[str, Tensor]) -> Tensor:
+        """A row per shown image: the input, the teacher's and the student's CAMs (``cams``: the first images')."""
+        shown = min(self.log_images, cams["student"].shape[0])
         pictures = probe_pictures(self.images[:shown], self.mean, self.std)
-        return map_rows(
-            pictures, [self._cache["cams"][:shown], cams[:shown]], labels=("input", "teacher CAM", "student CAM")
-        )
+        maps = [cams["teacher"][:shown], cams["student"][:shown]]
+        return map_rows(pictures, maps, labels=("input", "teacher CAM", "student CAM"))
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_agreement[_<name>].pt`` in the logger's folder (else the Trainer's root directory), written

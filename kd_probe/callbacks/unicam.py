@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,16 @@ from kd_probe.callbacks._common import (
 )
 from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.callbacks._probe_sources import ProbeSetReader
+from kd_probe.callbacks._sharding import Shards
+from kd_probe.callbacks._unicam_scores import distance_matrices, similarity_and_relevance
 from kd_probe.core.distance_correlation import (
     correlation_of_distances,
     distance_matrix,
     label_embedding,
-    relevance_given_of_distances,
 )
 from kd_probe.core.layers import capture_outputs, eval_forward, module_device
 from kd_probe.core.render import map_rows
-from kd_probe.core.unicam import UniCAM, check_features, feature_vectors
+from kd_probe.core.unicam import UniCAM, UniCAMPass, check_features, feature_vectors
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import FORMAT_VERSION, UNICAM_FILE, probe_file
 
@@ -77,12 +79,16 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     *distilled* relevance ``R*(F_S | F_T, G)`` (what the student holds beyond the teacher that is about the
     labels; beyond the reference when one is given) and the *residual* relevance ``R*(F_T | F_S, G)`` (what the
     teacher — or the reference — holds that the student lacks); and UniCAM maps of both at ``cam_layer``.
-    Teacher- and reference-side features are computed once and cached. Runs on rank zero only (the batch is
-    small); the models are left as they were (methods §4). A failed probe (e.g. NaN or infinite features or maps of a
-    diverged student) is warned about and recorded as failed with the reason, never as numbers; a logger, an
-    image grid or the file that fails is warned about once and noted in the entry's ``problems``; training
-    goes on. At the start of fit a dry run logs what a probe is expected to cost, and after the first epoch
-    which share of a training epoch that is (a warning when it is more than the epoch).
+    Teacher- and reference-side features are computed once and cached. Under DDP the images are shared out over
+    the ranks (rank ``r`` of ``w`` takes images ``r, r + w, …``): each rank computes its images' features and
+    UniCAM maps; the features are gathered, so that every rank computes the distance matrices, FSS, RS and the
+    UniCAM scores of the whole batch, exactly as one process does, and the maps are gathered in the images'
+    order; rank zero logs and writes. The models are left as they were (methods §4). A failed probe (e.g. NaN or
+    infinite features or maps of a diverged student; under DDP, a failure on any rank fails it on every rank) is
+    warned about and recorded as failed with the reason, never as numbers; a logger, an image grid or the file
+    that fails is warned about once and noted in the entry's ``problems``; training goes on. At the start of fit
+    a dry run logs what a probe is expected to cost, and after the first epoch which share of a training epoch
+    that is (a warning when it is more than the epoch).
 
     Args:
         images: ``[N, C, H, W]`` inputs (normalised as the models expect; ``N ≥ 4``, two classes or more), a
@@ -250,19 +256,28 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         """The CAM layer of the model compared with: the reference shares the student's names."""
         return self.cam_layer[0] if self.reference is not None else self.cam_layer[1]
 
-    def _fixed_side(self, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
-        """Everything that depends only on the frozen teacher and reference: computed once per device."""
-        if self._cache is not None and self._cache["device"] == device:
+    def _fixed_side(self, teacher: nn.Module, device: torch.device, shards: Shards) -> dict[str, Any]:
+        """Everything that depends only on the frozen teacher and reference: computed once per device and share
+        (under DDP each rank computes its images' features, which every rank gathers)."""
+        key = (device, *shards.key)
+        if self._cache is not None and self._cache["key"] == key:
             return self._cache
-        images, targets = self.images.to(device), self.targets.to(device)
-        cache: dict[str, Any] = {"device": device, "images": images, "targets": targets}
+        images, targets = self.images.to(device)[shards.work], self.targets.to(device)
+        cache: dict[str, Any] = {"key": key, "images": images, "targets": targets}  # this rank's images, all targets
         cache["labels"] = distance_matrix(targets.flatten(1).double())
         sides = [("teacher", teacher, {t for _, t in self.pairs}, self.cam_layer[1])]
         if self.reference is not None:  # the reference has the student's layer names
             sides.append(("reference", self.reference, {s for s, _ in self.pairs}, self.cam_layer[0]))
-        for role, network, paired, cam in sides:
-            cache[role] = self._features(network, sorted(paired | {cam}), images)
-            cache[f"{role}_distances"] = self._distance_matrices(cache[role], paired)
+        local = shards.compute(
+            lambda: {
+                f"{role}/{layer}": features
+                for role, network, paired, cam in sides
+                for layer, features in self._features(network, sorted(paired | {cam}), images).items()
+            }
+        )
+        for role, _, paired, cam in sides:
+            cache[role] = {layer: shards.gather(local[f"{role}/{layer}"]) for layer in sorted(paired | {cam})}
+            cache[f"{role}_distances"] = distance_matrices(cache[role], paired, normalize_rows=self.normalize_rows)
             cache[f"rs_{role}"] = {
                 layer: float(correlation_of_distances(matrices["plain"], cache["labels"]))
                 for layer, matrices in cache[f"{role}_distances"].items()
@@ -277,17 +292,6 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
             eval_forward(network, images.to(module_device(network, images.device)))
         return {name: feature_vectors(outputs[name], self.features).detach().to(images.device) for name in names}
 
-    def _distance_matrices(self, features: dict[str, Tensor], names: set[str]) -> dict[str, dict[str, Tensor]]:
-        """Per layer in ``names``, the float64 distance matrix of the features (``"plain"``) and, with
-        ``normalize_rows``, of the L2-normalised features (``"rows"``, for the V-statistic FSS)."""
-        matrices = {}
-        for layer in sorted(names):
-            vectors = features[layer]
-            matrices[layer] = {"plain": distance_matrix(vectors.double())}
-            if self.normalize_rows:
-                matrices[layer]["rows"] = distance_matrix(vectors.double(), normalize_rows=True)
-        return matrices
-
     @override
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
         student, _, other = self._networks(pl_module)
@@ -301,69 +305,67 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> tuple[dict[str, Any], Any]:
         """FSS, RS and the UniCAM maps now; a ``FloatingPointError`` when features, maps or scores are not
-        finite (a diverged model)."""
+        finite (a diverged model). Under DDP each rank computes its images' features and maps; the features are
+        gathered, so that every rank computes the distance matrices and the scores of the whole batch."""
         student, teacher, other = self._networks(pl_module)
         device = module_device(student, pl_module.device)
-        cache = self._fixed_side(teacher, device)
+        shards = Shards(trainer, self.images.shape[0], device)
+        cache = self._fixed_side(teacher, device, shards)
         images, targets = cache["images"], cache["targets"]
+        options: dict[str, Any] = {
+            "objective": self.objective,
+            "prefix_tokens": self.prefix_tokens,
+            "features": self.features,
+        }
+        unicams = {
+            "distilled": UniCAM(student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, **options),
+            "residual": UniCAM(other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], **options),
+        }
+        with ExitStack() as stack:  # the UniCAM forward passes stay open until their maps are computed
+            passes: dict[str, UniCAMPass] = {}
+
+            def student_side() -> dict[str, Tensor]:
+                own = self._student_features(student, images)
+                for kind, unicam in unicams.items():
+                    passes[kind] = stack.enter_context(unicam.forward_pass(images, max_batch=self.max_batch))
+                return {**own, **{f"unicam/{kind}": forward.features for kind, forward in passes.items()}}
+
+            whole = {name: shards.gather(value) for name, value in shards.compute(student_side).items()}
+            scored: dict[str, Any] = {}
+
+            def scores_and_maps() -> dict[str, Tensor]:  # the whole batch's scores, then this rank's maps
+                own = distance_matrices(whole, {s for s, _ in self.pairs}, normalize_rows=self.normalize_rows)
+                scored["values"], scored["layers"] = similarity_and_relevance(self.pairs, own, cache)
+                compared = cache["reference"] if self.reference is not None else cache["teacher"]
+                given = {"distilled": compared[self._other_cam], "residual": whole[self.cam_layer[0]]}  # Y's
+                for kind, unicam in unicams.items():
+                    scored[kind] = unicam.score(whole[f"unicam/{kind}"], given[kind], targets)
+                return _maps(passes, scored, shards.work)
+
+            local = shards.compute(scores_and_maps)
+        values, scores = scored["values"], {kind: float(scored[kind][0]) for kind in unicams}
+        maps = {kind: shards.gather(local[kind], max(MAPS_KEPT, self.log_images)) for kind in unicams}
+        finite = {kind: bool(shards.gather(local[f"{kind}/finite"]).all()) for kind in unicams}
+        for kind in unicams:
+            if not (math.isfinite(scores[kind]) and finite[kind]):
+                raise FloatingPointError(f"the {kind} UniCAM maps or score hold NaN or infinite values")
+        entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
+        entry.update(distilled_score=scores["distilled"], residual_score=scores["residual"])
+        kept = min(MAPS_KEPT, self.images.shape[0])
+        self.maps.append({"epoch": epoch, **{kind: maps[kind][:kept].cpu() for kind in unicams}})
+        self.distances = {"epoch": epoch, "labels": cache["labels"].cpu(), "layers": scored["layers"]}
+        return entry, {**maps, "values": values}
+
+    def _student_features(self, student: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """The student's features of its paired layers and its CAM layer; a ``FloatingPointError`` naming the
+        first layer whose features are not finite."""
         own = self._features(student, sorted({s for s, _ in self.pairs} | {self.cam_layer[0]}), images)
         for layer, features in own.items():
             if not bool(torch.isfinite(features).all()):
                 raise FloatingPointError(
                     f"the student's features at {layer!r} hold NaN or infinite values (has the model diverged?)"
                 )
-        values, layers = self._scores(self._distance_matrices(own, {s for s, _ in self.pairs}), cache)
-        other_features = (cache["reference"] if self.reference is not None else cache["teacher"])[self._other_cam]
-        options: dict[str, Any] = {
-            "objective": self.objective,
-            "prefix_tokens": self.prefix_tokens,
-            "features": self.features,
-        }
-        distilled = UniCAM(student, other, layer=self.cam_layer[0], feature_layer_y=self._other_cam, **options)(
-            images, targets, features_y=other_features, max_batch=self.max_batch
-        )
-        residual = UniCAM(other, student, layer=self._other_cam, feature_layer_y=self.cam_layer[0], **options)(
-            images, targets, features_y=own[self.cam_layer[0]], max_batch=self.max_batch
-        )
-        for kind, result in (("distilled", distilled), ("residual", residual)):
-            if not (math.isfinite(result.score) and bool(torch.isfinite(result.maps).all())):
-                raise FloatingPointError(f"the {kind} UniCAM maps or score hold NaN or infinite values")
-        entry = {"epoch": epoch, "global_step": trainer.global_step, **values}
-        entry.update(distilled_score=distilled.score, residual_score=residual.score)
-        kept = min(MAPS_KEPT, images.shape[0])
-        self.maps.append(
-            {"epoch": epoch, "distilled": distilled.maps[:kept].cpu(), "residual": residual.maps[:kept].cpu()}
-        )
-        self.distances = {"epoch": epoch, "labels": cache["labels"].cpu(), "layers": layers}
-        return entry, {"distilled": distilled.maps, "residual": residual.maps, "values": values}
-
-    def _scores(
-        self, own: dict[str, dict[str, Tensor]], cache: dict[str, Any]
-    ) -> tuple[dict[str, float], dict[str, dict[str, Tensor]]]:
-        """FSS and RS of every layer pair from the distance matrices of the student's features (``own``) and the
-        cached ones, and those matrices on the CPU per student layer (the file's ``distances``)."""
-        values: dict[str, float] = {}
-        layers: dict[str, dict[str, Tensor]] = {}
-        labels = cache["labels"]
-        for s, t in self.pairs:
-            student, teacher = own[s], cache["teacher_distances"][t]
-            given = cache["reference_distances"][s] if self.reference is not None else teacher
-            values[f"fss/{s}"] = float(correlation_of_distances(teacher["plain"], student["plain"]))
-            rows = (teacher.get("rows", teacher["plain"]), student.get("rows", student["plain"]))
-            values[f"fss_v/{s}"] = float(correlation_of_distances(*rows, bias_corrected=False))
-            values[f"rs/teacher/{s}"] = cache["rs_teacher"][t]
-            values[f"rs/student/{s}"] = float(correlation_of_distances(student["plain"], labels))
-            if self.reference is not None:
-                values[f"rs/reference/{s}"] = cache["rs_reference"][s]
-            values[f"rs/distilled/{s}"] = float(relevance_given_of_distances(student["plain"], given["plain"], labels))
-            values[f"rs/residual/{s}"] = float(relevance_given_of_distances(given["plain"], student["plain"], labels))
-            kept = {"teacher": teacher["plain"], "student": student["plain"]}
-            if self.reference is not None:
-                kept["reference"] = given["plain"]
-            if self.normalize_rows:
-                kept.update(teacher_rows=teacher["rows"], student_rows=student["rows"])
-            layers[s] = {key: matrix.cpu() for key, matrix in kept.items()}
-        return values, layers
+        return own
 
     @override
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
@@ -435,3 +437,10 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         self.history = list(state_dict.get("history", []))
         self.maps = list(state_dict.get("maps", []))
         self.distances = state_dict.get("distances")
+
+
+def _maps(passes: dict[str, UniCAMPass], scored: dict[str, Any], rows: list[int]) -> dict[str, Tensor]:
+    """The maps of each kind of the images ``rows`` (each pass's), from the gradient of the whole batch's score
+    (``scored[kind]``: the score and its gradient), and whether each image's map is finite (``<kind>/finite``)."""
+    maps = {kind: forward.maps(scored[kind][1][rows]) for kind, forward in passes.items()}
+    return {**maps, **{f"{kind}/finite": torch.isfinite(value).flatten(1).all(dim=1) for kind, value in maps.items()}}

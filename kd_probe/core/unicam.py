@@ -11,6 +11,8 @@ to require grad).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import NamedTuple
 
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from kd_probe.core.agreement import _check_max_batch, _chunk_slices, _not_a_tensor, weighted_activations
 from kd_probe.core.distance_correlation import EPS, label_embedding, relevance_given, residual_matrix
 from kd_probe.core.layers import capture_outputs, forward_until, module_device, probing, resolve_layer, unwrap_compiled
-from kd_probe.core.precision import computes_in_float32
+from kd_probe.core.precision import autocast_off, computes_in_float32
 from kd_probe.core.render import per_image_unit
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 
@@ -29,6 +31,7 @@ __all__ = [
     "FEATURES",
     "OBJECTIVES",
     "UniCAM",
+    "UniCAMPass",
     "UniCAMResult",
     "check_features",
     "feature_vectors",
@@ -204,50 +207,54 @@ class UniCAM:
             features_y: ``F_Y`` from :meth:`features_y`, when cached.
             max_batch: most images per forward and backward (``None``: all at once).
         """
-        if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"`images` must be a float tensor [N, C, H, W], got {shape}.")
+        _check_images(images)
         if images.shape[0] < 4:
             raise ValueError(
                 f"`images` holds {images.shape[0]} images; UniCAM explains a batch-level distance correlation, "
                 "which needs N ≥ 4 (n = 1 is undefined)."
             )
         _check_max_batch(max_batch)
-        labels = self._labels(targets, images.shape[0])
-        fy = self.features_y(images, max_batch=max_batch) if features_y is None else features_y.detach()
+        self._labels(targets, images.shape[0])
+        fy = self.features_y(images, max_batch=max_batch) if features_y is None else features_y
+        with self.forward_pass(images, max_batch=max_batch) as forward:
+            score, feature_gradient = self.score(forward.features, fy, targets)
+            maps = forward.maps(feature_gradient)
+        return UniCAMResult(maps, float(score))
+
+    @contextmanager
+    def forward_pass(self, images: Tensor, *, max_batch: int | None = None) -> Iterator[UniCAMPass]:
+        """The forward half of a call, for a batch or a share of one (any ``N ≥ 1``, e.g. one process's images
+        when the batch is spread over several): X's features of ``images`` (:attr:`UniCAMPass.features`), then,
+        given the gradient of the score computed on the whole batch (:meth:`score`), their maps
+        (:meth:`UniCAMPass.maps`) — the maps of a share equal those rows of the whole batch's. X stays in eval
+        mode, with the layer's activations recorded, inside the block; autocast is off there.
+
+        Example::
+
+            >>> from kd_probe.models import VGG
+            >>> unicam = UniCAM(VGG(3, widths=(8, 16)), VGG(3, widths=(16, 32)), layer="features.relu4")
+            >>> images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+            >>> with unicam.forward_pass(images) as forward:
+            ...     score, gradient = unicam.score(forward.features, unicam.features_y(images), labels)
+            ...     maps = forward.maps(gradient)
+            >>> torch.equal(maps, unicam(images, labels).maps)
+            True
+        """
+        _check_images(images)
+        _check_max_batch(max_batch)
         chunks = _chunk_slices(images.shape[0], max_batch)
-        with capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
+        with autocast_off(), capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
             inputs = images.detach().to(module_device(self.model_x, images.device))
-            graph = None
-            if len(chunks) == 1:  # one forward with grad serves both passes
-                graph = self._forward(inputs, captured)
-                fx = graph[0].detach()
-            else:
-                with torch.no_grad():
-                    fx = torch.cat([self._forward(inputs[chunk], captured)[0] for chunk in chunks])
-            score, feature_gradient = self._score(fx, fy.to(fx.device), labels.to(fx.device))
-            maps = []
-            for chunk in chunks:
-                features, activation = graph if graph is not None else self._forward(inputs[chunk], captured)
-                (gradient,) = torch.autograd.grad(
-                    features, activation, grad_outputs=feature_gradient[chunk], allow_unused=True
-                )
-                if gradient is None:
-                    raise ValueError(
-                        f"the features of `feature_layer_x`={self.feature_layer_x!r} do not depend on `layer`="
-                        f"{self.layer!r} (a parallel branch?); name a layer the features are computed from."
-                    )
-                grid = partial(
-                    token_grid,
-                    image_size=tuple(images.shape[-2:]),
-                    batch=len(feature_gradient[chunk]),
-                    prefix_tokens=self.prefix_tokens,
-                    layer=self.layer,
-                )
-                maps.append(weighted_activations(grid(activation), grid(gradient)))
-        scaled = per_image_unit(torch.cat(maps))
-        upsampled = F.interpolate(scaled[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return UniCAMResult(upsampled[:, 0].clamp(0, 1), float(score))
+            yield UniCAMPass(self, inputs, chunks, captured)
+
+    @computes_in_float32
+    def score(self, features_x: Tensor, features_y: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The score ``s`` of the whole batch (methods §3) from both models' features ``[N, D]`` and the targets,
+        and its gradient ``∂s/∂F_X`` ``[N, D]`` (for :meth:`UniCAMPass.maps`); NaN for both when a feature is
+        NaN or infinite."""
+        labels = self._labels(targets, features_x.shape[0])
+        fx = features_x.detach()
+        return self._score(fx, features_y.detach().to(fx.device), labels.to(fx.device))
 
     def _forward(self, inputs: Tensor, captured: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Features ``F_X`` of a chunk and the activations of ``layer`` they come from (with a graph to
@@ -288,3 +295,53 @@ class UniCAM:
                 f"got shape {tuple(targets.shape)}."
             )
         return targets if targets.is_floating_point() else label_embedding(targets)
+
+
+class UniCAMPass:
+    """The forward half of a :class:`UniCAM` call on some images (from :meth:`UniCAM.forward_pass`): their
+    features ``F_X`` (:attr:`features`, ``[n, D]``, detached) and, given the score's gradient with respect to
+    them, their maps (:meth:`maps`, once). With one chunk the forward's graph serves both; with several, each
+    chunk is forwarded again for its maps."""
+
+    def __init__(self, unicam: UniCAM, inputs: Tensor, chunks: list[slice], captured: dict[str, Tensor]) -> None:
+        self.unicam, self.inputs, self.chunks, self.captured = unicam, inputs, chunks, captured
+        self.graph: tuple[Tensor, Tensor] | None = None
+        if len(chunks) == 1:  # one forward with grad serves both passes
+            self.graph = unicam._forward(inputs, captured)
+            self.features = self.graph[0].detach()
+        else:
+            with torch.no_grad():
+                self.features = torch.cat([unicam._forward(inputs[chunk], captured)[0] for chunk in chunks])
+
+    def maps(self, feature_gradient: Tensor) -> Tensor:
+        """Maps ``[n, H, W]`` (each scaled to [0, 1]) for ``feature_gradient`` ``[n, D]``, this pass's rows of
+        ``∂s/∂F_X`` (:meth:`UniCAM.score`); all NaN for an image whose activations or gradients are not finite."""
+        unicam, maps = self.unicam, []
+        for chunk in self.chunks:
+            graph, self.graph = self.graph, None
+            features, activation = graph if graph is not None else unicam._forward(self.inputs[chunk], self.captured)
+            (gradient,) = torch.autograd.grad(
+                features, activation, grad_outputs=feature_gradient[chunk].to(features.device), allow_unused=True
+            )
+            if gradient is None:
+                raise ValueError(
+                    f"the features of `feature_layer_x`={unicam.feature_layer_x!r} do not depend on `layer`="
+                    f"{unicam.layer!r} (a parallel branch?); name a layer the features are computed from."
+                )
+            grid = partial(
+                token_grid,
+                image_size=tuple(self.inputs.shape[-2:]),
+                batch=len(feature_gradient[chunk]),
+                prefix_tokens=unicam.prefix_tokens,
+                layer=unicam.layer,
+            )
+            maps.append(weighted_activations(grid(activation), grid(gradient)))
+        scaled = per_image_unit(torch.cat(maps))
+        upsampled = F.interpolate(scaled[:, None], size=self.inputs.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled[:, 0].clamp(0, 1)
+
+
+def _check_images(images: object) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"`images` must be a float tensor [N, C, H, W], got {shape}.")

@@ -245,16 +245,20 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_runs_under_ddp_on_rank_zero_only(tmp_path: Path) -> None:
+def test_runs_sharded_under_ddp_and_rank_zero_logs_and_writes_once(tmp_path: Path) -> None:
     data = tiny_data()
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     probe = UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2")
     trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[probe], strategy="ddp_spawn", devices=2).fit(
         DistillationModule(tiny_net(), tiny_net()), datamodule=data
     )
-    saved = torch.load(tmp_path / "run" / "version_0" / "kd_probe_unicam.pt", weights_only=False)
+    saved = torch.load(tmp_path / "run" / "version_0" / "kd_probe_unicam.pt", weights_only=True)
     assert [e["epoch"] for e in saved["entries"]] == [0, 1, 2]  # once per epoch, not once per process
     assert all("failed" not in e for e in saved["entries"])
-    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"scalars": 0})
+    # each rank computed the maps of its images, gathered: every image has its maps, the batch its distances
+    assert all(m["distilled"].shape == m["residual"].shape == (6, 16, 16) for m in saved["maps"])
+    assert saved["distances"]["layers"]["features.relu2"]["student"].shape == (6, 6)
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     assert len(events.Scalars("kd_probe/fss/features.relu2")) == 3  # logged by one process
+    assert len(events.Images("kd_probe/unicam/distilled")) == 3
