@@ -184,27 +184,28 @@ def recurrence(
     active = list(range(count))
     check_step = steps - BOOST_STEPS - 1
     reported = 0
+    index = torch.tensor(active, dtype=torch.long, device=device)  # ``active`` on the device, kept in step
     for step in range(steps):
         if not active:
             break
         if check is not None:
             check()
-        sigma[active] = sigma[active].clamp(*SIGMA_RANGE)
-        recorded_sigma[step, active] = sigma[active]
-        recorded_entropy[step, active] = mean_entropy(sigma[active], None if valid is None else valid[active])
+        sigma[index] = sigma[index].clamp(*SIGMA_RANGE)
+        recorded_sigma[step, index] = sigma[index]
+        recorded_entropy[step, index] = mean_entropy(sigma[index], None if valid is None else valid[index])
         if patience is not None and step > 0:
             distance = (recorded_entropy[step] - target).abs()
             farther = passed & (distance > (recorded_entropy[step - 1] - target).abs())
             moving_away = torch.where(farther, moving_away + 1, torch.zeros_like(moving_away))
         passed |= recorded_entropy[step].nan_to_num(-math.inf) > target
-        if patience is not None:
-            active = [p for p in active if moving_away[p] < patience]
+        if patience is not None:  # one read of the device per step, not one per input
+            active, index = _keep(active, index, moving_away[index] < patience)
         if active:
-            sigma[active] = torch.add(sigma[active], gradient(active, sigma[active], lams[active]), alpha=-lr)
+            sigma[index] = torch.add(sigma[index], gradient(active, sigma[index], lams[index]), alpha=-lr)
         if step == check_step:
             boosted = ~passed
             lams[boosted] *= boost
-            active = [p for p in active if boosted[p]]
+            active, index = _keep(active, index, boosted[index])
         reported = step + 1
         if progress is not None:
             progress(reported, steps)
@@ -220,6 +221,14 @@ def recurrence(
         boosted=boosted,
         step=selected,
     )
+
+
+def _keep(active: list[int], index: Tensor, keep: Tensor) -> tuple[list[int], Tensor]:
+    """The positions of ``active`` (and of its device copy ``index``) where ``keep`` is true."""
+    flags = keep.tolist()
+    if all(flags):
+        return active, index
+    return [p for p, flag in zip(active, flags, strict=True) if flag], index[keep]
 
 
 def check_int(name: str, value: object, lower: int, expected: str = "", *, upper: int | None = None) -> None:
