@@ -120,11 +120,12 @@ class MethodEvidence:
         return min((len(self.pairs(runs, self.baseline)) for runs in self.methods.values()), default=0)
 
 
-def run_measures(run: RunSummary) -> dict[str, Measure]:
+def run_measures(run: RunSummary, knowledge: dict[str, Measure] | None = None) -> dict[str, Measure]:
     """Every measure of one run: test accuracy (no per-image data), the knowledge-point measures on all probe
-    images, the agreement scores and, at the deepest UniCAM layer, FSS and RS (``fss``, ``rs/distilled``, ...)."""
+    images (``knowledge`` when already computed, with their bootstrap replicates), the agreement scores and, at the
+    deepest UniCAM layer, FSS and RS (``fss``, ``rs/distilled``, ...)."""
     measures: dict[str, Measure] = {"accuracy": Measure(run.metrics.get("accuracy", math.nan))}
-    measures.update(knowledge_point_measures(run.history))
+    measures.update(knowledge_point_measures(run.history) if knowledge is None else knowledge)
     if run.agreement:
         measures.update(agreement_measures(run.agreement))
     if run.unicam:
@@ -137,11 +138,18 @@ def run_measures(run: RunSummary) -> dict[str, Measure]:
 
 
 def evidence_of(
-    methods: dict[str, list[RunSummary]], baseline: list[RunSummary], resamples: int, seed: int = 0
+    methods: dict[str, list[RunSummary]],
+    baseline: list[RunSummary],
+    resamples: int,
+    seed: int = 0,
+    knowledge: dict[int, dict[str, Measure]] | None = None,
 ) -> MethodEvidence:
-    """The evidence of a comparison, every run's measures read once."""
+    """The evidence of a comparison, every run's measures read once (``knowledge``: runs' knowledge-point
+    measures already computed, by ``id(run)``)."""
     runs = [*baseline, *(run for group in methods.values() for run in group)]
-    return MethodEvidence(methods, baseline, {id(run): run_measures(run) for run in runs}, resamples, seed)
+    known = knowledge or {}
+    measures = {id(run): run_measures(run, known.get(id(run))) for run in runs}
+    return MethodEvidence(methods, baseline, measures, resamples, seed)
 
 
 def columns(evidence: MethodEvidence) -> list[Column]:

@@ -33,7 +33,8 @@ from kd_probe.apps.report.method_stats import (
     method_cells,
     ranking,
 )
-from kd_probe.apps.report.sections import cell, format_value, section, with_interval
+from kd_probe.apps.report.sections import cell, section, signed_value, with_interval
+from kd_probe.apps.report.stats import Measure
 from kd_probe.apps.report.verdicts import HYPOTHESES, combined_word
 from kd_probe.io.run_files import error_text
 from kd_probe.io.runs import RunSummary
@@ -145,8 +146,7 @@ def format_signed(key: str, value: float) -> str:
     """A signed difference as the tables show it; accuracy in percentage points."""
     if key == "accuracy":
         return f"{value * 100:+.1f} points" if math.isfinite(value) else "–"
-    text = format_value(key, value)
-    return text if text == "–" or text.startswith("-") else f"+{text}"
+    return signed_value(key, value)
 
 
 def methods_sections(
@@ -156,9 +156,12 @@ def methods_sections(
     *,
     resamples: int,
     figures: bool,
+    knowledge: dict[int, dict[str, Measure]] | None = None,
 ) -> list[str]:
-    """report.md's sections comparing several KD methods with the baseline (and ``methods.png``)."""
-    evidence = evidence_of(methods, baseline, resamples)
+    """report.md's sections comparing several KD methods with the baseline (and ``methods.png``); ``knowledge``:
+    the runs' knowledge-point measures the Runs table already computed (by ``id(run)``), reused with their
+    bootstrap replicates."""
+    evidence = evidence_of(methods, baseline, resamples, knowledge=knowledge)
     measures = columns(evidence)
     method_cells(evidence, measures)
     pairs = evidence.seed_pairs

@@ -31,6 +31,7 @@ __all__ = [
     "comparison_rows",
     "format_value",
     "section",
+    "signed_value",
     "unicam_section",
     "with_interval",
 ]
@@ -68,14 +69,15 @@ def format_value(key: str, value: float) -> str:
     return f"{value:.1%}" if key == "accuracy" else f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
 
 
-def _signed(key: str, value: float) -> str:
+def signed_value(key: str, value: float) -> str:
+    """A difference as the report shows it: :func:`format_value` with its sign."""
     text = format_value(key, value)
     return text if text == "–" or text.startswith("-") else f"+{text}"
 
 
 def with_interval(key: str, found: Interval | None, estimate: float, *, signed: bool = False) -> str:
     """``estimate [low, high]`` (the interval left out when there is none)."""
-    show = _signed if signed else format_value
+    show = signed_value if signed else format_value
     if found is None or not (math.isfinite(found.low) and math.isfinite(found.high)):
         return show(key, estimate)
     return f"{show(key, estimate)} [{show(key, found.low)}, {show(key, found.high)}]"

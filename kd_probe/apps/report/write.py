@@ -262,7 +262,9 @@ def write_report(
     views = _views(evidence)
     lines += _runs_section(evidence, views, show_method=len(methods) > 1)
     if len(methods) > 1 and baseline:
-        lines += methods_sections(methods, baseline, out_dir, resamples=resamples, figures=figures)
+        measured = [*views["all"][0], *views["all"][1]]  # the Runs table's measures, replicates and all
+        knowledge = {id(run): own for run, own in zip([*distilled, *baseline], measured, strict=True)}
+        lines += methods_sections(methods, baseline, out_dir, resamples=resamples, figures=figures, knowledge=knowledge)
         lines += ["", _METRICS_NOTE]
         text = "\n".join(lines) + "\n"
         path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
