@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from kd_probe.callbacks._guard import clock
@@ -25,20 +26,23 @@ def sigma_work(options: Mapping[str, Any]) -> tuple[str, int, str]:
 
 
 def estimate_sigma_cost(
-    network: nn.Module, images: Tensor, layer: str, options: Mapping[str, Any], world_size: int
+    network: nn.Module, images: Tensor, layer: str, options: Mapping[str, Any], world_size: int, device: torch.device
 ) -> tuple[float, str]:
-    """Seconds per probe and what they cover, from a dry run on one forward group of probe images (4 steps, or
-    2 passes), timed per unit of work after the first and scaled to this rank's images and the real work."""
+    """Seconds per probe and what they cover, from a dry run on ``device`` with one forward group of the probe
+    images (4 steps, or 2 passes), timed per unit of work after the first and scaled to this rank's images and
+    the real work. Only that group visits the device."""
     method, units, unit = sigma_work(options)
     plural = "passes" if unit == "pass" else "steps"
     samples = int(options.get("samples") or DEFAULT_SAMPLES[method])
-    max_batch = options.get("max_batch") or (MOST_BATCH if images.device.type == "cuda" else CPU_BATCH)
+    max_batch = options.get("max_batch") or (MOST_BATCH if device.type == "cuda" else CPU_BATCH)
     per_rank = math.ceil(images.shape[0] / world_size)
     group = min(per_rank, max(1, max_batch // samples))  # images that share one forward
     ticks: list[float] = []
     dry = {**options, "passes": 2} if method == "secant" else {**options, "steps": 4}
     start = clock()
-    estimate_sigma_maps(network, images[:group], layer=layer, progress=lambda *_: ticks.append(clock()), **dry)
+    estimate_sigma_maps(
+        network, images[:group].to(device), layer=layer, progress=lambda *_: ticks.append(clock()), **dry
+    )
     per_unit = (ticks[-1] - ticks[0]) / (len(ticks) - 1)
     fixed = max(ticks[0] - start - per_unit, 0.0)  # σ_f (faithful) and the images' reference features
     processes = f" on each of {world_size} processes" if world_size > 1 else ""

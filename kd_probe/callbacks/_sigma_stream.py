@@ -9,11 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kd_probe.callbacks import _streaming
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
 
-__all__ = ["STREAM", "streamed_sigma_maps"]
-
-STREAM = 256  # probe images on the device at once (each image's map does not depend on its chunk)
+__all__ = ["streamed_sigma_maps"]
 
 
 def streamed_sigma_maps(
@@ -25,10 +24,10 @@ def streamed_sigma_maps(
     ticks: int,
     **options: Any,
 ) -> SigmaMaps:
-    """The σ maps of ``images[indices]`` (global indices: each image's noise seed), ``STREAM`` images on
+    """The σ maps of ``images[indices]`` (global indices: each image's noise seed), ``_streaming.STREAM`` images on
     ``device`` at a time, on the host; ``tick(done, total)`` counts ``ticks`` (σ steps or passes) per chunk
     across all chunks; ``options`` go to :func:`~kd_probe.estimate_sigma_maps`."""
-    chunks = [list(indices[start : start + STREAM]) for start in range(0, len(indices), STREAM)] or [[]]
+    chunks = [list(indices[part]) for part in _streaming.chunk_slices(len(indices))]
     parts = []
     for number, chunk in enumerate(chunks):
 

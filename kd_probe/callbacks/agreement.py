@@ -34,6 +34,7 @@ from kd_probe.callbacks._common import (
 from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sharding import Shards
+from kd_probe.callbacks._streaming import streamed
 from kd_probe.core.agreement import (
     adversarial_transfer,
     cam_cosine,
@@ -104,8 +105,9 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         normalization: ``(mean, std)`` per channel of the inputs (default: the data module's, else none).
         seed: seed of the transforms. log_images: images in the CAM grid (any number of channels: one is
             shown as grey, extras are dropped).
-        max_batch: most images per forward and backward pass (``None``: the whole probe set at once); bounds
-            the memory of a large probe set, the values do not depend on it.
+        max_batch: most images per forward and backward pass (``None``: up to 256, the chunk the probe images
+            visit the device in: they stay on the host, as do the cached adversarial and transformed images, so
+            a probe set of thousands never sits on the device whole). The values do not depend on it.
         prefix_tokens: for a CAM layer that outputs transformer tokens ``[N, T, D]`` (a ViT block), the leading
             tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
 
@@ -220,21 +222,21 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         key = (device, *shards.key)
         if self._cache is not None and self._cache["key"] == key:
             return self._cache
-        every_image = self.images.to(device)
-        images, labels = every_image[shards.work], self.labels[shards.work].to(device)
+        images, labels = self.images[shards.work], self.labels[shards.work]  # held on the host, streamed to `device`
         mean, std = self.mean.to(device), self.std.to(device)
-        adversarial = {
-            key: ifgsm(
-                teacher,
+
+        def attack(radius: float) -> Tensor:
+            clamp = ((0 - mean) / std, (1 - mean) / std)
+            return streamed(
+                lambda x, y: ifgsm(
+                    teacher, x, y, eps=radius / std, steps=self.steps, clamp=clamp, max_batch=self.max_batch
+                ),
+                device,
                 images,
                 labels,
-                eps=radius / std,
-                steps=self.steps,
-                clamp=((0 - mean) / std, (1 - mean) / std),
-                max_batch=self.max_batch,
             )
-            for key, radius in zip(self.eps_keys, self.eps, strict=True)
-        }
+
+        adversarial = {eps: attack(radius) for eps, radius in zip(self.eps_keys, self.eps, strict=True)}
         transformed = {}
         for name in self.transforms:
             # drawn for the whole probe set, then this rank's rows: an image's transform depends on the seed and
@@ -243,34 +245,43 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             options = (
                 {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()} if name == "color" else {}
             )
-            transformed[name] = TRANSFORMS[name](every_image, generator, **options)[shards.work]
+            transformed[name] = TRANSFORMS[name](self.images, generator, **options)[shards.work]
         cache: dict[str, Any] = {
             "key": key,
             "images": images,
             "labels": labels,
-            "cams": _finite(self._cam(teacher, images, labels, self.teacher_layer), "the teacher's Grad-CAM maps"),
-            "clean": self._predict(teacher, images),
+            "cams": _finite(
+                self._cam(teacher, device, images, labels, self.teacher_layer), "the teacher's Grad-CAM maps"
+            ),
+            "clean": self._predict(teacher, device, images),
             "adversarial": adversarial,  # per ε name
-            "adversarial_predictions": {key: self._predict(teacher, batch) for key, batch in adversarial.items()},
+            "adversarial_predictions": {k: self._predict(teacher, device, v) for k, v in adversarial.items()},
             "transformed": transformed,
-            "transformed_predictions": {k: self._predict(teacher, v) for k, v in transformed.items()},
+            "transformed_predictions": {k: self._predict(teacher, device, v) for k, v in transformed.items()},
         }
         if self.reference is not None:
-            reference_cams = self._cam(self.reference.to(device), images, labels, self.student_layer)
+            reference_cams = self._cam(self.reference.to(device), device, images, labels, self.student_layer)
             cache["reference_cosine"] = cam_cosine(
                 _finite(reference_cams, "the reference's Grad-CAM maps"), cache["cams"]
             )
         self._cache = cache
         return cache
 
-    def _cam(self, network: nn.Module, images: Tensor, labels: Tensor, layer: str) -> Tensor:
-        return grad_cam(
-            network, images, labels, layer=layer, max_batch=self.max_batch, prefix_tokens=self.prefix_tokens
+    def _cam(self, network: nn.Module, device: torch.device, images: Tensor, labels: Tensor, layer: str) -> Tensor:
+        """Grad-CAM of the true class, the images streamed to ``device``."""
+        return streamed(
+            lambda x, y: grad_cam(
+                network, x, y, layer=layer, max_batch=self.max_batch, prefix_tokens=self.prefix_tokens
+            ),
+            device,
+            images,
+            labels,
         )
 
-    def _predict(self, network: nn.Module, images: Tensor) -> Tensor:
-        """Top-1 classes; a ``FloatingPointError`` naming the model's NaN or infinite logits."""
-        return predictions(network, images, max_batch=self.max_batch)
+    def _predict(self, network: nn.Module, device: torch.device, images: Tensor) -> Tensor:
+        """Top-1 classes, the images streamed to ``device``; a ``FloatingPointError`` naming the model's NaN or
+        infinite logits."""
+        return streamed(lambda x: predictions(network, x, max_batch=self.max_batch), device, images)
 
     @override
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
@@ -332,23 +343,24 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         masks), both models' top-1 predictions on the clean, adversarial (``<eps key>/<role>``) and transformed
         (``invariance/<transform>/<role>``) images, and both CAMs (``cams/<role>``)."""
         cache = self._teacher_side(teacher, device, shards)
-        student_clean = self._predict(student, cache["images"])
+        student_clean = self._predict(student, device, cache["images"])
         cams = _finite(
-            self._cam(student, cache["images"], cache["labels"], self.student_layer), "the student's Grad-CAM maps"
+            self._cam(student, device, cache["images"], cache["labels"], self.student_layer),
+            "the student's Grad-CAM maps",
         )
         values = {"cam_cosine": _finite(cam_cosine(cams, cache["cams"]), "the Grad-CAM cosines")}
         if "reference_cosine" in cache:
             values["reference_cosine"] = cache["reference_cosine"]
         if self.masks is not None:
-            masks = self.masks.to(device)[shards.work]
+            masks = self.masks[shards.work]
             for role, role_cams in (("student", cams), ("teacher", cache["cams"])):
                 values[f"cam_energy_in_mask/{role}"] = cam_energy_in_mask(role_cams, masks)
         values.update({"clean/teacher": cache["clean"], "clean/student": student_clean})
         for key, adversarial in cache["adversarial"].items():
             values[f"{key}/teacher"] = cache["adversarial_predictions"][key]
-            values[f"{key}/student"] = self._predict(student, adversarial)
+            values[f"{key}/student"] = self._predict(student, device, adversarial)
         for name, batch in cache["transformed"].items():
-            values[f"invariance/{name}/student"] = self._predict(student, batch)
+            values[f"invariance/{name}/student"] = self._predict(student, device, batch)
             values[f"invariance/{name}/teacher"] = cache["transformed_predictions"][name]
         return {**values, "cams/teacher": cache["cams"], "cams/student": cams}
 

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
+from kd_probe.callbacks import _streaming
 from kd_probe.callbacks._base import ProbeCallback
 from kd_probe.callbacks._checks import check_knowledge_point_setup, check_sigma_options
 from kd_probe.callbacks._common import (
@@ -38,7 +39,7 @@ from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, fai
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
-from kd_probe.callbacks._sigma_stream import STREAM, streamed_sigma_maps
+from kd_probe.callbacks._sigma_stream import streamed_sigma_maps
 from kd_probe.callbacks._units import describe_units, log_probe_media, read_probe_inputs
 from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.core.knowledge_points import count_knowledge_points
@@ -221,8 +222,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
 
     def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = find_network(pl_module, self.module_path)
-        images = self.images.to(module_device(network, pl_module.device))
-        self.cost.expect(*estimate_sigma_cost(network, images, self.layer, self.sigma_options, trainer.world_size))
+        device = module_device(network, pl_module.device)
+        options = self.sigma_options
+        self.cost.expect(*estimate_sigma_cost(network, self.images, self.layer, options, trainer.world_size, device))
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -300,7 +302,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         fields: dict[str, Tensor] = {}
         try:
             _, units, unit = sigma_work(self.sigma_options)
-            chunks = max(1, -(-len(local) // STREAM))  # the probe set goes to the device in chunks
+            chunks = len(_streaming.chunk_slices(len(local)))  # the probe set goes to the device in chunks
             with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", units * chunks, unit) as tick:
                 maps = streamed_sigma_maps(
                     network,

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from typing_extensions import override
 
+from kd_probe.callbacks import _streaming
 from kd_probe.callbacks._base import BatchProbe
 from kd_probe.callbacks._checks import (
     check_normalization,
@@ -110,8 +111,9 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         objective: UniCAM's score, ``"relevance"`` or ``"max_row"`` (the authors' scripts).
         normalization: ``(mean, std)`` per channel, to show the inputs (default: the data module's).
         log_images: images in each map grid (any number of channels: one is shown as grey, extras dropped).
-        max_batch: most images per forward and backward pass of the UniCAM maps (``None``: the whole batch at
-            once); bounds the memory of a large probe batch, the values do not depend on it.
+        max_batch: most images per forward and backward pass (``None``: 256); the probe images stay on the host
+            and visit the networks' device this many at a time, so a probe set of thousands never sits on the
+            device whole. The values do not depend on it.
         prefix_tokens: for a ``cam_layer`` that outputs transformer tokens ``[N, T, D]`` (a ViT block), the
             leading tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
         features: how a 4-D feature map becomes one vector per image, for FSS, RS and the UniCAM scores:
@@ -262,7 +264,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         key = (device, *shards.key)
         if self._cache is not None and self._cache["key"] == key:
             return self._cache
-        images, targets = self.images.to(device)[shards.work], self.targets.to(device)
+        images, targets = self.images[shards.work], self.targets  # held on the host, streamed to the networks
         cache: dict[str, Any] = {"key": key, "images": images, "targets": targets}  # this rank's images, all targets
         cache["labels"] = distance_matrix(targets.flatten(1).double())
         sides = [("teacher", teacher, {t for _, t in self.pairs}, self.cam_layer[1])]
@@ -286,11 +288,17 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         return cache
 
     def _features(self, network: nn.Module, names: list[str], images: Tensor) -> dict[str, Tensor]:
-        """Features (pooled or flattened, ``features``) of several layers from one eval-mode forward on the
-        network's device (modes restored), returned on the images' device."""
-        with capture_outputs(network, names) as outputs:
-            eval_forward(network, images.to(module_device(network, images.device)))
-        return {name: feature_vectors(outputs[name], self.features).detach().to(images.device) for name in names}
+        """Features (pooled or flattened, ``features``) of several layers from eval-mode forwards on the
+        network's device (modes restored), ``max_batch`` images at a time (default ``STREAM``), returned on the
+        images' device."""
+        device, parts = module_device(network, images.device), []
+        for chunk in _streaming.chunk_slices(images.shape[0], self.max_batch):
+            with capture_outputs(network, names) as outputs:
+                eval_forward(network, images[chunk].to(device))
+            parts.append(
+                {name: feature_vectors(outputs[name], self.features).detach().to(images.device) for name in names}
+            )
+        return {name: torch.cat([part[name] for part in parts]) for name in names}
 
     @override
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
@@ -327,7 +335,9 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
             def student_side() -> dict[str, Tensor]:
                 own = self._student_features(student, images)
                 for kind, unicam in unicams.items():
-                    passes[kind] = stack.enter_context(unicam.forward_pass(images, max_batch=self.max_batch))
+                    passes[kind] = stack.enter_context(
+                        unicam.forward_pass(images, max_batch=self.max_batch or _streaming.STREAM)
+                    )
                 return {**own, **{f"unicam/{kind}": forward.features for kind, forward in passes.items()}}
 
             whole = {name: shards.gather(value) for name, value in shards.compute(student_side).items()}

@@ -202,7 +202,7 @@ class UniCAM:
 
         Args:
             images: ``[N, C, H, W]`` inputs as the models expect them, ``N ≥ 4`` (moved to each model's
-                device; the maps are on X's).
+                device ``max_batch`` at a time; the maps are on X's).
             targets: integer labels ``[N]`` (one-hot ``G``) or label vectors ``[N, d]``; unused by ``"max_row"``.
             features_y: ``F_Y`` from :meth:`features_y`, when cached.
             max_batch: most images per forward and backward (``None``: all at once).
@@ -244,8 +244,7 @@ class UniCAM:
         _check_max_batch(max_batch)
         chunks = _chunk_slices(images.shape[0], max_batch)
         with autocast_off(), capture_outputs(self.model_x, [self.layer]) as captured, probing(self.model_x):
-            inputs = images.detach().to(module_device(self.model_x, images.device))
-            yield UniCAMPass(self, inputs, chunks, captured)
+            yield UniCAMPass(self, images.detach(), chunks, captured)
 
     @computes_in_float32
     def score(self, features_x: Tensor, features_y: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -260,7 +259,7 @@ class UniCAM:
         """Features ``F_X`` of a chunk and the activations of ``layer`` they come from (with a graph to
         the activations when grad is enabled: frozen models still give one, the input requires grad)."""
         captured.clear()
-        inputs = inputs.clone().requires_grad_(torch.is_grad_enabled())
+        inputs = inputs.to(module_device(self.model_x, inputs.device)).clone().requires_grad_(torch.is_grad_enabled())
         features = feature_vectors(
             forward_until(self.model_x, self.feature_layer_x, inputs, argument="feature_layer_x"), self.features
         )

@@ -390,10 +390,9 @@ def test_a_probe_set_streamed_to_the_device_in_chunks_gives_the_same_history(
 ) -> None:
     """Issue 32: the probe images go to the device ``STREAM`` at a time; chunks of 3 give the one-chunk history."""
     whole = _fit_for_history(tmp_path / "whole", sigma)
-    from kd_probe.callbacks import _sigma_stream, knowledge_points
+    from kd_probe.callbacks import _streaming
 
-    monkeypatch.setattr(_sigma_stream, "STREAM", 3)
-    monkeypatch.setattr(knowledge_points, "STREAM", 3)
+    monkeypatch.setattr(_streaming, "STREAM", 3)
     streamed = _fit_for_history(tmp_path / "streamed", sigma)
     for a, b in zip(streamed["entries"], whole["entries"], strict=True):
         for key in ("entropy", "points", "n_fg", "n_bg", "sigma_f", "step", "effective"):
