@@ -105,10 +105,8 @@ def test_version_still_answers(capsys: pytest.CaptureFixture) -> None:
             "argument --methods: at matches feature maps, which --modality text has not; use logit, relation or "
             "contrastive methods (--methods all leaves feature methods out there)",
         ),
-        (
-            ["--devices", "2"],
-            "argument --devices: expected 1 (the demo trains on one device; kd-probe fit runs DDP over several), got 2",
-        ),
+        (["--devices", "0"], "argument --devices: expected auto or a positive integer, got 0"),
+        (["--devices", "two"], "argument --devices: expected auto or a positive integer, got two"),
     ],
 )
 def test_a_demo_mistake_is_one_sentence_and_exit_2(

@@ -79,6 +79,11 @@ def _integer(low: int, expected: str, high: int | None = None) -> Callable[[str]
 _positive = _integer(1, "a positive integer")
 
 
+def _devices(text: str) -> int | str:
+    """``--devices``: ``auto`` or a positive integer."""
+    return "auto" if text == "auto" else _integer(1, "auto or a positive integer")(text)
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -210,9 +215,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     add(
         "--devices",
-        type=_integer(1, "1 (the demo trains on one device; kd-probe fit runs DDP over several)", 1),
-        default=1,
-        help="devices per Trainer: 1 (the demo trains on one device; kd-probe fit --config runs DDP over several)",
+        type=_devices,
+        default="auto",
+        help="devices per Trainer: auto (one: the default; the demo's small networks train fastest on one) or N: "
+        "data-parallel (DDP) over N GPUs, or over N CPU processes with --accelerator cpu",
     )
     add("--full", action="store_true", help="a longer, more faithful run (the paper's faithful probe settings)")
     add(

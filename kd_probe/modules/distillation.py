@@ -385,6 +385,7 @@ class DistillationModule(pl.LightningModule):
                 on_epoch=not on_step,
                 prog_bar=name == "loss" and split == "train",
                 batch_size=len(labels),
+                sync_dist=not on_step,  # under DDP an epoch's validation or test loss is the mean over the ranks
             )
         if self.stage != "mimic":
             accuracy = getattr(self, f"{split}_acc")

@@ -118,15 +118,27 @@ def seed_pairs(args: argparse.Namespace) -> tuple[int, str]:
 
 def accelerator(args: argparse.Namespace) -> tuple[str, int]:
     """The Trainers' accelerator and devices: ``--accelerator auto`` is ``gpu`` where CUDA is available and
-    ``cpu`` elsewhere; ``gpu`` without CUDA is a ``ValueError``."""
-    asked, devices = getattr(args, "accelerator", "auto") or "auto", getattr(args, "devices", 1) or 1
+    ``cpu`` elsewhere; ``--devices auto`` is one. A ``ValueError`` for ``gpu`` without CUDA and for more GPUs
+    than PyTorch sees."""
+    asked, devices = getattr(args, "accelerator", "auto") or "auto", getattr(args, "devices", "auto") or "auto"
     if asked == "gpu" and not torch.cuda.is_available():
         raise ValueError(
             "argument --accelerator: gpu asked for, but PyTorch sees no GPU (torch.cuda.is_available() is False); "
             "use --accelerator cpu or auto"
         )
     chosen = asked if asked != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
-    return chosen, devices
+    count = 1 if devices == "auto" else int(devices)
+    if chosen == "gpu" and count > 1 and count > torch.cuda.device_count():
+        raise ValueError(
+            f"argument --devices: {count} GPUs asked for, but PyTorch sees {torch.cuda.device_count()}; "
+            "use at most that many"
+        )
+    if chosen == "cpu" and count > 1 and asked != "cpu":
+        raise ValueError(
+            f"argument --devices: {count} devices asked for, but PyTorch sees no GPU; add --accelerator cpu to "
+            f"train over {count} CPU processes"
+        )
+    return chosen, count
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -83,6 +84,7 @@ class DemoResult:
     probe_seconds: float = 0.0  # spent in the knowledge-point probes (σ maps, counts, logging)
     modality: str = "image"
     note: str | None = None  # one line printed before the report and written at its top (--quick)
+    rank: int = 0  # over several devices, this process's rank: only rank 0 prints and writes
 
     def accuracy(self, role: str) -> float:
         values = [run.accuracy for run in self.runs if run.role == role]
@@ -108,9 +110,13 @@ def _timed(callbacks: Sequence[pl.Callback], clock: DemoClock, kind: str, ends_r
     return [*callbacks, EpochTimer(clock, kind, ends_run), DemoProgressBar(clock)]
 
 
-def _trainer_options(quick: bool, plan: Plan | None = None) -> dict[str, Any]:
-    """The demo's Trainer options; ``plan`` gives the accelerator and devices (the CPU and one device without it)."""
+def _trainer_options(quick: bool, plan: Plan | None = None, unused: bool = False) -> dict[str, Any]:
+    """The demo's Trainer options; ``plan`` gives the accelerator and devices (the CPU and one device without it).
+    Over several devices: DDP, told of ``unused`` parameters (the two-phase protocol's head in its first phase)."""
+    strategy = "ddp_find_unused_parameters_true" if unused else "ddp"
+    several = {"strategy": strategy} if plan and plan.devices > 1 else {}
     return dict(
+        **several,
         enable_checkpointing=not quick,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -173,6 +179,15 @@ def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
     )
 
 
+def _silent(*_: Any, **__: Any) -> None:
+    """Ranks other than 0 print nothing."""
+
+
+def _unrecorded(run: RunResult, *_: Any) -> RunResult:
+    """Ranks other than 0 write no run file."""
+    return run
+
+
 def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality, kd_method_name: str = "") -> RunResult:
     run.log_dir.mkdir(parents=True, exist_ok=True)
     info = {
@@ -198,6 +213,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*does not have a deterministic implementation.*")  # on a GPU
+    # DDP over several devices: the test set's sampler pads it to a multiple of the devices (said in the docs)
+    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders.*")
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")  # inside Lightning itself
 
 
 def run_demo(args: argparse.Namespace) -> DemoResult:
@@ -233,18 +251,27 @@ def computing_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def demo_rank(plan: Plan) -> int:
+    """This process's rank: over several devices Lightning starts ranks 1, 2, … as copies of the command (with
+    ``LOCAL_RANK`` set), which run every fit with rank 0 and leave printing and writing to it; 0 otherwise."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if plan.devices > 1 else 0
+
+
 def _run_demo(args: argparse.Namespace) -> DemoResult:
     start = time.perf_counter()
     plan = make_plan(args)
+    rank = demo_rank(plan)
+    say = print if rank == 0 else _silent
     for ignored in ignored_demo_flags(args):  # an option another one makes meaningless: said, never silently dropped
-        print(f"kd-probe demo: {ignored}", file=sys.stderr)
+        say(f"kd-probe demo: {ignored}", file=sys.stderr)
     seeds, why = seed_pairs(args)
     if why:
-        print(f"kd-probe demo: {why}")
+        say(f"kd-probe demo: {why}")
     methods, left_out = demo_methods(args)
     if left_out:
-        print(f"kd-probe demo: {left_out}")
-    clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
+        say(f"kd-probe demo: {left_out}")
+    if rank == 0:  # the other ranks start with the first fit, after this
+        clear_experiment(args.out / args.experiment, getattr(args, "overwrite", False))
     _quiet_lightning()
     kit = modality(args, plan)
     data = kit.data
@@ -260,15 +287,16 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
     threads = f", {torch.get_num_threads()} CPU threads: --threads" if args.threads else ""
     if plan.accelerator == "gpu":
         threads = f", on {plan.devices} GPU{'s' if plan.devices > 1 else ''}: --accelerator{threads}"
-    print(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
+    elif plan.devices > 1:
+        threads = f", DDP over {plan.devices} CPU processes{threads}"
+    say(f"[1/{total}] teacher: {kit.describe_teacher}, {plan.teacher_epochs} epochs ({kit.name} data{threads})")
     pl.seed_everything(args.seed, verbose=False)
     teacher = DistillationModule(kit.teacher(), **options)
     trainer = _trainer(_logger(log_dir, "teacher"), plan.teacher_epochs, _timed([], clock, "teacher"), args.quick, plan)
     trainer.fit(teacher, datamodule=data)
     accuracy = _test(trainer, teacher, data)
-    runs = [
-        _record(RunResult("teacher", "teacher", args.seed, accuracy, log_dir / "teacher"), args.protocol, plan, kit)
-    ]
+    record = _record if rank == 0 else _unrecorded
+    runs = [record(RunResult("teacher", "teacher", args.seed, accuracy, log_dir / "teacher"), args.protocol, plan, kit)]
 
     step = 1
     for seed in range(args.seed, args.seed + seeds):
@@ -277,7 +305,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
             step += 1
             name = f"distilled-{method}{suffix}" if methods else f"distilled{suffix}"
             how = "two-phase feature mimicking at " + kit.layer if args.protocol == "paper" else _how(method)
-            print(
+            say(
                 f"[{step}/{total}] distilled student{suffix}{_which(method, methods)}: {kit.describe_student}, "
                 f"{how}, {plan.epochs} epochs, knowledge points at {kit.layer} ({clock.describe()})"
             )
@@ -298,13 +326,11 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
                 accuracy = _test(trainer, module, data)
             recorded = method if args.protocol == "hinton" else ""
             runs.append(
-                _record(
-                    RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit, recorded
-                )
+                record(RunResult(name, "distilled", seed, accuracy, log_dir / name), args.protocol, plan, kit, recorded)
             )
 
         step += 1
-        print(
+        say(
             f"[{step}/{total}] baseline student{suffix}: the same student from scratch, {plan.epochs} epochs "
             f"({clock.describe()})"
         )
@@ -316,8 +342,10 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick, plan)
         trainer.fit(module, datamodule=data)
         accuracy = _test(trainer, module, data)
-        runs.append(_record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
+        runs.append(record(RunResult(name, "baseline", seed, accuracy, log_dir / name), args.protocol, plan, kit))
 
+    if rank != 0:
+        return DemoResult(runs, log_dir, time.perf_counter() - start, rank=rank)
     from kd_probe.apps.report.write import write_report
 
     note = QUICK_NOTE if args.quick else None
@@ -365,7 +393,7 @@ def _two_phase(
         layer=kit.layer,
         mimic_epochs=plan.epochs,
         head_epochs=plan.head_epochs,
-        trainer_options=_trainer_options(quick, plan),
+        trainer_options=_trainer_options(quick, plan, unused=True),
         mimic_callbacks=_timed([*probes, *mimic], clock, "student", ends_run=False),
         head_callbacks=_timed(head, clock, "student"),
         mimic_trainer_options={"logger": _logger(log_dir, name)},
@@ -388,7 +416,9 @@ def main(argv: list[str] | None = None) -> DemoResult:
 
 
 def report(result: DemoResult) -> DemoResult:
-    """Print the accuracies, the report and the TensorBoard command."""
+    """Print the accuracies, the report and the TensorBoard command (rank 0 only)."""
+    if result.rank:
+        return result
     print(f"\nTest accuracy on the built-in {_DATA_NAMES.get(result.modality, result.modality)} data")
     for run in result.runs:
         print(f"  {run.name:<22}{run.accuracy:6.1%}")
