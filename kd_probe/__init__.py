@@ -21,6 +21,8 @@ Public API:
   and path efficiency (methods §1.6); the probe itself logs D_mean, D_std, ρ and writes a JSON summary.
 - :class:`AgreementProbe` — teacher–student agreement during training ([WK]): Grad-CAM localisation,
   adversarial transfer and invariance agreement, teacher side cached.
+- :class:`ProbeRunner` — the same probes in a plain PyTorch loop (or over saved checkpoints), no ``Trainer``:
+  ``start()``, ``step()`` after each optimizer step, ``epoch_end()``, ``finish()``; the same files and tags.
 - :class:`UniCAM` — UniCAM maps ([UC]): where the features a student holds beyond its teacher (distilled) or
   the teacher holds beyond the student (residual) lie in the image, explained through a distance-correlation
   score; :class:`UniCAMProbe` logs FSS, RS (teacher, student, distilled, residual) and the maps during
@@ -51,7 +53,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor
+    from kd_probe.callbacks import (
+        AgreementProbe,
+        KnowledgePointProbe,
+        ProbeRunner,
+        UniCAMProbe,
+        WeightTrajectoryMonitor,
+    )
     from kd_probe.core.knowledge_points import KnowledgePoints, count_knowledge_points
     from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps
     from kd_probe.core.unicam import UniCAM
@@ -62,7 +70,13 @@ if TYPE_CHECKING:
 
 # where each public name lives: imported on first use (PEP 562), so that `kd-probe --help` needs no torch
 _PUBLIC = {
-    "kd_probe.callbacks": ("AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor"),
+    "kd_probe.callbacks": (
+        "AgreementProbe",
+        "KnowledgePointProbe",
+        "ProbeRunner",
+        "UniCAMProbe",
+        "WeightTrajectoryMonitor",
+    ),
     "kd_probe.core.knowledge_points": ("KnowledgePoints", "count_knowledge_points"),
     "kd_probe.core.sigma": ("SigmaMaps", "estimate_sigma_maps"),
     "kd_probe.core.unicam": ("UniCAM",),
@@ -85,6 +99,7 @@ __all__ = [
     "KnowledgePointProbe",
     "KnowledgePoints",
     "Points",
+    "ProbeRunner",
     "ShapesDataModule",
     "SigmaMaps",
     "Tokens",

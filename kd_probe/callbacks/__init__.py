@@ -2,8 +2,16 @@
 
 from kd_probe.callbacks.agreement import AgreementProbe
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
+from kd_probe.callbacks.runner import ProbeRunner
 from kd_probe.callbacks.schedule import probe_epochs
 from kd_probe.callbacks.unicam import UniCAMProbe
 from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
-__all__ = ["AgreementProbe", "KnowledgePointProbe", "UniCAMProbe", "WeightTrajectoryMonitor", "probe_epochs"]
+__all__ = [
+    "AgreementProbe",
+    "KnowledgePointProbe",
+    "ProbeRunner",
+    "UniCAMProbe",
+    "WeightTrajectoryMonitor",
+    "probe_epochs",
+]
