@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kd_probe.apps import cli
 from kd_probe.apps.lightning_cli import MAX_NODES, main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -94,7 +95,8 @@ def test_the_alias_bomb_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("config", sorted(path.name for path in EXAMPLES.glob("*.yaml")))
 def test_every_example_passes_the_strict_reading(capsys: pytest.CaptureFixture[str], config: str) -> None:
+    command = "probe" if config.startswith("probe_") else "fit"  # a `kd-probe probe` config, or a run's
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(EXAMPLES / config), "--print_config"])
+        cli.main([command, "--config", str(EXAMPLES / config), "--print_config"])
     assert exit_.value.code == 0
     assert "class_path: kd_probe." in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The ``kd-probe`` command: ``kd-probe demo`` runs the main job; ``kd-probe report RUN_DIR...`` explains runs;
 ``kd-probe fit|validate|test --config run.yaml`` runs Lightning's ``LightningCLI`` over kd_probe
-(:mod:`kd_probe.apps.lightning_cli`).
+(:mod:`kd_probe.apps.lightning_cli`); ``kd-probe probe --config probe.yaml`` probes a run trained anywhere from
+its checkpoints (:mod:`kd_probe.apps.probe_runs`).
 
 Only the options are imported at start (:mod:`kd_probe.apps.options`): torch, Lightning, the demo and the report
 are imported for the command that runs, so ``--help`` and a mistyped option answer at once.
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from kd_probe.apps import lightning_cli
 
         return lightning_cli.main(argv)
+    if arguments and arguments[0] == "probe":  # jsonargparse parses the rest itself
+        from kd_probe.apps import probe_runs
+
+        return probe_runs.main(arguments[1:])
     parser = Parser(prog="kd-probe", description="Explain knowledge distillation while it happens.")
     parser.add_argument("--version", action="version", version=f"kd_probe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             help=f"{what} a run configured in YAML (LightningCLI): kd-probe {command} --config run.yaml; "
             f"kd-probe {command} --help lists every option",
         )
+    commands.add_parser(  # listed for --help; `main` hands it to kd_probe.apps.probe_runs before parsing
+        "probe",
+        add_help=False,
+        help="probe a run trained anywhere from its saved checkpoints: kd-probe probe --config probe.yaml; "
+        "kd-probe probe --help lists every option",
+    )
     args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()

@@ -50,6 +50,7 @@ __all__ = [
     "KDProbeCLI",
     "SaveFitConfig",
     "main",
+    "refusal",
 ]
 
 COMMANDS = LIGHTNING_COMMANDS
@@ -275,13 +276,20 @@ class KDProbeCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as error:  # a class refused its settings, or the Trainer cannot start as configured
-            cause: BaseException = error  # jsonargparse wraps a callback's refusal in its own union error
-            while _raised_by_jsonargparse(cause.__traceback__) and (cause.__cause__ or cause.__context__):
-                cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
-            message = " ".join(str(cause).split()) or type(cause).__name__
-            if not isinstance(cause, (ValueError, FileNotFoundError)):  # not one of kd_probe's refusals: say what
-                message = f"{type(cause).__name__}: {message}"
-            raise ConfigurationError(message) from error
+            raise refusal(error) from error
+
+
+def refusal(error: Exception) -> ConfigurationError:
+    """What a class refused while jsonargparse built it, as one sentence: jsonargparse wraps the class's own
+    error (a callback's in its union error), which is unwrapped; an error other than kd_probe's refusals
+    (``ValueError``, ``FileNotFoundError``) is named with its type."""
+    cause: BaseException = error
+    while _raised_by_jsonargparse(cause.__traceback__) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    message = " ".join(str(cause).split()) or type(cause).__name__
+    if not isinstance(cause, (ValueError, FileNotFoundError)):  # not one of kd_probe's refusals: say what
+        message = f"{type(cause).__name__}: {message}"
+    return ConfigurationError(message)
 
 
 def _raised_by_jsonargparse(traceback: TracebackType | None) -> bool:

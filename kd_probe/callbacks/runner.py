@@ -98,8 +98,11 @@ class ProbeRunner:
         student: the network being trained (the probes' default ``module``).
         teacher: the teacher, for the probes that compare with one (agreement, UniCAM).
         max_epochs: the epochs of the training; needed by ``epochs="paper"`` schedules only.
-        datamodule: a data module for probes given ``images="datamodule"``.
+        datamodule: a data module for probes given ``images="datamodule"`` (set up for fit, as a ``Trainer``
+            would, by :meth:`start`).
         progress: draw a progress bar during each long probe.
+        live: the loop trains as it probes, so each epoch is timed for the probes' share-of-an-epoch line;
+            ``False`` over saved checkpoints, where an epoch takes no training time.
 
     Example::
 
@@ -126,6 +129,7 @@ class ProbeRunner:
         max_epochs: int | None = None,
         datamodule: pl.LightningDataModule | None = None,
         progress: bool = True,
+        live: bool = True,
     ) -> None:
         if isinstance(probes, pl.Callback) or not all(isinstance(p, pl.Callback) for p in probes):
             raise ValueError(f"`probes` must be a list of kd_probe callbacks, got {probes!r}.")
@@ -143,7 +147,7 @@ class ProbeRunner:
         self.module = _Networks(student, teacher)
         self.trainer = _LoopTrainer(self.probes, logger, max_epochs, datamodule, progress)
         self.started = self.finished = False
-        self.live = True  # `epoch_end` times an epoch for the probes' cost line (not over saved checkpoints)
+        self.live = live
 
     @property
     def epoch(self) -> int:
@@ -155,12 +159,21 @@ class ProbeRunner:
         """The optimizer steps so far (:meth:`step` calls)."""
         return self.trainer.global_step
 
-    def start(self) -> None:
-        """Set the probes up (probe sets, layers, a dry run, the TensorBoard layout) and run those due at the
-        current epoch (0 for a fresh run: before any step). A mistake in a probe's settings raises here."""
+    def start(self, epoch: int | None = None) -> None:
+        """Set the probes up (probe sets, layers, a dry run, the TensorBoard layout) and run those due at
+        ``epoch``, the epochs trained so far: default 0 for a fresh run (before any step), or the epoch a loaded
+        :meth:`state_dict` reached (whose probes are not repeated). A mistake in a probe's settings raises here."""
         if self.started:
             raise RuntimeError("ProbeRunner.start() was called already; call it once, before the first step.")
+        if epoch is not None:
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < self.epoch:
+                raise ValueError(f"`epoch` must be an integer ≥ {self.epoch}, got {epoch!r}.")
+            self.trainer.current_epoch = epoch
         self.started = True
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.prepare_data()
+            datamodule.setup("fit")
         self._call("setup", stage="fit")
         self._call("on_fit_start")
         self._call("on_train_start")
