@@ -11,9 +11,13 @@
 - the share of a ResNet-18 224-px KD epoch (10 000 images, batch 128, ResNet-18 teacher and student) that a
   probe of 16 faithful or secant maps costs;
 - what reproduces across devices: GPU maps against CPU maps of the same seed (knowledge-point IoU, largest |Δσ|)
-  with the GPU's own noise and with ``noise_device="cpu"`` (the CPU's noise, copied), and what that costs.
+  with the GPU's own noise and with ``noise_device="cpu"`` (the CPU's noise, copied), and what that costs;
+- per case and engine, the σ engine's ``precision`` (methods §4.6): maps per second with ``"float32"`` (TF32 off),
+  ``"tf32"`` and ``"bf16"``, and against the float32 maps of the same seed their knowledge-point IoU (b = 0.2) and
+  ``|Δ fg_ratio|`` (a centred square as the foreground), next to float32 with seed 1 (the seed-to-seed floor).
 
-Run: ``python benchmarks/bench_gpu.py`` (about 5 minutes on one H200); ``--smoke`` runs tiny sizes on any
+Run: ``python benchmarks/bench_gpu.py`` (about 5 minutes on one H200 before the precision comparison, which adds
+four timed runs per case and engine); ``--smoke`` runs tiny sizes on any
 device to check the script (the CPU's figures mean nothing). Goals on an H200 (issue 32): faithful at 224 px
 ≥ 8 maps/s, secant ≥ 25 maps/s, the demo VGG faithful ≥ 150 maps/s, peak memory ≤ 12 GiB at 224 px within 10 %
 of the earlier default's speed.
@@ -36,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.sigma_oracle import oracle_sigma_maps
-from kd_probe import estimate_sigma_maps
+from kd_probe import SigmaMaps, count_knowledge_points, estimate_sigma_maps
 from kd_probe.core._sigma_engines import SampledObjective
 from kd_probe.models import VGG
 from tests.lookalikes import resnet18_like
@@ -114,8 +118,8 @@ SampledObjective.set_max_batch = _recording  # type: ignore[method-assign]  # th
 
 def measure_maps(
     model: nn.Module, images: Tensor, layer: str, lam: float, method: str, options: dict[str, Any]
-) -> dict[str, Any]:
-    """Maps per second, peak memory (GiB) and the perturbed inputs per pass the engine ended with."""
+) -> tuple[dict[str, Any], SigmaMaps]:
+    """Maps per second, peak memory (GiB) and the perturbed inputs per pass the engine ended with; the maps."""
     device = images.device
     estimate_sigma_maps(model, images[:1], layer=layer, method=method, lam=lam, **options)  # warm-up
     _CHOSEN.clear()
@@ -123,11 +127,40 @@ def measure_maps(
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     start = time.perf_counter()
-    estimate_sigma_maps(model, images, layer=layer, method=method, lam=lam, **options)
+    maps = estimate_sigma_maps(model, images, layer=layer, method=method, lam=lam, **options)
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"maps_per_s": images.shape[0] / seconds, "seconds": seconds, "peak_gib": peak, "batch": _CHOSEN[-1]}
+    return {"maps_per_s": images.shape[0] / seconds, "seconds": seconds, "peak_gib": peak, "batch": _CHOSEN[-1]}, maps
+
+
+PRECISIONS: dict[str, dict[str, Any]] = {  # "floor": float32 with another seed
+    "float32": {"precision": "float32"},
+    "floor": {"precision": "float32", "seed": 1},
+    "tf32": {"precision": "tf32"},
+    "bf16": {"precision": "bf16"},
+}
+
+
+def precision_figures(
+    model: nn.Module, images: Tensor, layer: str, lam: float, method: str, options: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Per ``precision`` (float32, tf32, bf16; "floor": float32 with seed 1): maps per second and, against the float32
+    maps of seed 0, the knowledge-point IoU (b = 0.2) and ``|Δ fg_ratio|``, a centred square as the foreground."""
+    side = images.shape[-1]
+    masks = torch.zeros(images.shape[0], side, side)
+    masks[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 1
+    found, points = {}, {}
+    for label, extra in PRECISIONS.items():
+        timing, maps = measure_maps(model, images, layer, lam, method, {**options, **extra})
+        found[label] = {"maps_per_s": timing["maps_per_s"]}
+        points[label] = count_knowledge_points(maps.entropy.cpu(), masks, effective=maps.effective.cpu())
+    reference = points["float32"]
+    for label in ("floor", "tf32", "bf16"):
+        union = int((reference.points | points[label].points).sum())
+        found[label]["iou"] = float((reference.points & points[label].points).sum()) / union if union else 1.0
+        found[label]["fg"] = abs(reference.fg_ratio - points[label].fg_ratio)
+    return found
 
 
 def epoch_seconds(device: torch.device, side: int, smoke: bool) -> float:
@@ -158,8 +191,6 @@ def epoch_seconds(device: torch.device, side: int, smoke: bool) -> float:
 def reproducibility(device: torch.device, smoke: bool, sigma: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """GPU maps against CPU maps of the same seed, on the demo VGG at 32 px (4 images): knowledge-point IoU and the
     largest |Δσ|, with the GPU's own noise and with ``noise_device="cpu"``, and what drawing on the CPU costs."""
-    from kd_probe import count_knowledge_points
-
     torch.manual_seed(0)
     network = VGG(num_classes=6, widths=(16, 32, 64), convs_per_stage=2).eval()
     side = 16 if smoke else 32
@@ -221,8 +252,8 @@ def main() -> None:
         if "ResNet" in name and side not in epoch:
             epoch[side] = epoch_seconds(device, side, options.smoke)
         for method in ("faithful", "secant"):
-            auto = measure_maps(network, images, layer, lam, method, sigma[method])
-            old = measure_maps(network, images, layer, lam, method, {**sigma[method], "max_batch": 4096})
+            auto, _ = measure_maps(network, images, layer, lam, method, sigma[method])
+            old, _ = measure_maps(network, images, layer, lam, method, {**sigma[method], "max_batch": 4096})
             tflops = flops[method] * auto["maps_per_s"] / 1e12
             row = {
                 "case": name,
@@ -249,12 +280,25 @@ def main() -> None:
                 row["per_image_maps_per_s"] = count / (time.perf_counter() - start)
             share = auto["seconds"] / images_per_case * 16 / epoch[side] if side in epoch else float("nan")
             row["share_of_epoch"] = share
+            row["precision"] = precision_figures(network, images, layer, lam, method, sigma[method])
             found["cases"].append(row)
             print(
                 f"| {name} | {method} | {auto['batch']} | {auto['maps_per_s']:.2f} | {tflops:.1f} "
                 f"({tflops / best_peak:.0%}) | {auto['peak_gib']:.1f} | {old['maps_per_s']:.2f} | "
                 f"{old['peak_gib']:.1f} | {row.get('per_image_maps_per_s', float('nan')):.2f} | {share:.1%} |"
             )
+    print(
+        "\n| case | engine | maps/s float32 / tf32 / bf16 | KP IoU vs float32: tf32 / bf16 (seed floor) | "
+        "abs Δ fg_ratio: tf32 / bf16 (seed floor) |\n|---|---|---|---|---|"
+    )
+    for row in found["cases"]:
+        figures = row["precision"]
+        speeds = " / ".join(f"{figures[label]['maps_per_s']:.2f}" for label in ("float32", "tf32", "bf16"))
+        ious, fgs = (
+            " / ".join(f"{figures[label][key]:.3f}" for label in ("tf32", "bf16")) + f" ({figures['floor'][key]:.3f})"
+            for key in ("iou", "fg")
+        )
+        print(f"| {row['case']} | {row['engine']} | {speeds} | {ious} | {fgs} |")
     found["reproducibility"] = reproducibility(device, options.smoke, sigma)
     print(
         "\n| engine | KP IoU vs CPU, device noise | KP IoU vs CPU, noise_device='cpu' | max abs Δσ (device / cpu noise) "

@@ -1,4 +1,4 @@
-"""The σ-map engine measured three ways, each a section of one run (``--sections``, default: fidelity early-stop).
+"""The σ-map engine measured four ways, each a section of one run (``--sections``, default: fidelity early-stop).
 
 **fidelity** — the fast ``method="secant"`` (methods §1.8) and cheaper faithful runs against the paper's faithful
 96-sample maps (methods §1.2, ``patience=None``), on a trained VGG of the demo, the same VGG at its initialisation
@@ -26,9 +26,13 @@ the library's GFLOP/s counts the convolution/linear FLOPs of the forwards to the
 input-gradient backwards it ran (``torch.utils.flop_counter``) over its wall time. Goals (2-core CPU):
 library ≥ 2× the oracle's maps/s with identical maps; library ≥ 40 % of the conv throughput.
 
-Run: ``python benchmarks/bench_sigma.py [--sections fidelity early-stop speed] [--images 16] [--device cuda]``
+**precision** — ``precision="bf16"`` (and ``"tf32"`` on a GPU) against ``"float32"`` with the same seed (methods
+§4.6), per engine with the library's defaults (faithful-96, secant 3×256, ``patience=3``), on the fidelity section's
+models and images, interleaved alike: time per map, speed ratio, agreement next to float32 seed 1's (the floor).
+
+Run: ``python benchmarks/bench_sigma.py [--sections fidelity early-stop speed precision] [--images 16] [--device cuda]``
 (writes nothing; about 35 minutes on a 2-core CPU with the defaults — training the networks ≈ 3, fidelity ≈ 25
-for 16 images, early stop ≈ 6 —, the speed section ≈ 5 more; longer on a shared machine).
+for 16 images, early stop ≈ 6 —, the speed section ≈ 5 more, precision ≈ 3; longer on a shared machine).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from kd_probe.functional import forward_until
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5)  # b of the knowledge-point IoUs; b = 0.2 is the paper's and the goals'
 REFERENCE, FLOOR = "faithful-96", "faithful-96 seed 1"
+PRECISION_HEAD = "| model | engine | precision | s/map | speed | IoU b=0.2 | abs Δ fg_ratio | Pearson H | abs Δ step |"
 
 
 def _sync(device: torch.device) -> None:
@@ -110,10 +115,12 @@ def _methods(args: argparse.Namespace) -> list[Method]:
     return methods
 
 
-def _warm_up(probed: ProbedModel, images: torch.Tensor) -> None:
+def _warm_up(probed: ProbedModel, images: torch.Tensor, methods: tuple[Method, ...] | list[Method] = ()) -> None:
     """Pay the one-off costs (allocator, kernel selection) outside the timings."""
-    for method in ("faithful", "secant"):
-        estimate_sigma_maps(probed.model, images[:1], layer=probed.layer, method=method, samples=8, steps=2)
+    for precision in {None} | {method.options.get("precision") for method in methods}:
+        for method in ("faithful", "secant"):
+            options: dict[str, Any] = dict(layer=probed.layer, method=method, samples=8, steps=2, precision=precision)
+            estimate_sigma_maps(probed.model, images[:1], **options)
 
 
 def _agreement(reference: SigmaMaps, other: SigmaMaps, masks: torch.Tensor) -> dict[str, float]:
@@ -132,13 +139,16 @@ def _agreement(reference: SigmaMaps, other: SigmaMaps, masks: torch.Tensor) -> d
     return result
 
 
-def _fidelity(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace) -> dict:
+def _compared(
+    probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, block_size: int, methods: list[Method], **extra: Any
+) -> dict[str, dict[str, float]]:
+    """Every method on the same blocks of images in turn, the order rotated each round; per method its seconds per
+    map, speed ratio and agreement with ``methods[0]`` (the reference; ``methods[1]`` is its other seed), printed."""
     device = images.device
-    methods = _methods(args)
-    common = dict(layer=probed.layer, lam=probed.lam, patience=None)
-    _warm_up(probed, images)
-    for round_, first in enumerate(range(0, images.shape[0], args.block)):
-        block = images[first : first + args.block]
+    common = dict(layer=probed.layer, lam=probed.lam, **extra)
+    _warm_up(probed, images, methods)
+    for round_, first in enumerate(range(0, images.shape[0], block_size)):
+        block = images[first : first + block_size]
         indices = list(range(first, first + block.shape[0]))
         shift = round_ % len(methods)
         for method in methods[shift:] + methods[:shift]:  # rotate the order each round
@@ -156,14 +166,13 @@ def _fidelity(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, ar
     rows = {}
     print(
         f"\n{probed.name}: layer {probed.layer}, λ {probed.lam:g}, val accuracy {probed.accuracy:.2f}, "
-        f"{count} images; reference faithful-96 seed 0 (patience=None), its selected step "
-        f"{float(reference.step.double().mean()):.1f} on average; ratio = faithful-96 time (mean of both seeds) / "
-        "time, over all rounds (range: the rounds' own ratios; CPU: the same ratio of this process's CPU time, "
-        "steadier on a shared machine)"
+        f"{count} images; reference {methods[0].label}, its selected step {float(reference.step.double().mean()):.1f} "
+        f"on average; ratio = its time (mean with {methods[1].label}) / time, over all rounds (range: the rounds' "
+        "own ratios; CPU: the same ratio of this process's CPU time, steadier on a shared machine)"
     )
     head = "".join(f"{'IoU b=' + format(b, 'g'):>10}" for b in THRESHOLDS)
     print(
-        f"{'method':<20}{'s/map':>8}{'ratio':>7}{'range':>12}{'CPU':>6}{'Pearson':>9}{head}{'|Δfg|':>7}{'|Δstep|':>8}"
+        f"{'method':<24}{'s/map':>8}{'ratio':>7}{'range':>12}{'CPU':>6}{'Pearson':>9}{head}{'|Δfg|':>7}{'|Δstep|':>8}"
     )
     for method in methods:
         per_round = [r / m for r, m in zip(reference_rounds, method.rounds, strict=True)]
@@ -174,16 +183,21 @@ def _fidelity(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, ar
             "high": max(per_round),
             "cpu": reference_cpu / method.cpu,
         }
-        if method.label != REFERENCE:
+        if method is not methods[0]:
             row.update(_agreement(reference, method.maps(), masks))
         rows[method.label] = row
-        if method.label == REFERENCE:
+        if method is methods[0]:
             metrics = f"{'(reference)':>12}"
         else:
             ious = "".join(f"{row[f'iou{b}']:>10.3f}" for b in THRESHOLDS)
             metrics = f"{row['pearson']:>9.4f}{ious}{row['fg']:>7.3f}{row['step']:>8.1f}"
         spread = f"{row['low']:.1f}-{row['high']:.1f}"
-        print(f"{method.label:<20}{row['seconds']:>8.3f}{row['ratio']:>7.1f}{spread:>12}{row['cpu']:>6.1f}{metrics}")
+        print(f"{method.label:<24}{row['seconds']:>8.3f}{row['ratio']:>7.1f}{spread:>12}{row['cpu']:>6.1f}{metrics}")
+    return rows
+
+
+def _fidelity(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace) -> dict:
+    rows = _compared(probed, images, masks, args.block, _methods(args), patience=None)  # the paper's recurrence
     floor = rows[FLOOR]["iou0.2"]
     secant = {label: row for label, row in rows.items() if label.startswith("secant")}
     meets = [label for label, row in secant.items() if row["ratio"] >= 10 and row["iou0.2"] >= floor - 0.01]
@@ -211,6 +225,24 @@ def _markdown(results: dict[str, dict[str, dict[str, float]]]) -> None:
             )
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(flush=True)
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+
+def _precision(probed: ProbedModel, images: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace) -> list[str]:
+    """Per engine, library defaults: bf16 (and tf32 on a GPU) against float32 seed 0; the markdown summary's rows."""
+    others = ["bf16", "tf32"] if images.device.type == "cuda" else ["bf16"]
+    runs = [("float32", 0, ""), ("float32", 1, " seed 1")] + [(other, 0, "") for other in others]
+    lines = []
+    for engine in ("faithful", "secant"):
+        methods = [Method(f"{engine} {p}{tail}", dict(method=engine, precision=p, seed=seed)) for p, seed, tail in runs]
+        rows = list(_compared(probed, images, masks, args.block, methods).values())
+        for other, row in zip(others, rows[2:], strict=True):
+            cells = [f"{row['seconds']:.3f} ({rows[0]['seconds']:.3f})", f"{row['ratio']:.2f}×"]
+            cells += [f"{row[key]:.3f} ({rows[1][key]:.3f})" for key in ("iou0.2", "fg", "pearson", "step")]
+            lines.append("| " + " | ".join([probed.name, engine, other, *cells]) + " |")
+    return lines
 
 
 # -------------------------------------------------------------------------------------------- early stop
@@ -352,7 +384,8 @@ def _speed(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--sections", nargs="+", choices=("fidelity", "early-stop", "speed"), default=["fidelity", "early-stop"])
+    sections = ("fidelity", "early-stop", "speed", "precision")
+    add("--sections", nargs="+", choices=sections, default=["fidelity", "early-stop"])
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--models", nargs="+", choices=MODELS, default=list(MODELS))
     add("--epochs", type=int, default=10, help="training epochs of the trained VGG and the ResNet")
@@ -388,6 +421,13 @@ def main() -> None:
         print(f"\n== fidelity: {args.images} images, rounds of {args.block}\n", flush=True)
         results = {p.name: _fidelity(p, images[: args.images], masks[: args.images], args) for p in models}
         _markdown(results)
+    if "precision" in args.sections:
+        print(f"\n== precision: {args.images} images, rounds of {args.block}\n", flush=True)
+        lines = [line for p in models for line in _precision(p, images[: args.images], masks[: args.images], args)]
+        caption = (
+            "\nAgainst float32, same seed (markdown); in brackets float32's s/map, float32 seed 1's agreement (floor)"
+        )
+        print("\n".join([caption, PRECISION_HEAD, "|---" * 9 + "|", *lines]), flush=True)
     if "early-stop" in args.sections:
         print(f"\n== early stop: {args.stop_images} images, seeds {args.stop_seeds}\n", flush=True)
         stops = {p.name: _early_stop(p, images[: args.stop_images], masks[: args.stop_images], args) for p in models}

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from kd_probe.core.layers import eval_forward, module_device, resolve_layer
 from kd_probe.core.memory import budget_bytes
+from kd_probe.core.precision import check_precision_mode
 from kd_probe.core.sigma import METHODS, _check_int, check_noise_device
 from kd_probe.core.tokens import check_prefix_tokens, token_grid
 from kd_probe.core.unicam import OBJECTIVES
@@ -53,6 +54,7 @@ _SIGMA_OPTIONS = (  # what KnowledgePointProbe passes on to estimate_sigma_maps
     "max_batch",
     "memory_budget",
     "noise_device",
+    "precision",
     "channels_last",
     "fold_batchnorm",
     "method",
@@ -83,6 +85,7 @@ def check_sigma_options(options: Mapping[str, Any]) -> None:
     if options.get("max_batch") is not None:
         _check_int("max_batch", options["max_batch"], 1)
     check_noise_device(options.get("noise_device"))
+    check_precision_mode(options.get("precision"))
     if options.get("memory_budget") is not None:
         budget_bytes(options["memory_budget"], "cpu", free=1)  # checks the value only
     for name in ("lr", "boost"):

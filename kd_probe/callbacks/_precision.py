@@ -33,7 +33,8 @@ def check_precision(trainer: pl.Trainer, owner: str) -> None:
     _noted[trainer].add(owner)
     rank_zero_info(
         f"{owner}: the Trainer trains with precision={precision!r}; the probe computes in float32 (autocast off, "
-        "float32 weights and images), so its numbers do not depend on the training precision."
+        "float32 weights and images; a knowledge-point probe given precision='bf16' runs its σ forwards in "
+        "bfloat16 by its own choice, methods §4.6), so its numbers do not depend on the training precision."
     )
 
 

@@ -95,7 +95,8 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         baseline: ``"dataset"``, ``"image"`` or a float (methods §1.3).
         sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``units``, ``grid``, ``method``,
             ``samples``, ``passes``, ``steps``, ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``,
-            ``seed``, ``max_batch``, ``memory_budget``, ``channels_last``, ``fold_batchnorm``, ``patience``).
+            ``seed``, ``max_batch``, ``memory_budget``, ``noise_device``, ``precision``, ``channels_last``,
+            ``fold_batchnorm``, ``patience``).
             ``lam`` (λ, default 7): the [KP] authors used 7 for VGG/AlexNet and 6 for ResNets; the λ used is recorded in the summary's
             ``settings`` and the report's header.
 

@@ -25,6 +25,7 @@ from kd_probe.core._sigma_common import (
     recurrence,
 )
 from kd_probe.core.memory import is_out_of_memory
+from kd_probe.core.precision import bfloat16_forward
 from kd_probe.core.units import BoundUnits
 
 _T = TypeVar("_T")
@@ -35,7 +36,13 @@ __all__ = ["SampledObjective", "faithful_maps", "secant_maps"]
 class SampledObjective:
     """The feature term of methods §1.2 sampled with per-input noise: ``Σ`` over noise samples and feature elements
     of ``(g(x + σ⊙ε) − g(x))²`` and its gradient with respect to σ, at most ``max_batch`` perturbed inputs per
-    forward (gradients accumulated over chunks). ``units`` says how σ enters the input (§1.1)."""
+    forward (gradients accumulated over chunks). ``units`` says how σ enters the input (§1.1).
+
+    With ``precision="bf16"`` (methods §4.6) the forwards of the sampled gradients (and of the memory's trial pass)
+    run under bfloat16 autocast, against a clean feature computed the same way, their features cast back to the
+    inputs' float type before the squared error; ``σ_f`` (the normaliser, and the error it is taken from) comes
+    from the same noise through the float32 forward: bfloat16's rounding of the features adds to their change at
+    σ = 0.01 and would inflate it. σ, the noise and everything after the features stay in the inputs' type."""
 
     def __init__(
         self,
@@ -47,29 +54,41 @@ class SampledObjective:
         max_batch: int,
         check: Callable[[], None] | None = None,
         noise_device: torch.device | str | None = None,
+        precision: str | None = None,
     ) -> None:
-        self.features, self.units, self.samples, self.check = features, units, samples, check
+        self.units, self.samples, self.check, self.layer = units, samples, check, features.layer
         inputs = units.inputs
         self.dtype = torch.get_default_dtype() if not inputs.is_floating_point() else inputs.dtype
         self.device = inputs.device
+        self.features, self.reduced = features, precision == "bf16"
         self.count = inputs.shape[0]
         self.noise_device = torch.device(noise_device) if noise_device is not None else inputs.device
         self.generators = [image_generator(seed, index, self.noise_device) for index in indices]
         self.set_max_batch(max_batch)
         self.halved_from: int | None = None  # the batch an out-of-memory error first halved, if any
-        with torch.no_grad():
-            # one input per forward: a batch of one gives the same clean feature however the inputs are batched
-            self.clean = torch.cat([features(inputs[i : i + 1]) for i in range(self.count)])
-        broken = ~torch.isfinite(self.clean.flatten(1)).all(dim=1)
+        self.clean = self._clean(features)
+        self.sampled: tuple[Callable[[Tensor], Tensor], Tensor] = (features, self.clean)  # the gradients' forward
+        if self.reduced:
+            reduced = bfloat16_forward(features, self.device.type, self.clean.dtype)
+            self.sampled = (reduced, self._clean(reduced))
+        broken = ~(
+            torch.isfinite(self.clean.flatten(1)).all(dim=1) & torch.isfinite(self.sampled[1].flatten(1)).all(dim=1)
+        )
         if broken.any():
             raise FloatingPointError(
-                f"the feature at `layer`={features.layer!r} is NaN or infinite for {int(broken.sum())} of "
+                f"the feature at `layer`={self.layer!r} is NaN or infinite for {int(broken.sum())} of "
                 f"{self.count} inputs (a diverged model?); no σ map can be estimated."
             )
         mask = units.feature_mask(list(range(self.count)), self.clean)
         self.mask = mask
         elements = self.clean[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
         self.numel = torch.as_tensor(elements, dtype=self.clean.dtype, device=self.device).expand(self.count)
+
+    def _clean(self, forward: Callable[[Tensor], Tensor]) -> Tensor:
+        """The clean features ``g(x)``, one input per forward: a batch of one gives the same feature however the
+        inputs are batched."""
+        with torch.no_grad():
+            return torch.cat([forward(self.units.inputs[i : i + 1]) for i in range(self.count)])
 
     def set_max_batch(self, max_batch: int) -> None:
         """Pass at most ``max_batch`` perturbed inputs through the model at once (the maps do not depend on it)."""
@@ -140,11 +159,13 @@ class SampledObjective:
                     self.check()
                 yield group, noise, slice(first, first + self.rows)
 
-    def squared_error(self, group: list[int], sigma: Tensor, noise: Tensor) -> Tensor:
-        """Per input of ``group``: Σ over its noise samples and feature elements of ``(g(x + σ⊙ε) − g(x))²``."""
+    def squared_error(self, group: list[int], sigma: Tensor, noise: Tensor, exact: bool = False) -> Tensor:
+        """Per input of ``group``: Σ over its noise samples and feature elements of ``(g(x + σ⊙ε) − g(x))²``, through
+        the sampled gradients' forward, or the float32 one when ``exact``."""
         count, rows = noise.shape[:2]
-        feature = self.units.features(self.features, group, sigma, noise).unflatten(0, (count, rows))
-        change = (feature - self.clean[group].unsqueeze(1)).square()
+        forward, clean = (self.features, self.clean) if exact else self.sampled
+        feature = self.units.features(forward, group, sigma, noise).unflatten(0, (count, rows))
+        change = (feature - clean[group].unsqueeze(1)).square()
         if self.mask is not None:
             change = change * self.mask[group].unsqueeze(1)
         return change.flatten(2).sum(dim=2).sum(dim=1)
@@ -157,17 +178,18 @@ class SampledObjective:
             total = torch.zeros(self.count, dtype=self.clean.dtype, device=self.device)
             with torch.no_grad():
                 for group, noise, rows in self._chunks(positions):
-                    total[group] += self.squared_error(group, self.initial(len(group)), noise[:, rows])
+                    total[group] += self.squared_error(group, self.initial(len(group)), noise[:, rows], exact=True)
             return total
 
         return self.retrying(positions, compute) / (self.samples * self.numel)
 
     def feature_gradient(
-        self, positions: list[int], sigma: Tensor, weight: Tensor, into: Tensor | None = None
+        self, positions: list[int], sigma: Tensor, weight: Tensor, into: Tensor | None = None, exact: bool = False
     ) -> tuple[Tensor, Tensor]:
         """For the inputs at ``positions`` (σ rows in that order): the summed squared error ``[n]`` (detached)
         and the gradient of ``Σ_p weight_p · error_p`` with respect to σ ``[n, *units]`` (one fresh draw of
-        noise per input), added chunk by chunk to ``into`` when given."""
+        noise per input), added chunk by chunk to ``into`` when given. ``exact``: the error through the float32
+        forward (a pass of its own under ``precision="bf16"``, on the same noise)."""
         where = {p: i for i, p in enumerate(positions)}
         start = None if into is None else into.clone()  # a retry starts again from here
 
@@ -180,6 +202,9 @@ class SampledObjective:
                     part = sigma[rows_of].detach().requires_grad_(True)
                     chunk_error = self.squared_error(group, part, noise[:, rows])
                     (grad_part,) = torch.autograd.grad((chunk_error * weight[rows_of]).sum(), part)
+                    if exact and self.reduced:
+                        with torch.no_grad():
+                            chunk_error = self.squared_error(group, part, noise[:, rows], exact=True)
                     gradient[rows_of] += grad_part
                     error[rows_of] += chunk_error.detach()
             return error, gradient
@@ -261,7 +286,7 @@ def secant_maps(
     positions = list(range(count))
     sigma = objective.initial(count)
     scale = (1.0 / (objective.samples * objective.numel.double())).to(sigma.dtype)
-    error, raw = objective.feature_gradient(positions, sigma, scale)  # gradient of the MSE, not yet / σ_f
+    error, raw = objective.feature_gradient(positions, sigma, scale, exact=True)  # the MSE's gradient, not yet / σ_f
     sigma_f = error * scale
     effective = sigma_f > 0
     inverse = torch.where(effective, 1.0 / torch.where(effective, sigma_f, torch.ones_like(sigma_f)), 0.0)
