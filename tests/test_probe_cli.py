@@ -123,7 +123,12 @@ def test_the_report_reads_an_offline_and_a_live_run(tmp_path: Path) -> None:
     live = tmp_path / "live"
     (live / "kd_probe_run.json").write_text('{"run": "live", "role": "distilled", "seed": 0}')
     assert main(["report", str(live), str(tmp_path / "offline"), "--out", str(tmp_path / "report")]) == 0
-    assert "| live | distilled |" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| live | distilled |" in report and "| offline | baseline |" in report
+    assert (  # the live run sums D over every step, the offline one over its checkpoints: H2 is not compared
+        "  - not compared: D is summed over every optimizer step in live and over the saved checkpoints in offline "
+        "(methods §1.4), so D_mean and D_std are not compared;" in report
+    )
 
 
 class _Hack:

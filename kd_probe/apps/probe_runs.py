@@ -43,7 +43,7 @@ from kd_probe.callbacks.runner import RUNNER_FILE, ProbeRunner
 from kd_probe.io.checkpoints import Checkpoint, checkpoint_series
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import RUN_FILE
-from kd_probe.io.runs import ROLES
+from kd_probe.io.runs import CHECKPOINTS, ROLES
 from kd_probe.models import fitting_state, load_weights
 
 __all__ = ["main", "probe_checkpoints"]
@@ -173,7 +173,7 @@ def _run(config: Any) -> Path:
         "seed": config.seed,
         "epochs": series[-1].epoch,
         "checkpoints": len(series),
-        "probed": "offline",
+        "weight_path": CHECKPOINTS,  # D summed over the checkpoints, not every step (methods §1.4)
         **({"kd_method": config.kd_method} if config.kd_method else {}),
     }
     (run / RUN_FILE).write_text(json.dumps(info, indent=2))

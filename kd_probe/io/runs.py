@@ -39,6 +39,7 @@ from kd_probe.io.run_files import (
 __all__ = ["AGREEMENT", "METRICS", "OPTIONAL_PROBES", "RANGES", "ROLES", "RunSummary", "find_runs", "load_run"]
 
 ROLES = ("distilled", "baseline")
+STEPS, CHECKPOINTS = "every optimizer step", "the saved checkpoints"  # what a run's D is summed over
 METRICS = (
     ("accuracy", "accuracy"),
     ("n_fg", "N_fg"),
@@ -88,6 +89,7 @@ class RunSummary:
     protocol: str | None = None
     agreement: dict[str, Any] | None = field(default=None, repr=False)
     method: str | None = None  # a distilled run's KD method (``kd_method`` of its kd_probe_run.json)
+    weight_path: str = STEPS  # what D is summed over (``weight_path`` of its kd_probe_run.json; methods §1.4)
 
     @property
     def group(self) -> str:
@@ -220,6 +222,9 @@ def load_run(path: Path) -> RunSummary:
         raise RunFileError(run_file, f"gives the role {role!r}; expected one of {', '.join(ROLES)}.")
     seed, name, protocol = info.get("seed", 0), info.get("run", path.name), info.get("protocol")
     method = info.get("kd_method") if role == "distilled" else None
+    weight_path = info.get("weight_path", STEPS)
+    if weight_path not in (STEPS, CHECKPOINTS):
+        raise RunFileError(run_file, f"gives the weight_path {weight_path!r}; expected {STEPS!r} or {CHECKPOINTS!r}.")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RunFileError(run_file, f"gives the seed {seed!r}; expected an integer.")
     if not isinstance(name, str) or not isinstance(protocol, (str, type(None))):
@@ -254,6 +259,7 @@ def load_run(path: Path) -> RunSummary:
         protocol=protocol,
         agreement=agreement,
         method=method or None,
+        weight_path=weight_path,
     )
 
 

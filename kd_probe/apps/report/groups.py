@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from kd_probe.apps.report.sections import Evidence, format_value, section
 from kd_probe.io.runs import METRICS, OPTIONAL_PROBES, RunSummary
 
-__all__ = ["ReportError", "check_comparable", "check_one_run_per_seed", "group_summary_lines"]
+__all__ = [
+    "ReportError",
+    "check_comparable",
+    "check_one_run_per_seed",
+    "group_summary_lines",
+    "weight_path_difference",
+]
 
 NEVER_TOGETHER = ("protocols",)  # differences no option allows: a report never averages two protocols together
 
@@ -114,3 +120,19 @@ def _mean_and_spread(key: str, values: list[float]) -> str:
     if len(values) == 1:
         return f"{mean} (1 run)"
     return f"{mean} ± {format_value(key, statistics.pstdev(values))} ({len(values)} runs)"
+
+
+def weight_path_difference(runs: Sequence[RunSummary]) -> str | None:
+    """``None`` when every run's D is summed alike, else the sentence that says which runs sum it over every
+    optimizer step and which over their saved checkpoints (probed offline: the straight segments between them,
+    shorter; methods §1.4), so that D_mean and D_std are not compared across them."""
+    kinds: dict[str, list[str]] = {}
+    for run in runs:
+        kinds.setdefault(run.weight_path, []).append(run.name)
+    if len(kinds) < 2:
+        return None
+    named = " and ".join(f"over {kind} in {', '.join(names)}" for kind, names in kinds.items())
+    return (
+        f"D is summed {named} (methods §1.4), so D_mean and D_std are not compared; probe every run the same way "
+        "(all live, or all from checkpoints of the same epochs) to compare them."
+    )

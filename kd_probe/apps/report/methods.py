@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from kd_probe.apps.options import KD_METHODS
+from kd_probe.apps.report.groups import weight_path_difference
 from kd_probe.apps.report.method_stats import (
     Cell,
     Column,
@@ -104,8 +105,20 @@ def _hypotheses(evidence: MethodEvidence, level: str) -> list[str]:
     rows = []
     words = {label: hypothesis_words(evidence, predictions, level) for label, _, predictions in HYPOTHESES}
     yes, no = ("holds", "does not hold") if level == "seeds" else ("differ as predicted", "differ the other way")
+    runs = [run for group in (*evidence.methods.values(), evidence.baseline) for run in group]
+    apart = weight_path_difference(runs)  # D summed over steps in some runs, over checkpoints in others
     for method in evidence.methods:
-        rows.append([cell(method), *(combined_word(words[label][method], yes, no) for label, _, _ in HYPOTHESES)])
+        rows.append(
+            [
+                cell(method),
+                *(
+                    "not compared (D summed differently)"
+                    if apart and label == "H2"
+                    else combined_word(words[label][method], yes, no)
+                    for label, _, _ in HYPOTHESES
+                ),
+            ]
+        )
     columns_ = ["method", *(f"{label}: {claim}" for label, claim, _ in HYPOTHESES)]
     title = "The paper's hypotheses per method: " + (
         "about distillation (seed pairs)" if level == "seeds" else "about these runs (probe images)"

@@ -13,6 +13,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
+from kd_probe.apps.report.groups import weight_path_difference
 from kd_probe.apps.report.sections import Evidence, format_value, with_interval
 from kd_probe.apps.report.stats import Comparison
 from kd_probe.core.uncertainty import LEVEL, images_needed, seed_interval, seed_pairs_needed, sign_test, verdict
@@ -75,8 +76,12 @@ def verdicts(evidence: Evidence, views: dict) -> list[str]:
     probe images and on the effective images (``views``: the knowledge-point measures of each group)."""
     pairs = len(evidence.pairs)
     lines = []
+    apart = weight_path_difference([*evidence.distilled, *evidence.baseline])
     for label, claim, predictions in HYPOTHESES:
         lines.append(f"- **{label}** (distilled vs baseline: {claim}):")
+        if apart and any(key in ("d_mean", "d_std") for key, _ in predictions):
+            lines.append(f"  - not compared: {apart}")
+            continue
         found = {
             view: {key: evidence.compare([m[key] for m in d], [m[key] for m in b]) for key, _ in predictions}
             for view, (d, b, _) in views.items()
