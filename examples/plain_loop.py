@@ -38,7 +38,10 @@ def main() -> None:
     # the loop itself: the four runner calls are all kd_probe adds to it
     model = VGG(num_classes=6, widths=(16, 32, 64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    probes = [KnowledgePointProbe(data, layer="features.bn6", method="secant", samples=64, passes=2), WeightTrajectoryMonitor()]
+    probes = [
+        KnowledgePointProbe(data, layer="features.bn6", method="secant", samples=64, passes=2),
+        WeightTrajectoryMonitor(),
+    ]
     runner = ProbeRunner(probes, args.out / "plain_loop", student=model, max_epochs=args.epochs)
     runner.start()  # epoch 0: the probes look at the untrained network
     torch.save(model.state_dict(), saved / "epoch_0.pt")

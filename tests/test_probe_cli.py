@@ -75,11 +75,13 @@ def train_and_save(folder: Path, how: str) -> list[Any]:
     return used
 
 
-def config(folder: Path, checkpoints: str, run: str = "offline", extra: str = "", role: str = "baseline") -> Path:
+def config(
+    folder: Path, checkpoints: str, run: str = "offline", extra: str = "", role: str = "baseline", probes: str = PROBES
+) -> Path:
     path = folder / f"{run}.yaml"
     path.write_text(
         f"student: {NET}\nteacher: {NET}\nteacher_checkpoint: {folder / 'teacher.pt'}\ncheckpoints: {checkpoints}\n"
-        f"data: {DATA}\nprobes:{PROBES}run: {folder / run}\nrole: {role}\ndevice: cpu\n{extra}"
+        f"data: {DATA}\nprobes:{probes}run: {folder / run}\nrole: {role}\ndevice: cpu\n{extra}"
     )
     return path
 
@@ -112,6 +114,10 @@ def test_a_rerun_over_a_longer_series_probes_only_the_new_checkpoints(
     assert main(["probe", "--config", str(config(tmp_path, str(tmp_path / "checkpoints"), "resumed"))]) == 0
     said = capsys.readouterr().out
     assert "epochs up to 1 were probed before; 2 checkpoint(s) to go" in said
+    changed = PROBES.replace("steps: 4", "steps: 5")
+    every = str(tmp_path / "checkpoints")
+    assert main(["probe", "--config", str(config(tmp_path, every, "resumed", probes=changed))]) == 2
+    assert "resume with the same settings" in capsys.readouterr().err
     assert main(["probe", "--config", str(config(tmp_path, str(tmp_path / "checkpoints"), "whole"))]) == 0
     assert_same(offline_histories(tmp_path / "resumed"), offline_histories(tmp_path / "whole"), "history")
 

@@ -147,6 +147,7 @@ class ProbeRunner:
         self.module = _Networks(student, teacher)
         self.trainer = _LoopTrainer(self.probes, logger, max_epochs, datamodule, progress)
         self.started = self.finished = False
+        self._restored: dict[str, Any] = {}  # probes' states from load_state_dict, applied after their setup
         self.live = live
 
     @property
@@ -175,6 +176,9 @@ class ProbeRunner:
             datamodule.prepare_data()
             datamodule.setup("fit")
         self._call("setup", stage="fit")
+        for probe in self.probes:  # as a Trainer restores callbacks: after setup, so probe sets read are checked
+            if probe.state_key in self._restored:
+                probe.load_state_dict(self._restored[probe.state_key])
         self._call("on_fit_start")
         self._call("on_train_start")
         if self.live:
@@ -230,13 +234,13 @@ class ProbeRunner:
         return {"global_step": self.global_step, "epoch": self.epoch, "probes": states}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (before :meth:`start`): the probes do not repeat recorded epochs."""
+        """Continue from :meth:`state_dict` (before :meth:`start`, which hands each probe its state after setting
+        it up, as a ``Trainer`` resuming does; a probe whose settings changed refuses it there): the counters are
+        restored now, and the probes do not repeat recorded epochs."""
         if self.started:
             raise RuntimeError("ProbeRunner.load_state_dict() must come before start().")
         self.trainer.global_step, self.trainer.current_epoch = int(state["global_step"]), int(state["epoch"])
-        for probe in self.probes:
-            if probe.state_key in state["probes"]:
-                probe.load_state_dict(state["probes"][probe.state_key])
+        self._restored = dict(state["probes"])
 
     def save(self) -> Path:
         """Write :meth:`state_dict` to ``kd_probe_runner.pt`` in the run folder (atomically); its path."""
