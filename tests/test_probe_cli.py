@@ -18,7 +18,7 @@ from kd_probe import AgreementProbe, KnowledgePointProbe, ProbeRunner, UniCAMPro
 from kd_probe.apps import probe_runs
 from kd_probe.apps.cli import main
 from tests.callbacks.test_agreement_ddp import assert_same, net
-from tests.callbacks.test_runner import EPOCHS, data, histories, training_set
+from tests.callbacks.test_runner import EPOCHS, data, histories, lightning_run, training_set
 
 NET = "{class_path: kd_probe.models.VGG, init_args: {num_classes: 3, widths: [4, 8], convs_per_stage: 1, batch_norm: false}}"
 DATA = "{class_path: kd_probe.ShapesDataModule, init_args: {num_classes: 3, image_size: 16, train_size: 32, val_size: 8, test_size: 8, probe_size: 4}}"
@@ -100,7 +100,9 @@ def test_probing_saved_checkpoints_records_the_live_history(tmp_path: Path, how:
     offline = offline_histories(tmp_path / "offline")
     expected = histories(live)[:3]
     assert [entry["epoch"] for entry in offline[0]] == [0, 1, 2, 3]
-    assert_same([[{k: v for k, v in e.items() if k != "problems"} for e in h] for h in offline], expected, "history")
+    offline = [[{k: v for k, v in e.items() if k != "problems"} for e in h] for h in offline]
+    assert_same(offline, expected, "history")
+    assert_same(offline, histories(lightning_run(tmp_path / "lightning"))[:3], "a Lightning run's history")
 
 
 @pytest.mark.slow
