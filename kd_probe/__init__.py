@@ -23,6 +23,10 @@ Public API:
   adversarial transfer and invariance agreement, teacher side cached.
 - :class:`ProbeRunner` — the same probes in a plain PyTorch loop (or over saved checkpoints), no ``Trainer``:
   ``start()``, ``step()`` after each optimizer step, ``epoch_end()``, ``finish()``; the same files and tags.
+- :class:`SimilarityProbe` — teacher × student representation similarity during training (methods §7): the
+  layer × layer CKA matrix (minibatch CKA) and the class-correlation gap of the logits; the math in
+  ``kd_probe.functional`` (``linear_cka``, ``rbf_cka``, ``unbiased_hsic``, ``MinibatchCKA``,
+  ``procrustes_distance``, ``class_correlation_gap``).
 - :class:`UniCAM` — UniCAM maps ([UC]): where the features a student holds beyond its teacher (distilled) or
   the teacher holds beyond the student (residual) lie in the image, explained through a distance-correlation
   score; :class:`UniCAMProbe` logs FSS, RS (teacher, student, distilled, residual) and the maps during
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
         AgreementProbe,
         KnowledgePointProbe,
         ProbeRunner,
+        SimilarityProbe,
         UniCAMProbe,
         WeightTrajectoryMonitor,
     )
@@ -74,6 +79,7 @@ _PUBLIC = {
         "AgreementProbe",
         "KnowledgePointProbe",
         "ProbeRunner",
+        "SimilarityProbe",
         "UniCAMProbe",
         "WeightTrajectoryMonitor",
     ),
@@ -102,6 +108,7 @@ __all__ = [
     "ProbeRunner",
     "ShapesDataModule",
     "SigmaMaps",
+    "SimilarityProbe",
     "Tokens",
     "TwoPhaseResult",
     "UniCAM",

@@ -46,12 +46,22 @@ from kd_probe.core.layers import (
 )
 from kd_probe.core.losses import feature_distillation_loss, logit_distillation_loss
 from kd_probe.core.sigma import SigmaMaps, estimate_sigma_maps, gaussian_entropy, image_generator, upsample_units
+from kd_probe.core.similarity import (
+    MinibatchCKA,
+    class_correlation,
+    class_correlation_gap,
+    linear_cka,
+    procrustes_distance,
+    rbf_cka,
+    unbiased_hsic,
+)
 from kd_probe.core.tokens import token_grid
 from kd_probe.core.transforms import color_jitter, random_resized_crop, shift
 from kd_probe.core.unicam import UniCAMResult, layer_features, max_row_score, pooled_features
 
 __all__ = [
     "KnowledgePoints",
+    "MinibatchCKA",
     "SigmaMaps",
     "UniCAMResult",
     "adversarial_transfer",
@@ -62,6 +72,8 @@ __all__ = [
     "cam_win_rate",
     "cam_wins",
     "capture_outputs",
+    "class_correlation",
+    "class_correlation_gap",
     "color_jitter",
     "cosine",
     "count_knowledge_points",
@@ -81,6 +93,7 @@ __all__ = [
     "label_embedding",
     "layer_features",
     "learning_speed",
+    "linear_cka",
     "logit_distillation_loss",
     "max_row_score",
     "modules_through",
@@ -91,7 +104,9 @@ __all__ = [
     "prediction_agreement",
     "prediction_unchanged",
     "predictions",
+    "procrustes_distance",
     "random_resized_crop",
+    "rbf_cka",
     "relevance_given",
     "residual",
     "residual_matrix",
@@ -99,6 +114,7 @@ __all__ = [
     "shift",
     "stability",
     "token_grid",
+    "unbiased_hsic",
     "unpack_batch",
     "unwrap_compiled",
     "upsample_units",

@@ -32,8 +32,10 @@ PAGES = (  # the pages whose snippets the slow test runs, in this order, after t
     "docs/probes/weights.md",
     "docs/probes/agreement.md",
     "docs/probes/unicam.md",
+    "docs/probes/similarity.md",
     "docs/data-and-models.md",
     "docs/configuration.md",
+    "docs/probe-anywhere.md",
 )
 MARKER = "<!-- quickstart"
 _BLOCK = re.compile(r"```python\n(.*?)\n```", re.S)

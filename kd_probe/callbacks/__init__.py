@@ -4,6 +4,7 @@ from kd_probe.callbacks.agreement import AgreementProbe
 from kd_probe.callbacks.knowledge_points import KnowledgePointProbe
 from kd_probe.callbacks.runner import ProbeRunner
 from kd_probe.callbacks.schedule import probe_epochs
+from kd_probe.callbacks.similarity import SimilarityProbe
 from kd_probe.callbacks.unicam import UniCAMProbe
 from kd_probe.callbacks.weights import WeightTrajectoryMonitor
 
@@ -11,6 +12,7 @@ __all__ = [
     "AgreementProbe",
     "KnowledgePointProbe",
     "ProbeRunner",
+    "SimilarityProbe",
     "UniCAMProbe",
     "WeightTrajectoryMonitor",
     "probe_epochs",

@@ -95,6 +95,11 @@ def probe_layout() -> dict[str, dict[str, list[Any]]]:
             "RS distilled: what the student holds beyond the teacher": _chart(f"{_PROBE}rs/distilled/.+"),
             "RS residual: what the teacher holds that the student lacks": _chart(f"{_PROBE}rs/residual/.+"),
         },
+        "representation similarity": {
+            "CKA with the teacher, per matched layer pair": _chart(f"{_PROBE}similarity/cka/.+"),
+            "CKA with the teacher, mean over the pairs": _chart(f"{_PROBE}similarity/cka_mean"),
+            "class-correlation gap |corr_T − corr_S|": _chart(f"{_PROBE}similarity/class_gap"),
+        },
         "weight trajectory": {
             "step length": _chart(f"{weights}step_length"),
             "distance travelled": _chart(f"{weights}distance"),

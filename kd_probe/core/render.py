@@ -221,3 +221,35 @@ def point_projections(
                     r, c = (row + dy).clamp(max=size - 1), (column + dx).clamp(max=offset + size - 1)
                     panels[n, :, r, c] = colours[:, index]
     return with_column_labels(torch.cat(list(panels), dim=-2).clamp(0, 1), labels)
+
+
+def matrix_picture(
+    values: Tensor,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    low: float,
+    high: float,
+    cell: int = 24,
+) -> Tensor:
+    """A heat map of ``values`` ``[R, C]`` as one RGB picture: each entry a ``cell``-pixel square coloured from
+    ``low`` to ``high`` (NaN black), the rows named in a gutter on the left and the columns in a strip on top.
+
+    Example::
+
+        >>> tuple(matrix_picture(torch.eye(2), ["a", "b"], ["x", "y"], low=0, high=1).shape)[0]
+        3
+    """
+    if values.dim() != 2 or values.shape != (len(rows), len(columns)):
+        raise ValueError(
+            f"`values` must be a [{len(rows)}, {len(columns)}] matrix (one row per row name, one column per column "
+            f"name), got shape {tuple(values.shape)}."
+        )
+    values = values.detach().float().cpu()
+    missing = ~torch.isfinite(values)
+    coloured = colorize(values.nan_to_num(low, high, low), low, high) * ~missing
+    picture = coloured.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1).clamp(0, 1)
+    picture = with_column_labels(picture, list(columns))
+    gutter = row_labels(list(rows), cell)
+    strip = torch.zeros(3, picture.shape[-2] - gutter.shape[-2], gutter.shape[-1])
+    return torch.cat([torch.cat([strip, gutter.to(picture)], dim=-2), picture], dim=-1)

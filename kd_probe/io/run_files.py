@@ -30,6 +30,7 @@ __all__ = [
     "JSON_LIMIT",
     "PT_LIMIT",
     "RUN_FILE",
+    "SIMILARITY_FILE",
     "SUMMARY_FILE",
     "TENSORBOARD_FILE",
     "UNICAM_FILE",
@@ -50,13 +51,14 @@ RUN_FILE = "kd_probe_run.json"  # the demo's record of one run: role, seed, prot
 SUMMARY_FILE = "kd_probe_summary.json"  # KnowledgePointProbe: every final metric, the checkpoints, the settings
 HISTORY_FILE = "kd_probe_history.pt"  # KnowledgePointProbe: every probe entry, with per-image values
 UNICAM_FILE = "kd_probe_unicam.pt"  # UniCAMProbe: scores per layer pair, maps, distance matrices
+SIMILARITY_FILE = "kd_probe_similarity.pt"  # SimilarityProbe: CKA matrices and class-correlation gaps per probe
 AGREEMENT_FILE = "kd_probe_agreement.pt"  # AgreementProbe: every entry, with per-image values
 TENSORBOARD_FILE = "kd_probe_tensorboard.json"  # marker: the Custom Scalars layout and HParams are written
 JSON_LIMIT = 64 * 2**20  # bytes: a summary of 150 checkpoints is about 100 KB
 PT_LIMIT = 4 * 2**30  # bytes: a history of 1,000 images × 150 checkpoints × 56×56 units is about 2 GB
 EVENTS_LIMIT = 4 * 2**30  # bytes: one TensorBoard event file
 # The format version written in the ``"version"`` field of the files that carry one.
-FORMAT_VERSION = {HISTORY_FILE: 1, UNICAM_FILE: 1, AGREEMENT_FILE: 1, TENSORBOARD_FILE: 1}
+FORMAT_VERSION = {HISTORY_FILE: 1, UNICAM_FILE: 1, AGREEMENT_FILE: 1, SIMILARITY_FILE: 1, TENSORBOARD_FILE: 1}
 
 
 def probe_file(file: str, name: str | None) -> str:

@@ -113,6 +113,7 @@ def test_the_layout_charts_every_probe_tag_of_a_fit_exactly_once(runs: dict[str,
         "learning speed and stability",
         "agreement",
         "FSS/RS",
+        "representation similarity",
         "weight trajectory",
         "σ maps",
     ]
