@@ -15,7 +15,9 @@ from torch import nn
 from kd_probe import __version__
 from kd_probe.apps.cli import main
 from kd_probe.apps.demo.plan import Plan, add_arguments, make_plan, sigma_options
-from kd_probe.apps.demo.run import _agreement, _tensorboard_command, _unicam, run_demo
+from kd_probe.apps.demo.probes import agreement_probe as _agreement
+from kd_probe.apps.demo.probes import unicam_probe as _unicam
+from kd_probe.apps.demo.run import _tensorboard_command, run_demo
 from kd_probe.apps.demo.run import main as demo_main
 from kd_probe.apps.report.write import METRICS, UNICAM, _format
 from kd_probe.data import ShapesDataModule

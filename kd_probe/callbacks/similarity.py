@@ -37,6 +37,7 @@ from kd_probe.io.run_files import FORMAT_VERSION, SIMILARITY_FILE, probe_file
 __all__ = ["SimilarityProbe"]
 
 SMALLEST_CHUNK = 4  # the unbiased HSIC needs 4 items per batch (methods §7.2)
+KEPT = 2**20  # most feature values per layer (items × width) kept with the last probe, for the report's intervals
 
 
 class SimilarityProbe(ProbeSetReader, BatchProbe):
@@ -121,6 +122,7 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
         self.every_n_epochs, self.name = every_n_epochs, None if name is None else check_name(name)
         self.teacher, self.student, self.log_images = teacher, student, log_images
         self.history: list[dict[str, Any]] = []
+        self.items: dict[str, Any] | None = None  # the last successful probe's per-item features and logits
         self._start_guards()
         self._take_probe_set(images, labels=labels)
 
@@ -202,8 +204,11 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
         shards = Shards(trainer, len(chunks), module_device(student, pl_module.device))
         own, theirs = self.student_layers or [], self.teacher_layers or []
 
+        pairs = [(own.index(s), theirs.index(t)) for s, t in self.pairs]
+
         def local() -> dict[str, Tensor]:
             terms, student_logits, teacher_logits = [], [], []
+            kept: dict[str, list[Tensor]] = {}
             for index in shards.work:
                 inputs = self.images[chunks[index]]
                 xs, logits_s = self._features(student, own, inputs.to(module_device(student)))
@@ -213,11 +218,16 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
                 terms.append(accumulator.sums)  # this chunk's HSIC terms (methods §7.2)
                 student_logits.append(logits_s)
                 teacher_logits.append(logits_t)
+                for number, (i, j) in enumerate(pairs):  # the matched pairs' features, when small enough
+                    if self.images.shape[0] * max(xs[i].shape[1], ys[j].shape[1]) <= KEPT:
+                        kept.setdefault(f"x{number}", []).append(xs[i])
+                        kept.setdefault(f"y{number}", []).append(ys[j])
             rows = max(part.stop - part.start for part in chunks)  # the same on every rank: gathers need one shape
             return {
                 "terms": torch.stack(terms),
                 "student": _padded(student_logits, rows),
                 "teacher": _padded(teacher_logits, rows),
+                **{key: _padded(parts, rows) for key, parts in kept.items()},
             }
 
         found = shards.compute(local)
@@ -235,12 +245,23 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
         entry: dict[str, Any] = {"epoch": epoch, "global_step": trainer.global_step, **values}
         entry["cka"] = matrix.float()
         shown: dict[str, Any] = {"cka": matrix}
+        whole = {
+            key: _unpadded(shards.gather(value.to(shards.device)).cpu(), chunks)
+            for key, value in found.items()
+            if key != "terms" and (self.class_gap or key[0] in "xy")
+        }
+        kept = {
+            s: (whole[f"x{n}"].float(), whole[f"y{n}"].float())
+            for n, (s, _) in enumerate(self.pairs)
+            if f"x{n}" in whole
+        }
+        self.items = {  # the last probe's per-item data, for the report's intervals (methods §7.2)
+            "epoch": epoch,
+            "pairs": kept,
+            "logits": {role: whole[role].float() for role in ("student", "teacher") if role in whole},
+        }
         if self.class_gap:
-            logits = {
-                role: _unpadded(shards.gather(found[role].to(shards.device)).cpu(), chunks)
-                for role in ("student", "teacher")
-            }
-            gap = class_correlation_gap(logits["teacher"], logits["student"])
+            gap = class_correlation_gap(whole["teacher"], whole["student"])
             off = gap[~torch.eye(gap.shape[0], dtype=torch.bool)]  # a class whose logit never varies: NaN, left out
             entry["class_gap"] = float(off.abs().nanmean()) if bool(torch.isfinite(off).any()) else math.nan
             entry["class_gap_matrix"] = gap.float()
@@ -291,6 +312,7 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
             "features": self.features,
             "images": int(self.images.shape[0]),
             "entries": self.history,
+            "items": self.items,
         }
         save_atomically(record, self.file_path(trainer))
 
@@ -308,12 +330,13 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "settings": self._settings_now()}
+        return {"history": self.history, "items": self.items, "settings": self._settings_now()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_resume(state_dict)
         self.history = list(state_dict.get("history", []))
+        self.items = state_dict.get("items")
 
 
 def _padded(parts: list[Tensor], rows: int) -> Tensor:

@@ -62,6 +62,10 @@ def test_the_matrix_is_the_cores_minibatch_cka_over_the_probes_chunks(tmp_path: 
     record = torch.load(folder / "kd_probe_similarity.pt", weights_only=True)
     assert record["pairs"] == [["features.relu1", "features.relu2"], ["features.relu2", "features.relu1"]]
     assert [e["epoch"] for e in record["entries"]] == [0, 1]
+    kept_x, kept_y = record["items"]["pairs"]["features.relu1"]  # the last probe's items, for the report
+    torch.testing.assert_close(kept_x.double(), xs[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(kept_y.double(), ys[1], rtol=0, atol=1e-6)
+    assert record["items"]["logits"]["teacher"].shape == (5, 3)
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])

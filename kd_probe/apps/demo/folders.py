@@ -12,7 +12,7 @@ from kd_probe.io.run_files import RUN_FILE
 __all__ = ["REPORT_FILES", "RUN_FOLDER", "clear_experiment"]
 
 RUN_FOLDER = re.compile(r"teacher|(distilled(-[a-z_]+)?|baseline)(-s\d+)?")  # the run folders the demo writes
-REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png", "methods.png")
+REPORT_FILES = ("report.md", "curves.png", "maps.png", "unicam.png", "similarity.png", "methods.png")
 
 
 def _earlier_demo(folder: Path) -> list[Path]:

@@ -39,7 +39,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
-from torch.utils.data import Subset
 
 from kd_probe.apps.demo.eta import DemoClock, DemoProgressBar, EpochTimer
 from kd_probe.apps.demo.folders import clear_experiment
@@ -52,10 +51,10 @@ from kd_probe.apps.demo.plan import (
     check_arguments,
     make_plan,
     seed_pairs,
-    sigma_options,
 )
+from kd_probe.apps.demo.probes import agreement_probe, knowledge_probes, student_probes, unicam_probe
 from kd_probe.apps.options import QUICK_NOTE, Parser, demo_methods, ignored_demo_flags
-from kd_probe.callbacks import AgreementProbe, KnowledgePointProbe, UniCAMProbe, WeightTrajectoryMonitor, probe_epochs
+from kd_probe.callbacks import probe_epochs
 from kd_probe.data import ShapesDataModule
 from kd_probe.io.run_files import RUN_FILE
 from kd_probe.modules import DistillationModule, run_two_phase
@@ -126,56 +125,6 @@ def _trainer_options(quick: bool, plan: Plan | None = None, unused: bool = False
         log_every_n_steps=1 if quick else 10,
         accelerator=plan.accelerator if plan else "cpu",
         devices=plan.devices if plan else 1,
-    )
-
-
-def _probes(plan: Plan, kit: Modality, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
-    options = {**sigma_options(plan), "layer": kit.layer}
-    if not kit.images:
-        options.pop("grid")  # the data module's units: one σ per token or point
-    probe = KnowledgePointProbe(kit.data, epochs=plan.schedule, seed=seed, **options)
-    clocks.append(ProbeClock(probe))
-    return [probe, clocks[-1], WeightTrajectoryMonitor()]
-
-
-def _student_probes(plan: Plan, kit: Modality, teacher: Any, seed: int, clocks: list[ProbeClock]) -> list[pl.Callback]:
-    """The probes of a student: knowledge points always; teacher agreement and UniCAM on images only."""
-    probes = _probes(plan, kit, seed, clocks)
-    if kit.images:
-        assert isinstance(kit.data, ShapesDataModule)
-        probes += [_agreement(plan, kit.data, teacher, seed), _unicam(plan, kit.data, teacher)]
-    return probes
-
-
-def _held_out(plan: Plan, data: ShapesDataModule) -> Subset:
-    """The first validation images (with their masks) of the agreement and UniCAM probes: 64 (16 in the quick
-    demo), more than the knowledge-point probe's, since both measure shares and batch statistics."""
-    return Subset(data.val_set, range(min(plan.unicam_images, len(data.val_set))))
-
-
-def _agreement(plan: Plan, data: ShapesDataModule, teacher: Any, seed: int) -> AgreementProbe:
-    """[WK]'s agreement with the teacher, for distilled and baseline students alike (teacher given directly), with
-    the default ε sweep (1, 2, 4 and 8 grey levels: at 1/255 the teacher is rarely fooled)."""
-    return AgreementProbe(
-        _held_out(plan, data),
-        teacher_layer=f"features.relu{2 * len(plan.teacher_widths)}",
-        student_layer=f"features.relu{2 * len(plan.student_widths)}",
-        teacher=teacher,
-        normalization=(data.mean, data.std),
-        seed=seed,
-    )
-
-
-def _unicam(plan: Plan, data: ShapesDataModule, teacher: Any) -> UniCAMProbe:
-    """[UC]'s FSS/RS at the end of every stage and UniCAM maps at the last convolution, on held-out validation
-    images (distance correlations are batch statistics: more images than the knowledge-point probe's)."""
-    stages = [f"features.relu{2 * (stage + 1)}" for stage in range(len(plan.student_widths))]
-    return UniCAMProbe(
-        _held_out(plan, data),
-        layers=stages,
-        cam_layer=stages[-1],
-        teacher=teacher,
-        normalization=(data.mean, data.std),
     )
 
 
@@ -312,13 +261,13 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
             pl.seed_everything(seed, verbose=False)
             student = kit.student()
             if args.protocol == "paper":
-                probes = _probes(plan, kit, seed, clocks)
+                probes = knowledge_probes(plan, kit, seed, clocks)
                 accuracy = _two_phase(
                     student, teacher.student, kit, (log_dir, name), plan, seed, probes, options, (clock, args.quick)
                 )
             else:
                 module = DistillationModule(student, teacher.student, **options, **kd_method(args, kit, method))
-                callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
+                callbacks = student_probes(plan, kit, teacher.student, seed, clocks)
                 trainer = _trainer(
                     _logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick, plan
                 )
@@ -338,7 +287,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         pl.seed_everything(seed, verbose=False)
         module = DistillationModule(kit.student(), **options)
         name = f"baseline{suffix}"
-        callbacks = _student_probes(plan, kit, teacher.student, seed, clocks)
+        callbacks = student_probes(plan, kit, teacher.student, seed, clocks)
         trainer = _trainer(_logger(log_dir, name), plan.epochs, _timed(callbacks, clock, "student"), args.quick, plan)
         trainer.fit(module, datamodule=data)
         accuracy = _test(trainer, module, data)
@@ -384,8 +333,8 @@ def _two_phase(
     """[KP]: phase 1 mimics the teacher's layer (probed), phase 2 trains the head with labels."""
     (log_dir, name), (clock, quick) = where, timing
     data = kit.data
-    head = [_agreement(plan, data, teacher, seed)] if isinstance(data, ShapesDataModule) else []
-    mimic = [_unicam(plan, data, teacher)] if isinstance(data, ShapesDataModule) else []
+    head = [agreement_probe(plan, data, teacher, seed)] if isinstance(data, ShapesDataModule) else []
+    mimic = [unicam_probe(plan, data, teacher)] if isinstance(data, ShapesDataModule) else []
     result = run_two_phase(
         student,
         teacher,

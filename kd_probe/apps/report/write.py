@@ -60,6 +60,7 @@ from kd_probe.apps.report.sections import (
     unicam_section,
     with_interval,
 )
+from kd_probe.apps.report.similarity import similarity_figure, similarity_section
 from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_measures
 from kd_probe.apps.report.verdicts import HYPOTHESES, VIEWS, method_line, verdicts
 from kd_probe.core.knowledge_points import count_knowledge_points
@@ -83,7 +84,7 @@ __all__ = [
     "write_report",
 ]
 
-FIGURES = ("curves.png", "maps.png", "unicam.png")
+FIGURES = ("curves.png", "maps.png", "unicam.png", "similarity.png")
 SWEEP = (0.1, 0.2, 0.3, 0.5)
 KNOWLEDGE_POINTS = tuple((key, label) for key, label in METRICS if key not in ("accuracy", "path_efficiency"))
 _format = format_value  # kept for callers of the earlier name
@@ -283,6 +284,7 @@ def write_report(
             lines += section(title, COLUMNS, rows)
         lines += agreement_section(evidence)
         lines += unicam_section(evidence)
+        lines += similarity_section(evidence)
     lines += ["## The paper's hypotheses", ""]
     if group_summaries:
         lines += ["- not judged: `--group-summaries` compares no pairs, and a verdict needs a paired interval."]
@@ -379,7 +381,8 @@ def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
     except ImportError:  # matplotlib is the optional `report` extra
         return ["", "(Install the `report` extra, matplotlib, for the figures.)"]
     lines = ["", "## Figures", ""]
-    for draw, name in zip((curves_figure, maps_figure, unicam_figure), FIGURES, strict=True):
+    draws = (curves_figure, maps_figure, unicam_figure, similarity_figure)
+    for draw, name in zip(draws, FIGURES, strict=True):
         try:
             drawn = draw(runs, out_dir / name)
         except Exception as error:  # data that loaded but cannot be drawn: the report goes on without it
