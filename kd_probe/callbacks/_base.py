@@ -8,9 +8,11 @@ batch on a schedule (``AgreementProbe``, ``UniCAMProbe``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -193,9 +195,34 @@ class BatchProbe(ProbeCallback):
         calls it under DDP (it makes collectives); a failure raises on every rank."""
         raise NotImplementedError
 
+    scalar_prefix = "kd_probe/"  # what the entry's scalars are logged under (a subclass's, with its name)
+    media_what = "writing the images to TensorBoard"  # the media side effect, in a warning's words
+    log_images: Any = 0  # whether (how many) images the probe logs to TensorBoard
+
     def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
         """Log and save a recorded entry (``shown`` is ``None`` for a failed one), every side effect guarded
-        with ``self.side_effects.run``; called on rank zero only."""
+        with ``self.side_effects.run``; called on rank zero only. By default: the entry's finite numbers as
+        scalars under :attr:`scalar_prefix` to every logger, :meth:`write_media` to each TensorBoard logger when
+        ``log_images``, then the probe's file (:meth:`save_file`)."""
+        if shown is not None:
+            step = trainer.global_step
+            metrics = {
+                f"{self.scalar_prefix}{key}": value
+                for key, value in entry.items()
+                if key not in ("epoch", "global_step") and isinstance(value, float) and math.isfinite(value)
+            }
+            for logger in trainer.loggers:
+                what = f"logging scalars to {type(logger).__name__}"
+                self.side_effects.run(entry, what, logger.log_metrics, metrics, step=step)
+                if isinstance(logger, TensorBoardLogger) and self.log_images:
+                    self.side_effects.run(entry, self.media_what, self.write_media, logger, shown, step)
+        self.save_file(trainer, entry)
+
+    def write_media(self, logger: TensorBoardLogger, shown: Any, step: int) -> None:
+        """The probe's images for one entry (none by default)."""
+
+    def save_file(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
+        """Write the probe's file, guarded (none by default)."""
 
     def estimate_cost(self, pl_module: pl.LightningModule) -> tuple[float, str]:
         """Seconds one probe is expected to take (from a tiny dry run), and what that covers."""

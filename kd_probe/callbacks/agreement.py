@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -364,27 +363,19 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             values[f"invariance/{name}/teacher"] = cache["transformed_predictions"][name]
         return {**values, "cams/teacher": cache["cams"], "cams/student": cams}
 
+    media_what = "writing the CAM grid to TensorBoard"
+
+    @property
+    def scalar_prefix(self) -> str:  # type: ignore[override]
+        return f"{self.prefix}/"
+
     @override
-    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
-        if shown is not None:
-            self._log(trainer, entry, shown)
+    def save_file(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
         self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
 
-    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: dict[str, Tensor]) -> None:
-        step = trainer.global_step
-        metrics = {
-            f"{self.prefix}/{key}": value
-            for key, value in entry.items()
-            if key not in ("epoch", "global_step") and isinstance(value, float) and math.isfinite(value)
-        }
-        for logger in trainer.loggers:
-            self.side_effects.run(
-                entry, f"logging scalars to {type(logger).__name__}", logger.log_metrics, metrics, step=step
-            )
-            if isinstance(logger, TensorBoardLogger) and self.log_images:
-                self.side_effects.run(
-                    entry, "writing the CAM grid to TensorBoard", self._write_grid, logger, shown, step
-                )
+    @override
+    def write_media(self, logger: TensorBoardLogger, shown: Any, step: int) -> None:
+        self._write_grid(logger, shown, step)
 
     def _write_grid(self, logger: TensorBoardLogger, cams: dict[str, Tensor], step: int) -> None:
         logger.experiment.add_image(f"{self.prefix}/cams", self._grid(cams), global_step=step)

@@ -268,26 +268,19 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
             shown["class_gap"] = gap
         return entry, shown
 
+    media_what = "writing the heat maps to TensorBoard"
+
+    @property
+    def scalar_prefix(self) -> str:  # type: ignore[override]
+        return f"{self.prefix}/similarity/"
+
     @override
-    def publish(self, trainer: pl.Trainer, entry: dict[str, Any], shown: Any) -> None:
-        if shown is not None:
-            self._log(trainer, entry, shown)
+    def save_file(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
         self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
 
-    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], shown: dict[str, Tensor]) -> None:
-        step = trainer.global_step
-        metrics = {
-            f"{self.prefix}/similarity/{key}": value
-            for key, value in entry.items()
-            if key not in ("epoch", "global_step") and isinstance(value, float) and math.isfinite(value)
-        }
-        for logger in trainer.loggers:
-            what = f"logging scalars to {type(logger).__name__}"
-            self.side_effects.run(entry, what, logger.log_metrics, metrics, step=step)
-            if isinstance(logger, TensorBoardLogger) and self.log_images:
-                self.side_effects.run(
-                    entry, "writing the heat maps to TensorBoard", self._write_maps, logger, shown, step
-                )
+    @override
+    def write_media(self, logger: TensorBoardLogger, shown: Any, step: int) -> None:
+        self._write_maps(logger, shown, step)
 
     def _write_maps(self, logger: TensorBoardLogger, shown: dict[str, Tensor], step: int) -> None:
         own, theirs = self.student_layers or [], self.teacher_layers or []
