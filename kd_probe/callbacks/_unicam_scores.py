@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from kd_probe.core.distance_correlation import correlation_of_distances, distance_matrix, relevance_given_of_distances
+from kd_probe.core.unicam import UniCAMPass
 
-__all__ = ["distance_matrices", "similarity_and_relevance"]
+__all__ = ["distance_matrices", "similarity_and_relevance", "unicam_maps"]
 
 
 def distance_matrices(
@@ -58,3 +60,10 @@ def similarity_and_relevance(
             kept.update(teacher_rows=teacher["rows"], student_rows=student["rows"])
         layers[s] = {key: matrix.cpu() for key, matrix in kept.items()}
     return values, layers
+
+
+def unicam_maps(passes: dict[str, UniCAMPass], scored: dict[str, Any], rows: list[int]) -> dict[str, Tensor]:
+    """The maps of each kind of the images ``rows`` (each pass's), from the gradient of the whole batch's score
+    (``scored[kind]``: the score and its gradient), and whether each image's map is finite (``<kind>/finite``)."""
+    maps = {kind: forward.maps(scored[kind][1][rows]) for kind, forward in passes.items()}
+    return {**maps, **{f"{kind}/finite": torch.isfinite(value).flatten(1).all(dim=1) for kind, value in maps.items()}}

@@ -35,7 +35,7 @@ from kd_probe.callbacks._common import (
 from kd_probe.callbacks._guard import seconds_per_pass
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sharding import Shards
-from kd_probe.callbacks._unicam_scores import distance_matrices, similarity_and_relevance
+from kd_probe.callbacks._unicam_scores import distance_matrices, similarity_and_relevance, unicam_maps
 from kd_probe.core.distance_correlation import (
     correlation_of_distances,
     distance_matrix,
@@ -350,7 +350,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
                 given = {"distilled": compared[self._other_cam], "residual": whole[self.cam_layer[0]]}  # Y's
                 for kind, unicam in unicams.items():
                     scored[kind] = unicam.score(whole[f"unicam/{kind}"], given[kind], targets)
-                return _maps(passes, scored, shards.work)
+                return unicam_maps(passes, scored, shards.work)
 
             local = shards.compute(scores_and_maps)
         values, scores = scored["values"], {kind: float(scored[kind][0]) for kind in unicams}
@@ -447,10 +447,3 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         self.history = list(state_dict.get("history", []))
         self.maps = list(state_dict.get("maps", []))
         self.distances = state_dict.get("distances")
-
-
-def _maps(passes: dict[str, UniCAMPass], scored: dict[str, Any], rows: list[int]) -> dict[str, Tensor]:
-    """The maps of each kind of the images ``rows`` (each pass's), from the gradient of the whole batch's score
-    (``scored[kind]``: the score and its gradient), and whether each image's map is finite (``<kind>/finite``)."""
-    maps = {kind: forward.maps(scored[kind][1][rows]) for kind, forward in passes.items()}
-    return {**maps, **{f"{kind}/finite": torch.isfinite(value).flatten(1).all(dim=1) for kind, value in maps.items()}}
