@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from kd_probe.callbacks._base import ProbeCallback
 from kd_probe.callbacks._common import save_atomically
 from kd_probe.core.layers import module_device
 
@@ -131,8 +132,10 @@ class ProbeRunner:
         progress: bool = True,
         live: bool = True,
     ) -> None:
-        if isinstance(probes, pl.Callback) or not all(isinstance(p, pl.Callback) for p in probes):
-            raise ValueError(f"`probes` must be a list of kd_probe callbacks, got {probes!r}.")
+        if isinstance(probes, pl.Callback) or not all(isinstance(p, ProbeCallback) for p in probes):
+            raise ValueError(
+                f"`probes` must be a list of kd_probe callbacks (its probes and monitors), got {probes!r}."
+            )
         for name, network in (("student", student), ("teacher", teacher)):
             if network is not None and not isinstance(network, nn.Module):
                 raise ValueError(f"`{name}` must be an nn.Module, got {type(network).__name__}.")

@@ -113,8 +113,10 @@ def test_a_plain_loop_records_what_a_lightning_run_of_the_same_training_records(
 
 
 def test_runner_mistakes_are_one_sentence(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^`probes` must be a list of kd_probe callbacks, got "):
+    with pytest.raises(ValueError, match=r"^`probes` must be a list of kd_probe callbacks \(its probes and monitors\)"):
         ProbeRunner(WeightTrajectoryMonitor(), tmp_path, student=net(1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^`probes` must be a list of kd_probe callbacks"):  # not a Trainer's own
+        ProbeRunner([pl.callbacks.ModelCheckpoint()], tmp_path, student=net(1))
     with pytest.raises(ValueError, match=r"^`student` must be an nn.Module, got str\.$"):
         ProbeRunner([], tmp_path, student="net")  # type: ignore[arg-type]
     runner = ProbeRunner([WeightTrajectoryMonitor()], tmp_path / "run", student=net(1), progress=False)
