@@ -18,11 +18,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def tensorboard_server(logdir: Path) -> Iterator[str]:
-    """``python -m tensorboard.main --logdir logdir`` on 127.0.0.1, reloading every second; yields its base URL
-    and stops it afterwards."""
+def tensorboard_server(logdir: Path, *options: str) -> Iterator[str]:
+    """``python -m tensorboard.main --logdir logdir [options]`` on 127.0.0.1, reloading every second; yields its
+    base URL and stops it afterwards."""
     port = _free_port()
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), *options, "--host", "127.0.0.1"]
     server = subprocess.Popen(
         [*command, "--port", str(port), "--reload_interval", "1"],
         stdout=subprocess.DEVNULL,

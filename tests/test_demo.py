@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -180,7 +181,7 @@ def test_the_printed_tensorboard_command_runs_as_shown_and_keeps_every_image(qui
     assert (
         command[:1] == [str(script)] if script.is_file() else command[:3] == [sys.executable, "-m", "tensorboard.main"]
     )
-    assert command[-4:] == ["--logdir", str(folder), "--samples_per_plugin", "images=0"]
+    assert command[-4:] == ["--logdir", str(folder), "--samples_per_plugin", "images=1000"]
     version = subprocess.run([*command[:-4], "--version_tb"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+\S*", version.stdout.strip()), version
 
@@ -189,14 +190,16 @@ def test_the_tensorboard_command_falls_back_to_this_python(tmp_path: Path, monke
     monkeypatch.setattr(sys, "executable", str(tmp_path / "my env" / "python"))  # no tensorboard script beside it
     assert shlex.split(_tensorboard_command(tmp_path / "runs")) == [
         str(tmp_path / "my env" / "python"),
-        *("-m", "tensorboard.main", "--logdir", str(tmp_path / "runs"), "--samples_per_plugin", "images=0"),
+        *("-m", "tensorboard.main", "--logdir", str(tmp_path / "runs"), "--samples_per_plugin", "images=1000"),
     ]
 
 
 @pytest.mark.slow
 def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) -> None:
-    folder, _ = quick_demo
-    with tensorboard_server(folder) as base:
+    """With the printed command's options, TensorBoard serves the tags and every probe step's image grid."""
+    folder, out = quick_demo
+    options = shlex.split(out.split("Watch the curves with:\n", 1)[1].splitlines()[0])[-2:]
+    with tensorboard_server(folder, *options) as base:
         scalars: dict = {}
         images: dict = {}
         deadline = time.monotonic() + 90
@@ -216,6 +219,9 @@ def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) 
                 "kd_probe/fss/features.relu4" in scalars[run] and "kd_probe/rs/residual/features.relu2" in scalars[run]
             )
             assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(images[run])
+            for tag in ("kd_probe/maps", "kd_probe/agreement/cams", "kd_probe/unicam/distilled"):
+                served = get_json(f"{base}/data/plugin/images/images?run={run}&tag={quote(tag)}")
+                assert len(served) == 2 and served[0]["step"] == 0, (run, tag, served)  # epochs 0 and 1: both
 
 
 @pytest.mark.slow

@@ -381,13 +381,17 @@ def report(result: DemoResult) -> DemoResult:
     return result
 
 
+IMAGES_KEPT = 1000  # image grids TensorBoard keeps per tag and run: every probe step of any schedule
+
+
 def _tensorboard_command(log_dir: Path) -> str:
     """A TensorBoard command that works as printed, with or without the virtual environment active: this
-    Python's ``tensorboard`` script, else ``python -m tensorboard.main``; ``--samples_per_plugin images=0`` keeps
-    every image grid (TensorBoard keeps 10 per tag by default, dropping the one from before training)."""
+    Python's ``tensorboard`` script, else ``python -m tensorboard.main``; ``--samples_per_plugin images=1000``
+    keeps every image grid (TensorBoard keeps 10 per tag by default, dropping the one from before training; and
+    ``images=0``, which older TensorBoards read as "all", makes TensorBoard 2.21 serve no image at all)."""
     script = Path(sys.executable).parent / "tensorboard"
     program = [str(script)] if script.is_file() else [sys.executable, "-m", "tensorboard.main"]
-    return shlex.join([*program, "--logdir", str(log_dir), "--samples_per_plugin", "images=0"])
+    return shlex.join([*program, "--logdir", str(log_dir), "--samples_per_plugin", f"images={IMAGES_KEPT}"])
 
 
 if __name__ == "__main__":  # pragma: no cover
