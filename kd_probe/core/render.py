@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kd_probe.core._font import label_strip, row_labels
+from kd_probe.core._keys import key_row, number, ramp_key, swatch_key
 from kd_probe.core.units import upsample_units
 
 __all__ = [
+    "KNOWLEDGE_POINT_RGB",
+    "OUTLINE_RGB",
     "as_rgb",
     "colorize",
     "knowledge_point_panels",
@@ -26,6 +29,10 @@ __all__ = [
 _RAMP = torch.tensor(
     [[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551], [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]]
 )
+KNOWLEDGE_POINT_RGB = (1.0, 0.1, 0.1)  # the knowledge points' red, in every picture and its key
+OUTLINE_RGB = (0.1, 1.0, 0.2)  # the object outline's green in the image panels
+_OBJECT_POINT_RGB, _BACKGROUND_POINT_RGB = (0.1, 0.8, 0.2), (0.45, 0.45, 0.45)  # point clouds
+_ENTROPY_ENDS = ("kept", "discarded")  # what a low and a high entropy mean: the unit's information is ...
 
 
 def colorize(values: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
@@ -88,6 +95,23 @@ def with_column_labels(picture: Tensor, labels: Sequence[str] | None) -> Tensor:
     return torch.cat([label_strip(labels, picture.shape[-1] // len(labels)).to(picture), picture], dim=-2)
 
 
+def _paint(values: Tensor) -> Tensor:
+    """The ramp of :func:`colorize` over ``[L]`` values in [0, 1], as ``[3, L]`` (what a key's bar shows)."""
+    return colorize(values[None], 0.0, 1.0)[:, 0]
+
+
+def _entropy_key(width: int, low: float, high: float, which: str, size: int | None = None) -> Tensor:
+    """The key of entropy colours shared by ``which`` (e.g. ``"all rows"``): the ramp from ``low`` to ``high`` nats
+    (low = the unit's information is kept, high = discarded)."""
+    ends = [(number(low), number(high)), _ENTROPY_ENDS]
+    return ramp_key(_paint, width, f"entropy (nats), {which}", ends, size=size)
+
+
+def _with_key(picture: Tensor, keys: Sequence[Tensor | None], width: int | Sequence[int]) -> Tensor:
+    """``picture`` ``[3, H, W]`` over a strip with each of ``keys`` under its column of ``width`` pixels."""
+    return torch.cat([picture, key_row(keys, width).to(picture)], dim=-2)
+
+
 _PANEL_LABELS = ("input", "entropy", "knowledge points")
 
 
@@ -99,11 +123,14 @@ def knowledge_point_panels(
     *,
     scale: int = 4,
     labels: Sequence[str] | None = _PANEL_LABELS,
+    key: bool = True,
 ) -> Tensor:
-    """One RGB picture ``[3, strip + N·H·scale, 3·W·scale]``: per image (a row) the input, its entropy map (low
-    entropy = dark), and the knowledge points (red units) over the grey input with the foreground outline
-    (green), under a strip naming the columns (``INPUT | ENTROPY | KNOWLEDGE POINTS``; no strip with
-    ``labels=None``).
+    """One RGB picture ``[3, strip + N·H·scale + key, 3·W·scale]``: per image (a row) the input (min–max scaled
+    per image), its entropy map (low entropy = dark; one scale for all rows, from their lowest to their highest
+    entropy), and the knowledge points (red units) over the grey input with the foreground outline (green), under
+    a strip naming the columns (``INPUT | ENTROPY | KNOWLEDGE POINTS``; no strip with ``labels=None``) and over a
+    colour key (no key with ``key=False``): under the entropy column the ramp with its ends in nats (low: the
+    unit's information is kept, high: discarded), under the knowledge points the overlay's red and green.
 
     Args:
         images: ``[N, C, H, W]`` inputs as given to the model.
@@ -114,42 +141,64 @@ def knowledge_point_panels(
     """
     size = (images.shape[-2], images.shape[-1])
     shown = _to_display(images.detach().float().cpu())
-    heat = colorize(upsample_units(entropy.detach().float().cpu(), size)[:, 0])
+    values = entropy.detach().float().cpu()
+    low, high = float(values.min()), float(values.max())
+    heat = colorize(upsample_units(values, size)[:, 0], low, high)
     grey = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1) * 0.7
     marked = upsample_units(points.detach().float().cpu(), size)[:, 0] > 0.5
-    red = torch.tensor([1.0, 0.1, 0.1])[None, :, None, None]
+    red = torch.tensor(KNOWLEDGE_POINT_RGB)[None, :, None, None]
     overlay = torch.where(marked[:, None], 0.45 * grey + 0.55 * red, grey)
     edge = _outline(mask.detach().cpu() > 0)
-    overlay = torch.where(edge[:, None], torch.tensor([0.1, 1.0, 0.2])[None, :, None, None], overlay)
+    overlay = torch.where(edge[:, None], torch.tensor(OUTLINE_RGB)[None, :, None, None], overlay)
     rows = torch.cat([shown, heat, overlay], dim=-1)  # [N, 3, H, 3W]
     picture = torch.cat(list(rows), dim=-2)  # [3, N·H, 3W]
     picture = picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    if key:
+        width = size[1] * scale
+        overlay_key = swatch_key(width, [(KNOWLEDGE_POINT_RGB, "knowledge point"), (OUTLINE_RGB, "object outline")])
+        picture = _with_key(picture, [None, _entropy_key(width, low, high, "all rows"), overlay_key], width)
     return with_column_labels(picture, labels)
 
 
-def map_rows(pictures: Tensor, maps: list[Tensor], *, scale: int = 4, labels: Sequence[str] | None = None) -> Tensor:
-    """One RGB picture ``[3, N·H·scale, (1 + len(maps))·W·scale]``: per image (a row) the picture (values in
+def map_rows(
+    pictures: Tensor,
+    maps: list[Tensor],
+    *,
+    scale: int = 4,
+    labels: Sequence[str] | None = None,
+    key: bool = True,
+) -> Tensor:
+    """One RGB picture ``[3, N·H·scale + key, (1 + len(maps))·W·scale]``: per image (a row) the picture (values in
     [0, 1], ``[N, C, H, W]`` with any ``C``: see :func:`as_rgb`) followed by each map ``[N, H, W]`` coloured
     after per-image min–max scaling; with ``labels`` (one per column, the picture's first), under a strip naming
-    the columns."""
+    the columns; with ``key``, over a colour key under each map's column (the ramp from ``LOW`` to ``HIGH``,
+    labelled ``SCALED PER IMAGE``: the colours compare places within one map, never two maps)."""
     if labels is not None and len(labels) != 1 + len(maps):
         raise ValueError(f"`labels` must name the picture and each of the {len(maps)} maps, got {list(labels)}.")
     coloured = [colorize(per_image_unit(m.detach().float().cpu()), 0.0, 1.0) for m in maps]
     rows = torch.cat([as_rgb(pictures.detach().float().cpu()), *coloured], dim=-1)
     picture = torch.cat(list(rows), dim=-2)
     picture = picture.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).clamp(0, 1)
+    if key and maps:
+        widths = [pictures.shape[-1] * scale] + [m.shape[-1] * scale for m in maps]
+        keys = [None] + [ramp_key(_paint, w, "scaled per image", [("low", "high")]) for w in widths[1:]]
+        picture = _with_key(picture, keys, widths)
     return with_column_labels(picture, labels)
 
 
 _TOKEN_ROWS = ("entropy", "points")
 _TOKEN_LEGEND = "points: red knowledge point, green foreground, yellow both"
+_TOKEN_MARKS = (((1.0, 0.0, 0.0), "knowledge point"), ((0.0, 1.0, 0.0), "foreground"), ((1.0, 1.0, 0.0), "both"))
 
 
-def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12, labels: bool = True) -> Tensor:
-    """One RGB picture ``[3, strip + N·2·cell, gutter + T·cell]`` of token units: per sequence a row of cells
-    coloured by entropy (low = dark; padding, NaN, black), under it a row marking knowledge points (red) and
-    foreground tokens (green; both: yellow). With ``labels`` a gutter names each row's kind (``ENTROPY``,
-    ``POINTS``) and a strip on top gives the colours (no gutter or strip with ``labels=False``).
+def token_strips(
+    entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: int = 12, labels: bool = True, key: bool = True
+) -> Tensor:
+    """One RGB picture ``[3, strip + N·2·cell + key, gutter + T·cell]`` of token units: per sequence a row of cells
+    coloured by entropy (low = dark; padding, NaN, black; one scale for all sequences), under it a row marking
+    knowledge points (red) and foreground tokens (green; both: yellow). With ``labels`` a gutter names each row's
+    kind (``ENTROPY``, ``POINTS``) and a strip on top gives the colours (no gutter or strip with ``labels=False``);
+    with ``key`` a colour key at the bottom: the entropy ramp with its ends in nats, and a swatch of each mark.
 
     Args:
         entropy: ``[N, T]`` entropy per token (NaN at padding).
@@ -170,10 +219,15 @@ def token_strips(entropy: Tensor, points: Tensor, foreground: Tensor, *, cell: i
     picture = picture.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
     picture[:, :, ::cell] = 0.25  # thin separators between tokens
     picture = picture.clamp(0, 1)
-    if not labels:
-        return picture
-    picture = torch.cat([row_labels(_TOKEN_ROWS * values.shape[0], cell), picture], dim=-1)
-    return torch.cat([label_strip([_TOKEN_LEGEND], picture.shape[-1], scale=1), picture], dim=-2)
+    if labels:
+        picture = torch.cat([row_labels(_TOKEN_ROWS * values.shape[0], cell), picture], dim=-1)
+        picture = torch.cat([label_strip([_TOKEN_LEGEND], picture.shape[-1], scale=1), picture], dim=-2)
+    if key:
+        width = picture.shape[-1]
+        entropy_key = _entropy_key(width, low, high, "all sequences, black: padding", size=1)
+        marks_key = swatch_key(width, _TOKEN_MARKS, size=1)
+        picture = torch.cat([picture, entropy_key, marks_key], dim=-2)
+    return picture
 
 
 def point_projections(
@@ -184,11 +238,13 @@ def point_projections(
     *,
     size: int = 96,
     labels: Sequence[str] | None = ("entropy", "knowledge points"),
+    key: bool = True,
 ) -> Tensor:
-    """One RGB picture ``[3, strip + N·size, 2·size]`` of point clouds seen from above (x–y): per cloud, the
-    points coloured by entropy (low = dark), and the knowledge points (red) among object points (green) and
-    background points (grey), under a strip naming the columns (``ENTROPY | KNOWLEDGE POINTS``; no strip with
-    ``labels=None``).
+    """One RGB picture ``[3, strip + N·size + key, 2·size]`` of point clouds seen from above (x–y): per cloud, the
+    points coloured by entropy (low = dark; one scale for all clouds), and the knowledge points (red) among object
+    points (green) and background points (grey), under a strip naming the columns (``ENTROPY | KNOWLEDGE
+    POINTS``; no strip with ``labels=None``) and over a colour key under each column (the entropy ramp with its
+    ends in nats; a swatch of each kind of point), none with ``key=False``.
 
     Args:
         points: ``[N, P, 3]`` point clouds (channels last).
@@ -203,9 +259,11 @@ def point_projections(
     heat = colorize(values[:, None, :], low, high)[:, :, 0]  # [N, 3, P]
     kinds = torch.where(
         knowledge_points.cpu()[:, None],
-        torch.tensor([1.0, 0.1, 0.1])[None, :, None],
+        torch.tensor(KNOWLEDGE_POINT_RGB)[None, :, None],
         torch.where(
-            foreground.cpu()[:, None], torch.tensor([0.1, 0.8, 0.2])[None, :, None], torch.full((1, 3, 1), 0.45)
+            foreground.cpu()[:, None],
+            torch.tensor(_OBJECT_POINT_RGB)[None, :, None],
+            torch.tensor(_BACKGROUND_POINT_RGB)[None, :, None],
         ),
     )
     span = xyz[..., :2].abs().amax(dim=(1, 2)).clamp(min=1e-6)[:, None, None]
@@ -220,7 +278,14 @@ def point_projections(
                 for dx in (0, 1):
                     r, c = (row + dy).clamp(max=size - 1), (column + dx).clamp(max=offset + size - 1)
                     panels[n, :, r, c] = colours[:, index]
-    return with_column_labels(torch.cat(list(panels), dim=-2).clamp(0, 1), labels)
+    picture = torch.cat(list(panels), dim=-2).clamp(0, 1)
+    if key:
+        kinds_key = swatch_key(
+            size,
+            [(KNOWLEDGE_POINT_RGB, "knowledge point"), (_OBJECT_POINT_RGB, "object"), (_BACKGROUND_POINT_RGB, "other")],
+        )
+        picture = _with_key(picture, [_entropy_key(size, low, high, "all clouds"), kinds_key], size)
+    return with_column_labels(picture, labels)
 
 
 def matrix_picture(
@@ -231,9 +296,13 @@ def matrix_picture(
     low: float,
     high: float,
     cell: int = 24,
+    key: bool = True,
+    key_title: str = "",
 ) -> Tensor:
     """A heat map of ``values`` ``[R, C]`` as one RGB picture: each entry a ``cell``-pixel square coloured from
-    ``low`` to ``high`` (NaN black), the rows named in a gutter on the left and the columns in a strip on top.
+    ``low`` to ``high`` (NaN black), the rows named in a gutter on the left and the columns in a strip on top;
+    with ``key``, over a colour key as wide as the picture: ``key_title`` (what the values are), the ramp, and
+    its ends ``low`` and ``high`` (the scale is fixed, the same in every picture of the same ``low``/``high``).
 
     Example::
 
@@ -252,4 +321,9 @@ def matrix_picture(
     picture = with_column_labels(picture, list(columns))
     gutter = row_labels(list(rows), cell)
     strip = torch.zeros(3, picture.shape[-2] - gutter.shape[-2], gutter.shape[-1])
-    return torch.cat([torch.cat([strip, gutter.to(picture)], dim=-2), picture], dim=-1)
+    picture = torch.cat([torch.cat([strip, gutter.to(picture)], dim=-2), picture], dim=-1)
+    if not key:
+        return picture
+    title = key_title + (", black: no value" if bool(missing.any()) else "")
+    ramp = ramp_key(_paint, picture.shape[-1], title, [(number(low), number(high))], size=1)
+    return torch.cat([picture, ramp], dim=-2)

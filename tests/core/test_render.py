@@ -7,9 +7,9 @@ from kd_probe.core.render import knowledge_point_panels, map_rows, point_project
 
 def test_map_rows_with_labels_puts_the_strip_above_an_unchanged_grid() -> None:
     pictures, maps = torch.rand(2, 3, 16, 16), [torch.rand(2, 16, 16), torch.rand(2, 16, 16)]
-    plain = map_rows(pictures, maps)
+    plain = map_rows(pictures, maps, key=False)
     labels = ("input", "teacher CAM", "student CAM")
-    labelled = map_rows(pictures, maps, labels=labels)
+    labelled = map_rows(pictures, maps, labels=labels, key=False)
     strip = label_strip(labels, 64)
     assert plain.shape == (3, 2 * 64, 3 * 64)
     assert labelled.shape == (3, strip.shape[1] + 2 * 64, 3 * 64)
@@ -20,8 +20,8 @@ def test_map_rows_with_labels_puts_the_strip_above_an_unchanged_grid() -> None:
 def test_knowledge_point_panels_name_their_three_columns_by_default() -> None:
     images, entropy = torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4)
     points, mask = torch.rand(2, 4, 4) > 0.5, torch.ones(2, 8, 8)
-    plain = knowledge_point_panels(images, entropy, points, mask, labels=None)
-    labelled = knowledge_point_panels(images, entropy, points, mask)
+    plain = knowledge_point_panels(images, entropy, points, mask, labels=None, key=False)
+    labelled = knowledge_point_panels(images, entropy, points, mask, key=False)
     strip = label_strip(("input", "entropy", "knowledge points"), 32)
     assert plain.shape == (3, 2 * 32, 3 * 32)
     assert torch.equal(labelled, torch.cat([strip, plain], dim=1))
@@ -50,9 +50,9 @@ def test_token_strips_name_the_kind_of_every_row_and_give_the_colours() -> None:
     entropy = torch.rand(3, 10)
     entropy[2, 7:] = float("nan")  # padding
     points, foreground = torch.rand(3, 10) > 0.5, torch.rand(3, 10) > 0.5
-    bare = token_strips(entropy, points, foreground, labels=False)
+    bare = token_strips(entropy, points, foreground, labels=False, key=False)
     assert bare.shape == (3, 3 * 2 * 12, 10 * 12)
-    labelled = token_strips(entropy, points, foreground)
+    labelled = token_strips(entropy, points, foreground, key=False)
     gutter = row_labels(["entropy", "points"] * 3, 12)
     strip = labelled.shape[1] - bare.shape[1]
     assert strip > 0 and labelled.shape[2] == gutter.shape[2] + bare.shape[2]

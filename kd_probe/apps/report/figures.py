@@ -10,11 +10,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from torch import Tensor
 
 from kd_probe.core.dynamics import stability
 from kd_probe.core.knowledge_points import unit_foreground
-from kd_probe.core.render import knowledge_point_panels, point_projections, token_strips
+from kd_probe.core.render import (
+    KNOWLEDGE_POINT_RGB,
+    OUTLINE_RGB,
+    as_rgb,
+    knowledge_point_panels,
+    per_image_unit,
+    point_projections,
+    token_strips,
+)
+from kd_probe.core.units import upsample_units
 from kd_probe.io.paths import write_atomically
 
 _COLORS = {"distilled": "tab:blue", "baseline": "tab:orange"}
@@ -112,8 +125,20 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
-    """Knowledge points (red) over the same probe images at the first, middle and last checkpoints, for the
-    first distilled and the first baseline run side by side."""
+    """Entropy maps and knowledge points of the same probe images at the first, middle and last checkpoints, for
+    the first distilled and the first baseline run side by side (see :func:`_draw_maps`)."""
+    fig = _draw_maps(runs, images)
+    if fig is None:
+        return None
+    _save(fig, path)
+    return path
+
+
+def _draw_maps(runs: list[Any], images: int) -> Figure | None:
+    """Per probe image the input in colour (left) and, per run and checkpoint (a column), its entropy map over
+    its knowledge points (red) on the grey input with the object outlined (green); a legend names the two overlay
+    colours and a colour bar gives the entropy in nats, one scale for every panel. Token sequences and point
+    clouds: one picture per column (:func:`_draw_unit_maps`)."""
     chosen: list[Any] = []
     for role in ("distilled", "baseline"):
         first = next((run for run in runs if run.role == role and _done(run)), None)
@@ -127,57 +152,94 @@ def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
         picks = sorted({0, len(entries) // 2, len(entries) - 1})
         for index in picks:
             columns.append((run, entries[index]))
-    count = min(images, int(chosen[0].history["images"].shape[0]))
-    if chosen[0].history["images"].dim() != 4:  # token sequences or point clouds: one picture per column
-        return _unit_maps_figure(columns, count, path)
-    fig, axes = plt.subplots(count, len(columns), figsize=(1.9 * len(columns), 2.0 * count), squeeze=False)
+    history = chosen[0].history
+    count = min(images, int(history["images"].shape[0]))
+    if history["images"].dim() != 4:  # token sequences or point clouds: one picture per column
+        return _draw_unit_maps(columns, count)
+    size = (int(history["images"].shape[-2]), int(history["images"].shape[-1]))
+    heat = [upsample_units(entry["entropy"][:count].float(), size)[:, 0] for _, entry in columns]
+    finite = torch.cat([h[torch.isfinite(h)] for h in heat])
+    low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+    pictures, scaled = _display(history, count)
+    fig = plt.figure(figsize=(1.7 * (len(columns) + 1) + 1.0, 3.2 * count + 0.9), layout="constrained")
+    grid = fig.add_gridspec(2 * count, 1 + len(columns))
+    entropy_axes = []
+    for row in range(count):
+        axis = fig.add_subplot(grid[2 * row : 2 * row + 2, 0])
+        axis.imshow(pictures[row].permute(1, 2, 0).numpy(), interpolation="nearest")
+        _bare(axis, ("input\n(min–max per image)" if scaled else "input") if row == 0 else "")
     for column, (run, entry) in enumerate(columns):
-        history = run.history
-        panel = knowledge_point_panels(
+        overlay = knowledge_point_panels(
             history["images"][:count],
             entry["entropy"][:count],
             entry["points"][:count],
             history["masks"][:count],
             scale=1,
             labels=None,
-        )
-        height = panel.shape[1] // count
-        width = panel.shape[2] // 3
+            key=False,
+        )[:, :, 2 * size[1] :]  # the knowledge-point overlays, one image under the other
         for row in range(count):
-            cell = panel[:, row * height : (row + 1) * height, 2 * width :]  # the knowledge-point overlay
-            axis = axes[row][column]
+            axis = fig.add_subplot(grid[2 * row, 1 + column])
+            axis.imshow(heat[column][row].numpy(), cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+            entropy_axes.append(axis)
+            _bare(axis, f"{run.name}\nepoch {entry['epoch']}" if row == 0 else "", "entropy" if column == 0 else "")
+            axis = fig.add_subplot(grid[2 * row + 1, 1 + column])
+            cell = overlay[:, row * size[0] : (row + 1) * size[0]]
             axis.imshow(cell.permute(1, 2, 0).numpy(), interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(f"{run.name}\nepoch {entry['epoch']}", fontsize=8)
-    fig.tight_layout()
-    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+            _bare(axis, "", "knowledge points" if column == 0 else "")
+    scale = ScalarMappable(Normalize(low, high), cmap="viridis")
+    bar = fig.colorbar(scale, ax=entropy_axes, shrink=0.6, aspect=40, location="right")
+    bar.set_label(MAPS_COLOUR_BAR, fontsize=8)
+    handles = [
+        Patch(color=KNOWLEDGE_POINT_RGB, label="knowledge point"),
+        Patch(color=OUTLINE_RGB, label="object outline"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
 
 
-def _unit_maps_figure(columns: list[tuple[Any, dict[str, Any]]], count: int, path: Path) -> Path:
-    """The knowledge points of token sequences (strips) or point clouds (top views), one column per checkpoint."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 1.2 + 1.1 * count), squeeze=False)
+MAPS_COLOUR_BAR = "entropy (nats), one scale for all panels:\nlow = the unit's information kept, high = discarded"
+
+
+def _display(history: dict[str, Any], count: int) -> tuple[Tensor, bool]:
+    """The first ``count`` probe images ``[N, 3, H, W]`` in [0, 1] for display, and whether they are min–max scaled
+    per image: the inputs' normalisation undone when the history records it (``mean``/``std`` per channel, as a
+    data module's), else each image scaled from its lowest to its highest value (as in TensorBoard)."""
+    images = history["images"][:count].detach().float().cpu()
+    mean, std = history.get("mean"), history.get("std")
+    if mean is not None and std is not None:
+        mean, std = (torch.as_tensor(value).float().view(1, -1, 1, 1) for value in (mean, std))
+        if mean.shape[1] in (1, images.shape[1]) and std.shape[1] in (1, images.shape[1]):
+            return as_rgb((images * std + mean).clamp(0, 1)), False
+    return per_image_unit(as_rgb(images)), True
+
+
+def _bare(axis: Any, title: str, ylabel: str = "") -> None:
+    """No ticks; a title and a row label when given."""
+    axis.set_xticks([])
+    axis.set_yticks([])
+    if title:
+        axis.set_title(title, fontsize=8)
+    if ylabel:
+        axis.set_ylabel(ylabel, fontsize=8)
+
+
+def _draw_unit_maps(columns: list[tuple[Any, dict[str, Any]]], count: int) -> Figure:
+    """The knowledge points of token sequences (strips) or point clouds (top views), one column per checkpoint,
+    each with the colour key drawn under it (its entropy scale in nats, the colours of the marks)."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 1.8 + 1.1 * count), squeeze=False)
     for column, (run, entry) in enumerate(columns):
         inputs, masks = run.history["images"][:count], run.history["masks"][:count] > 0
         entropy, points = entry["entropy"][:count], entry["points"][:count]
         if inputs.dim() == 2:
             picture = token_strips(entropy, points, masks & ~entropy.isnan())
-        else:
-            picture = point_projections(inputs, entropy, points, masks, size=64, labels=None)[
-                :, :, 64:
-            ]  # the point kinds
+        else:  # the point kinds, with their key
+            picture = point_projections(inputs, entropy, points, masks, size=64, labels=None)[:, :, 64:]
         axis = axes[0][column]
         axis.imshow(picture.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
-        axis.set_xticks([])
-        axis.set_yticks([])
-        axis.set_title(f"{run.name}\nepoch {entry['epoch']}", fontsize=8)
+        _bare(axis, f"{run.name}\nepoch {entry['epoch']}")
     fig.tight_layout()
-    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return fig
 
 
 def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
