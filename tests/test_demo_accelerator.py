@@ -99,7 +99,7 @@ def test_the_demo_over_two_cpu_processes_prints_and_writes_once(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[1/3] teacher:") == 1 and "DDP over 2 CPU processes" in done.stdout
-    assert done.stdout.count("Report written to") == 1
+    assert done.stdout.count("Full report: ") == 1
     folder = tmp_path / "out" / "demo"
     for run in ("teacher", "distilled", "baseline"):
         assert json.loads((folder / run / "kd_probe_run.json").read_text())["run"] == run

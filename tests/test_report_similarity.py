@@ -47,7 +47,9 @@ def test_runs_without_the_probe_are_not_compared(demo: Path, tmp_path: Path) -> 
         shutil.copytree(demo / run, tmp_path / run)
     (tmp_path / "baseline" / "kd_probe_similarity.pt").unlink()
     assert main(["report", str(tmp_path / "distilled"), str(tmp_path / "baseline"), "--out", str(tmp_path)]) == 0
+    section = (tmp_path / "report.md").read_text().split("## How alike", 1)[1].split("\n## ", 1)[0]
     assert (
-        "- not compared: the runs' similarity probes differ (or some runs have none)."
-        in (tmp_path / "report.md").read_text()
+        "The baseline run (baseline) was not probed with a SimilarityProbe, so there is nothing to compare; add one "
+        "to its Trainer to compare their representations with the teacher's." in section
     )
+    assert "| these runs: distilled − baseline |" not in section and "| CKA features.relu2 ~ teacher" in section

@@ -54,6 +54,7 @@ from kd_probe.apps.demo.plan import (
 )
 from kd_probe.apps.demo.probes import agreement_probe, knowledge_probes, student_probes, unicam_probe
 from kd_probe.apps.options import QUICK_NOTE, Parser, demo_methods, ignored_demo_flags
+from kd_probe.apps.report.digest import Digest
 from kd_probe.callbacks import probe_epochs
 from kd_probe.data import ShapesDataModule
 from kd_probe.io.run_files import RUN_FILE
@@ -84,6 +85,7 @@ class DemoResult:
     modality: str = "image"
     note: str | None = None  # one line printed before the report and written at its top (--quick)
     rank: int = 0  # over several devices, this process's rank: only rank 0 prints and writes
+    digest: Digest | None = field(default=None, repr=False)  # the report's short form, printed after training
 
     def accuracy(self, role: str) -> float:
         values = [run.accuracy for run in self.runs if run.role == role]
@@ -148,6 +150,7 @@ def _record(run: RunResult, protocol: str, plan: Plan, kit: Modality, kd_method_
         "epochs": plan.epochs,
         "layer": kit.layer,
         "modality": kit.name,
+        **({"num_classes": classes} if isinstance(classes := getattr(kit.data, "num_classes", None), int) else {}),
         "threads": torch.get_num_threads(),
         **({"kd_method": kd_method_name} if run.role == "distilled" and kd_method_name else {}),
     }
@@ -297,11 +300,12 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
         return DemoResult(runs, log_dir, time.perf_counter() - start, rank=rank)
     from kd_probe.apps.report.write import write_report
 
-    note = QUICK_NOTE if args.quick else None
-    report_path, text = write_report([run.log_dir for run in runs if run.role != "teacher"], log_dir, note=note)
+    note, digest = QUICK_NOTE if args.quick else None, Digest()
+    folders = [run.log_dir for run in runs if run.role != "teacher"]
+    report_path, text = write_report(folders, log_dir, note=note, digest=digest)
     seconds = time.perf_counter() - start
     probe_seconds = sum(clock.seconds for clock in clocks)
-    return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name, note)
+    return DemoResult(runs, log_dir, seconds, report_path, text, probe_seconds, kit.name, note, digest=digest)
 
 
 def _how(method: str) -> str:
@@ -365,17 +369,20 @@ def main(argv: list[str] | None = None) -> DemoResult:
 
 
 def report(result: DemoResult) -> DemoResult:
-    """Print the accuracies, the report and the TensorBoard command (rank 0 only)."""
+    """Print the accuracies, the report's short form (the verdicts and their warnings first, then a few key
+    numbers, then where report.md is) and the TensorBoard command (rank 0 only)."""
     if result.rank:
         return result
     print(f"\nTest accuracy on the built-in {_DATA_NAMES.get(result.modality, result.modality)} data")
     for run in result.runs:
         print(f"  {run.name:<22}{run.accuracy:6.1%}")
-    if result.report_text:
-        if result.note:
-            print(f"\n{result.note}")
+    if result.note and (result.digest or result.report_text):
+        print(f"\n{result.note}")
+    if result.digest is not None:
+        print("\n" + "\n".join(result.digest.lines()))
+    elif result.report_text:
         print(f"\n{result.report_text}")
-        print(f"Report written to {result.report_path}")
+        print(f"Full report: {result.report_path}")
     probes = f" ({result.probe_seconds:.0f} s of it in the knowledge-point probes)" if result.probe_seconds else ""
     print(f"\nDone in {result.seconds:.0f} s{probes}. Watch the curves with:\n  {_tensorboard_command(result.log_dir)}")
     return result

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from kd_probe.apps.options import KD_METHODS
+from kd_probe.apps.report.digest import Digest
 from kd_probe.apps.report.groups import weight_path_difference
 from kd_probe.apps.report.method_stats import (
     Cell,
@@ -34,7 +35,7 @@ from kd_probe.apps.report.method_stats import (
     method_cells,
     ranking,
 )
-from kd_probe.apps.report.sections import cell, section, signed_value, with_interval
+from kd_probe.apps.report.sections import cell, section, signed_value, unprobed_sentence, with_interval
 from kd_probe.apps.report.stats import Measure
 from kd_probe.apps.report.verdicts import HYPOTHESES, combined_word
 from kd_probe.io.run_files import error_text
@@ -101,7 +102,8 @@ def _tables(evidence: MethodEvidence, measures: list[Column], level: str) -> lis
     return lines
 
 
-def _hypotheses(evidence: MethodEvidence, level: str) -> list[str]:
+def _hypotheses(evidence: MethodEvidence, level: str, short: list[str] | None = None) -> list[str]:
+    """The hypotheses' words per method at one level; ``short``: gets one plain line per method."""
     rows = []
     words = {label: hypothesis_words(evidence, predictions, level) for label, _, predictions in HYPOTHESES}
     yes, no = ("holds", "does not hold") if level == "seeds" else ("differ as predicted", "differ the other way")
@@ -119,6 +121,10 @@ def _hypotheses(evidence: MethodEvidence, level: str) -> list[str]:
                 ),
             ]
         )
+    if short is not None:
+        where = "about distillation" if level == "seeds" else "these runs"
+        names = [label for label, _, _ in HYPOTHESES]
+        short += [f"{row[0]} ({where}): " + "; ".join(map(" ".join, zip(names, row[1:], strict=True))) for row in rows]
     columns_ = ["method", *(f"{label}: {claim}" for label, claim, _ in HYPOTHESES)]
     title = "The paper's hypotheses per method: " + (
         "about distillation (seed pairs)" if level == "seeds" else "about these runs (probe images)"
@@ -170,10 +176,13 @@ def methods_sections(
     resamples: int,
     figures: bool,
     knowledge: dict[int, dict[str, Measure]] | None = None,
+    digest: Digest | None = None,
 ) -> list[str]:
     """report.md's sections comparing several KD methods with the baseline (and ``methods.png``); ``knowledge``:
     the runs' knowledge-point measures the Runs table already computed (by ``id(run)``), reused with their
-    bootstrap replicates."""
+    bootstrap replicates. ``digest``: its warnings are written above the hypotheses, and it gets one plain line
+    per method for the hypotheses and for the key numbers."""
+    digest = Digest() if digest is None else digest
     evidence = evidence_of(methods, baseline, resamples, knowledge=knowledge)
     measures = columns(evidence)
     method_cells(evidence, measures)
@@ -184,6 +193,13 @@ def methods_sections(
         + holm_family_note(len(methods)),
         "",
     ]
+    groups = [*methods.items(), ("baseline", baseline)]
+    for probe, has, purpose in (
+        ("an AgreementProbe", lambda run: bool(run.agreement), "agreement with the teacher and adversarial transfer"),
+        ("a UniCAMProbe", lambda run: bool(run.unicam), "FSS and RS"),
+    ):
+        sentence = unprobed_sentence(groups, [has(run) for _, runs in groups for run in runs], probe, purpose)
+        lines += [sentence, ""] if sentence else []
     if pairs >= 2:
         lines += _tables(evidence, measures, "seeds")
     else:
@@ -197,9 +213,20 @@ def methods_sections(
             "",
         ]
     lines += _tables(evidence, measures, "runs")
+    lines += [line for warning in digest.warnings for line in (f"**Warning:** {warning}", "")]
     if pairs >= 2:
-        lines += _hypotheses(evidence, "seeds")
-    lines += _hypotheses(evidence, "runs")
+        lines += _hypotheses(evidence, "seeds", digest.hypotheses)
+    if pairs < 2:
+        digest.hypotheses.append("about distillation: no verdict (a method has fewer than 2 seed pairs)")
+    lines += _hypotheses(evidence, "runs", digest.hypotheses if pairs < 2 else None)
+    digest.summary_title = "Each KD method − the baseline (these runs, all probe images)"
+    shown = [column for column in measures if column.key in ("n_fg", "fg_ratio", "d_mean", "rho")]
+    for method in methods:
+        found = [(column, evidence.cells[method, column.key]) for column in shown]
+        digest.summary.append(
+            f"{method}: "
+            + ", ".join(f"{c.label} {with_interval(c.key, x.runs, x.estimate, signed=True)}" for c, x in found)
+        )
     lines += [
         "Hypotheses on all probe images; each is one family over the methods and its metrics (Holm, family-wise "
         f"5 %). Words: {', '.join(f'*{w}*' for w in ('holds', 'partly', 'mixed', 'not distinguishable'))} as in "
@@ -208,7 +235,9 @@ def methods_sections(
     ]
     lines += _ranking_lines(evidence, measures)
     if figures:
-        lines += _figure(evidence, measures, out_dir / FIGURE)
+        drawn = _figure(evidence, measures, out_dir / FIGURE)
+        digest.figures += [out_dir / FIGURE] if f"![methods]({FIGURE})" in drawn else []
+        lines += drawn
     return lines
 
 

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kd_probe.apps.report.sections import COLUMNS, Evidence, comparison_rows, section
+from kd_probe.apps.report.sections import (
+    COLUMNS,
+    Evidence,
+    comparison_line,
+    comparison_rows,
+    digest_line,
+    not_probed,
+    section,
+)
 from kd_probe.apps.report.stats import Measure
 from kd_probe.core.similarity import MinibatchCKA, class_correlation_gap
 from kd_probe.io.run_files import SIMILARITY_FILE, RunFileError, check_version, exists, member, read_pt
@@ -96,23 +104,32 @@ def _records(runs: list[RunSummary]) -> list[dict[str, Any] | None]:
     return [read_similarity(run.path) for run in runs]
 
 
-def similarity_section(evidence: Evidence) -> list[str]:
+def similarity_section(evidence: Evidence, digest: list[str] | None = None) -> list[str]:
     """CKA per matched pair and the class-correlation gap, distilled vs baseline with intervals; nothing when no
-    run has a ``SimilarityProbe`` file, one sentence when the runs' probes were set up differently."""
+    run has a ``SimilarityProbe`` file, one sentence when some runs have none (naming them) or the runs' probes
+    were set up differently. ``digest``: gets one plain line (CKA at the deepest pair, or why not compared)."""
     runs = [*evidence.distilled, *evidence.baseline]
     records = _records(runs)
     present = [record for record in records if record is not None]
     if not present:
         return []
     title = "How alike the student's representations are to the teacher's (CKA, last probe)"
-    settings = {repr({k: v for k, v in r.get("settings", {}).items() if k != "networks"}) for r in present}
-    if len(present) < len(records) or len(settings) > 1:
-        return [f"## {title}", "", "- not compared: the runs' similarity probes differ (or some runs have none).", ""]
-    measures = [similarity_measures(record) for record in present]
+    measures = [similarity_measures(record) if record is not None else {} for record in records]
     split = len(evidence.distilled)
+    groups = (measures[:split], measures[split:])
     pairs = [(student, teacher) for student, teacher in present[0]["pairs"]]
     metrics = [(f"cka/{s}", f"CKA {s} ~ teacher {t}") for s, t in pairs] + [("class_gap", "class-correlation gap")]
-    rows = comparison_rows(evidence, (measures[:split], measures[split:]), metrics)
+    partial = not_probed(
+        title, evidence, groups, ("a SimilarityProbe", "their representations with the teacher's", metrics)
+    )
+    settings = {repr({k: v for k, v in r.get("settings", {}).items() if k != "networks"}) for r in present}
+    if partial is None and len(settings) > 1:
+        partial = [f"## {title}", "", "- not compared: the runs' similarity probes were set up differently.", ""]
+    line = comparison_line(evidence, groups, *metrics[len(pairs) - 1]) if pairs and partial is None else None
+    digest_line(digest, "representation similarity", partial, line)
+    if partial is not None:
+        return partial
+    rows = comparison_rows(evidence, groups, metrics)
     lines = section(title, ["measure", *COLUMNS[1:]], rows)
     features = present[0].get("features", "pooled")
     lines += [

@@ -43,6 +43,7 @@ __all__ = [
     "agreement_measures",
     "compare",
     "effective_keep",
+    "group_interval",
     "knowledge_point_measures",
     "paired_replicates",
     "unicam_measures",
@@ -274,7 +275,8 @@ class Comparison:
     seeds: Interval
 
 
-def _group(measures: Sequence[Measure], resamples: int, seed: int) -> Interval | None:
+def group_interval(measures: Sequence[Measure], resamples: int, seed: int = 0) -> Interval | None:
+    """The interval of a group's mean over its runs (the runs fixed), ``None`` when a run has no per-image data."""
     estimates = [m.estimate for m in measures]
     estimate = sum(estimates) / len(estimates) if estimates else math.nan
     replicates = [m.replicates(resamples, seed) for m in measures]
@@ -331,8 +333,8 @@ def compare(
     if combined is not None:
         difference = interval(sum(estimates) / len(estimates), combined, images=images)
     return Comparison(
-        _group(distilled, resamples, seed),
-        _group(baseline, resamples, seed),
+        group_interval(distilled, resamples, seed),
+        group_interval(baseline, resamples, seed),
         difference,
         estimates,
         paired,

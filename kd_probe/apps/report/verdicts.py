@@ -19,7 +19,7 @@ from kd_probe.apps.report.stats import Comparison
 from kd_probe.core.uncertainty import LEVEL, images_needed, seed_interval, seed_pairs_needed, sign_test, verdict
 from kd_probe.io.runs import METRICS
 
-__all__ = ["HYPOTHESES", "VIEWS", "combined_word", "hypothesis_verdict", "method_line", "verdicts"]
+__all__ = ["HYPOTHESES", "VIEWS", "combined_word", "hypotheses", "hypothesis_verdict", "method_line", "verdicts"]
 
 HYPOTHESES = (
     ("H1", "more foreground knowledge points and a higher foreground ratio", (("n_fg", 1), ("fg_ratio", 1))),
@@ -74,14 +74,22 @@ def hypothesis_verdict(
 def verdicts(evidence: Evidence, views: dict) -> list[str]:
     """Per hypothesis: the verdict about distillation (from two seed pairs on) and what these runs show, on all
     probe images and on the effective images (``views``: the knowledge-point measures of each group)."""
+    return hypotheses(evidence, views)[0]
+
+
+def hypotheses(evidence: Evidence, views: dict) -> tuple[list[str], list[str]]:
+    """The report's lines of :func:`verdicts` and one plain line per hypothesis for a console: its verdict about
+    distillation and the word of these runs on all probe images (the effective images' word when it differs)."""
     pairs = len(evidence.pairs)
-    lines = []
+    lines, short = [], []
     apart = weight_path_difference([*evidence.distilled, *evidence.baseline])
     for label, claim, predictions in HYPOTHESES:
         lines.append(f"- **{label}** (distilled vs baseline: {claim}):")
         if apart and any(key in ("d_mean", "d_std") for key, _ in predictions):
             lines.append(f"  - not compared: {apart}")
+            short.append(f"{label} ({claim.split(':')[0]}): not compared (D is summed differently in the runs)")
             continue
+        about, these, short_claim = "no verdict from one seed pair (it needs at least 2)", {}, claim.split(":")[0]
         found = {
             view: {key: evidence.compare([m[key] for m in d], [m[key] for m in b]) for key, _ in predictions}
             for view, (d, b, _) in views.items()
@@ -100,6 +108,8 @@ def verdicts(evidence: Evidence, views: dict) -> list[str]:
                     continue
                 differences = {key: found[view][key].pair_differences for key, _ in predictions}
                 word, details = hypothesis_verdict(differences, predictions)
+                if view == "all":
+                    about = f"{word} ({pairs} seed pairs)"
                 seeds = "; ".join(_seed_agreement(k, found[view][k], e) for k, e in predictions)
                 lines.append(f"    - {VIEWS[view]} ({used}): **{word}** — {'; '.join(details)} ({seeds}).")
         lines.append("  - about these runs (do these networks differ on such images?):")
@@ -114,7 +124,12 @@ def verdicts(evidence: Evidence, views: dict) -> list[str]:
                 details.append(detail)
             combined = combined_word(words, yes="differ as predicted", no="differ the other way")
             lines.append(f"    - {VIEWS[view]} ({used}): **{combined}** — {'; '.join(details)}.")
-    return lines
+            these[view] = combined
+        runs = these.get("all", "not available")
+        if "effective" in these and these["effective"] != runs:
+            runs += f" (effective images: {these['effective']})"
+        short.append(f"{label} ({short_claim}): about distillation, {about}; these runs: {runs}")
+    return lines, short
 
 
 def _runs_detail(key: str, expected: int, found: Comparison, d: list, b: list) -> tuple[str, str]:

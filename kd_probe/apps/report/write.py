@@ -11,8 +11,11 @@ methods §5.8; a hypothesis "holds" or is "opposite" only when it excludes 0 in 
 distinguishable from no difference at this sample size" with the seed pairs it would need). One seed pair
 gets no verdict about distillation (:mod:`kd_probe.apps.report.verdicts`). The knowledge-point metrics are reported on all
 probe images and on the reference code's effective images (methods §1.3), intersected over the runs, as the
-[KP] authors compared networks. Also: a threshold sweep recomputed from the saved entropy maps and, with
-matplotlib, PNG figures.
+[KP] authors compared networks. Above the verdicts, a warning names any run near chance or without foreground
+knowledge points (:mod:`kd_probe.apps.report.health`); a probe that only some runs had gets one sentence naming
+the others instead of a comparison. Also: a threshold sweep recomputed from the saved entropy maps and, with
+matplotlib, PNG figures. A :class:`~kd_probe.apps.report.digest.Digest` passed in gets the report's short form
+for a console (``kd-probe demo`` prints it).
 
 Files are data, never code: ``.pt`` files load with ``torch.load(..., weights_only=True)`` only (tensors and
 plain containers; a file that holds anything else is refused, not run), and a path read from a file (the
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +48,9 @@ import torch
 
 from kd_probe.apps.options import Parser
 from kd_probe.apps.options import add_report_arguments as add_arguments
+from kd_probe.apps.report.digest import Digest
 from kd_probe.apps.report.groups import ReportError, check_comparable, check_one_run_per_seed, group_summary_lines
+from kd_probe.apps.report.health import health_warnings
 from kd_probe.apps.report.methods import method_groups, methods_sections
 from kd_probe.apps.report.sections import (
     COLUMNS,
@@ -54,6 +58,7 @@ from kd_probe.apps.report.sections import (
     Evidence,
     agreement_section,
     cell,
+    comparison_line,
     comparison_rows,
     format_value,
     section,
@@ -62,8 +67,8 @@ from kd_probe.apps.report.sections import (
 )
 from kd_probe.apps.report.similarity import similarity_figure, similarity_section
 from kd_probe.apps.report.stats import Measure, effective_keep, knowledge_point_measures
-from kd_probe.apps.report.verdicts import HYPOTHESES, VIEWS, method_line, verdicts
-from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.apps.report.sweep import mean_std, sweep_section, threshold_sweep
+from kd_probe.apps.report.verdicts import HYPOTHESES, VIEWS, hypotheses, method_line, verdicts
 from kd_probe.core.uncertainty import LEVEL, RESAMPLES, seed_interval
 from kd_probe.io.paths import write_atomically
 from kd_probe.io.run_files import SUMMARY_FILE, RunFileError, error_text
@@ -73,6 +78,7 @@ __all__ = [
     "HYPOTHESES",
     "METRICS",
     "UNICAM",
+    "Digest",
     "ReportError",
     "RunFileError",
     "RunSummary",
@@ -85,20 +91,9 @@ __all__ = [
 ]
 
 FIGURES = ("curves.png", "maps.png", "unicam.png", "similarity.png")
-SWEEP = (0.1, 0.2, 0.3, 0.5)
+KEY_NUMBERS = (("n_fg", "N_fg"), ("fg_ratio", "fg_ratio"), ("d_mean", "D_mean"), ("rho", "ρ"))  # on a console
 KNOWLEDGE_POINTS = tuple((key, label) for key, label in METRICS if key not in ("accuracy", "path_efficiency"))
 _format = format_value  # kept for callers of the earlier name
-
-
-def _sign(value: float) -> int:
-    return 0 if not math.isfinite(value) or value == 0 else (1 if value > 0 else -1)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return statistics.fmean(finite), statistics.pstdev(finite) if len(finite) > 1 else 0.0
 
 
 def _pairs(distilled: list[RunSummary], baseline: list[RunSummary]) -> list[tuple[int, int]]:
@@ -124,32 +119,6 @@ def _views(evidence: Evidence) -> dict[str, tuple[list[dict[str, Measure]], list
         reason = keep if isinstance(keep, str) else "no image is effective in every run"
         views["effective"] = ([], [], reason)
     return views
-
-
-def threshold_sweep(runs: list[RunSummary], thresholds: Sequence[float] = SWEEP) -> list[dict[str, float]]:
-    """N_fg and fg_ratio at each run's last checkpoint, recounted from the saved entropy maps for each ``b``."""
-    rows = []
-    for b in thresholds:
-        row: dict[str, float] = {"threshold": b}
-        for role in ("distilled", "baseline"):
-            n_fg, ratio = [], []
-            for run in (r for r in runs if r.role == role):
-                entries = [e for e in run.history["entries"] if e.get("failed") is None and "entropy" in e]
-                if not entries:
-                    continue
-                baseline = run.history["settings"].get("baseline", "dataset")
-                points = count_knowledge_points(
-                    entries[-1]["entropy"],
-                    run.history["masks"],
-                    threshold=b,
-                    baseline=baseline,
-                    effective=entries[-1]["effective"],
-                )
-                n_fg.append(float(points.n_fg[points.effective].float().mean()))
-                ratio.append(points.fg_ratio)
-            row[f"{role}_n_fg"], row[f"{role}_fg_ratio"] = _mean_std(n_fg)[0], _mean_std(ratio)[0]
-        rows.append(row)
-    return rows
 
 
 def _usable_runs(paths: Sequence[Path], group_summaries: bool) -> tuple[list[RunSummary], list[str], list[str]]:
@@ -185,6 +154,7 @@ def write_report(
     resamples: int = RESAMPLES,
     note: str | None = None,
     group_summaries: bool = False,
+    digest: Digest | None = None,
 ) -> tuple[Path, str]:
     """Write ``out_dir/report.md`` (and PNG figures when matplotlib is installed); return its path and text.
 
@@ -192,7 +162,8 @@ def write_report(
     ``resamples``: bootstrap resamples behind every interval (seed 0). ``note``: a line written right under the
     title (the demo's ``--quick`` says its verdicts are on chance-level models). ``group_summaries``: compare
     only each group's summaries over its runs (no paired intervals, no verdicts), as runs that were not probed
-    alike must be; without it such runs are refused.
+    alike must be; without it such runs are refused. ``digest``: filled with the report's short form for a console
+    (warnings, one line per hypothesis, key numbers, where report.md and the figures are).
 
     Raises:
         FileNotFoundError: no run folder among ``paths``.
@@ -262,14 +233,17 @@ def write_report(
         lines += ["## Left out", "", *(f"- {cell(line)}" for line in left_out), ""]
     views = _views(evidence)
     lines += _runs_section(evidence, views, show_method=len(methods) > 1)
+    digest = Digest() if digest is None else digest
+    measured = [*views["all"][0], *views["all"][1]]  # the Runs table's measures, replicates and all
+    digest.warnings = health_warnings([*distilled, *baseline], measured)
+    warnings = [line for warning in digest.warnings for line in (f"**Warning:** {warning}", "")]
     if len(methods) > 1 and baseline:
-        measured = [*views["all"][0], *views["all"][1]]  # the Runs table's measures, replicates and all
         knowledge = {id(run): own for run, own in zip([*distilled, *baseline], measured, strict=True)}
-        lines += methods_sections(methods, baseline, out_dir, resamples=resamples, figures=figures, knowledge=knowledge)
+        lines += methods_sections(
+            methods, baseline, out_dir, resamples=resamples, figures=figures, knowledge=knowledge, digest=digest
+        )
         lines += ["", _METRICS_NOTE]
-        text = "\n".join(lines) + "\n"
-        path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
-        return path, text
+        return _written(out_dir, lines, digest)
     if distilled and baseline and group_summaries:
         lines += group_summary_lines(evidence, views, differing)
     elif distilled and baseline:
@@ -281,21 +255,32 @@ def write_report(
             rows = comparison_rows(evidence, (d, b), KNOWLEDGE_POINTS)
             if view == "all":
                 rows = [_accuracy_row(distilled, baseline, evidence.pairs), *rows]
+                for key, label in KEY_NUMBERS:
+                    digest.summary += filter(None, [comparison_line(evidence, (d, b), key, label)])
             lines += section(title, COLUMNS, rows)
-        lines += agreement_section(evidence)
-        lines += unicam_section(evidence)
-        lines += similarity_section(evidence)
-    lines += ["## The paper's hypotheses", ""]
+        lines += agreement_section(evidence, digest.summary)
+        lines += unicam_section(evidence, digest.summary)
+        lines += similarity_section(evidence, digest.summary)
+    lines += ["## The paper's hypotheses", "", *warnings]
     if group_summaries:
         lines += ["- not judged: `--group-summaries` compares no pairs, and a verdict needs a paired interval."]
+    elif distilled and baseline:
+        verdict_lines, digest.hypotheses = hypotheses(evidence, views)
+        lines += verdict_lines
     else:
-        lines += verdicts(evidence, views) if distilled and baseline else ["- needs both distilled and baseline runs."]
-    lines += _sweep_section(runs)
+        lines += ["- needs both distilled and baseline runs."]
+    lines += sweep_section(runs)
     lines += ["", _METRICS_NOTE]
     if figures and not group_summaries:
-        lines += _figures(runs, out_dir)
+        lines += _figures(runs, out_dir, digest)
+    return _written(out_dir, lines, digest)
+
+
+def _written(out_dir: Path, lines: list[str], digest: Digest) -> tuple[Path, str]:
+    """Write report.md atomically; its path and text (the path also in ``digest``)."""
     text = "\n".join(lines) + "\n"
     path = write_atomically(out_dir / "report.md", lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    digest.path = path
     return path, text
 
 
@@ -336,14 +321,14 @@ def _accuracy_row(
     """Test accuracy (no per-image data: mean ± std over seeds; distillation's effect over the seed pairs)."""
     cells = []
     for group in (distilled, baseline):
-        mean, std = _mean_std([run.metrics["accuracy"] for run in group])
+        mean, std = mean_std([run.metrics["accuracy"] for run in group])
         cells.append(
             f"{format_value('accuracy', mean)} ± {format_value('accuracy', std)}"
             if len(group) > 1
             else format_value("accuracy", mean)
         )
-    d = _mean_std([run.metrics["accuracy"] for run in distilled])[0]
-    b = _mean_std([run.metrics["accuracy"] for run in baseline])[0]
+    d = mean_std([run.metrics["accuracy"] for run in distilled])[0]
+    b = mean_std([run.metrics["accuracy"] for run in baseline])[0]
     seeds = seed_interval([distilled[i].metrics["accuracy"] - baseline[j].metrics["accuracy"] for i, j in pairs])
     effect = (
         f"{seeds.estimate * 100:+.1f} [{seeds.low * 100:+.1f}, {seeds.high * 100:+.1f}] points"
@@ -353,29 +338,7 @@ def _accuracy_row(
     return ["accuracy (test set)", *cells, f"{(d - b) * 100:+.1f} points" if math.isfinite(d - b) else "–", effect]
 
 
-def _sweep_section(runs: list[RunSummary]) -> list[str]:
-    lines = [
-        "",
-        "## Does H1 depend on the threshold b?",
-        "",
-        "| b (nats) | N_fg distilled | N_fg baseline | fg_ratio distilled | fg_ratio baseline | H1 direction |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in threshold_sweep(runs):
-        signs = {
-            _sign(row["distilled_n_fg"] - row["baseline_n_fg"]),
-            _sign(row["distilled_fg_ratio"] - row["baseline_fg_ratio"]),
-        }
-        names = {frozenset({1}): "as predicted", frozenset({-1}): "opposite", frozenset({0}): "no difference"}
-        direction = names.get(frozenset(signs), "mixed")
-        lines.append(
-            f"| {row['threshold']} | {row['distilled_n_fg']:.3g} | {row['baseline_n_fg']:.3g} | "
-            f"{row['distilled_fg_ratio']:.3g} | {row['baseline_fg_ratio']:.3g} | {direction} |"
-        )
-    return lines
-
-
-def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
+def _figures(runs: list[RunSummary], out_dir: Path, digest: Digest) -> list[str]:
     try:
         from kd_probe.apps.report.figures import curves_figure, maps_figure, unicam_figure
     except ImportError:  # matplotlib is the optional `report` extra
@@ -391,6 +354,7 @@ def _figures(runs: list[RunSummary], out_dir: Path) -> list[str]:
             continue
         if drawn is not None:
             lines.append(f"![{drawn.stem}]({drawn.name})")
+            digest.figures.append(drawn)
     return lines
 
 
