@@ -3,7 +3,7 @@
 Trains ``--runs`` students of the image demo's recipe that differ only in their seed (0 … N−1): the demo's
 from-scratch baseline student (``kd_probe/apps/demo/run.py``: ``pl.seed_everything(seed)``, the demo's
 ``DistillationModule`` options, Trainer options and ``computing_threads``), with the demo's knowledge-point probe
-(``_probes``: the plan's σ settings, probe seed = training seed as in the demo; the agreement and UniCAM probes,
+(``knowledge_probes``: the plan's σ settings, probe seed = training seed as in the demo; the agreement and UniCAM probes,
 which need a teacher, and the weight monitor are left out). The plan is the demo's with no options (4000
 training images of data seed 0, 10 epochs, 40 probe images, secant σ maps); ``--epochs`` and ``--quick`` are
 passed to the demo's parser for smoke tests. Each run folder gets the demo's ``kd_probe_run.json`` (role
@@ -58,10 +58,10 @@ import torch
 
 from kd_probe.apps.demo.modalities import modality
 from kd_probe.apps.demo.plan import add_arguments, make_plan
+from kd_probe.apps.demo.probes import knowledge_probes
 from kd_probe.apps.demo.run import (
     RunResult,
     _logger,
-    _probes,
     _quiet_lightning,
     _record,
     _test,
@@ -122,7 +122,7 @@ def train(options: argparse.Namespace) -> tuple[list[Path], float, int]:
         with computing_threads(demo.threads):
             pl.seed_everything(seed, verbose=False)
             module = DistillationModule(kit.student(), **OPTIMIZER)
-            callbacks = [c for c in _probes(plan, kit, seed, []) if not isinstance(c, WeightTrajectoryMonitor)]
+            callbacks = [c for c in knowledge_probes(plan, kit, seed, []) if not isinstance(c, WeightTrajectoryMonitor)]
             trainer = pl.Trainer(
                 max_epochs=plan.epochs,
                 logger=_logger(out, name),

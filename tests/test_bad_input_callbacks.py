@@ -47,7 +47,7 @@ def kp(**kw: Any) -> KnowledgePointProbe:
 
 KNOWLEDGE_POINT_CASES = [
     bad("method-unknown", lambda: kp(method="fast"), ValueError, "method", "fast"),
-    bad("passes-faithful", lambda: kp(passes=2), ValueError, "passes", 2),
+    bad("passes-faithful", lambda: kp(method="faithful", passes=2), ValueError, "passes", 2),
     bad("passes-0", lambda: kp(method="secant", passes=0), ValueError, "passes", 0),
     bad("patience-0", lambda: kp(patience=0), ValueError, "patience", 0),
     bad("images-list", lambda: kp(images=[1, 2]), ValueError, "images", "list"),

@@ -40,8 +40,9 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_demo_trains_probes_and_reports(quick_demo: tuple[Path, str]) -> None:
     folder, out = quick_demo
-    for line in ("teacher", "distilled", "baseline", f"--logdir {folder}", "## The paper's hypotheses"):
+    for line in ("teacher", "distilled", "baseline", f"--logdir {folder}", "The paper's hypotheses:\n", "\n  H1 ("):
         assert line in out
+    assert f"Full report: {folder / 'report.md'}" in out and "\n| " not in out  # the short form, not the Markdown
     assert re.search(r"\[2/3\] distilled .*\(demo: 2 runs left, about \d+ s\)", out), "an estimate of the time left"
     assert re.search(r"\[3/3\] baseline .*\(demo: 1 run left, about \d+ s\)", out)
     for run in ("teacher", "distilled", "baseline"):
@@ -209,17 +210,17 @@ def test_a_real_tensorboard_serves_the_probe_tags(quick_demo: tuple[Path, str]) 
                 images = get_json(f"{base}/data/plugin/images/tags")
             except OSError:
                 pass
-            if all("kd_probe/unicam/residual" in images.get(run, {}) for run in ("distilled", "baseline")):
+            if all("4_unicam/residual" in images.get(run, {}) for run in ("distilled", "baseline")):
                 break
             time.sleep(1)
         for run in ("distilled", "baseline"):
-            assert "kd_probe/knowledge_points/n_fg" in scalars[run] and "kd_probe/stability/rho" in scalars[run]
-            assert "kd_probe/maps" in images[run]
+            assert "1_knowledge_points/n_fg" in scalars[run] and "2_learning_stability/rho" in scalars[run]
+            assert "1_knowledge_points/maps" in images[run]
             assert (
-                "kd_probe/fss/features.relu4" in scalars[run] and "kd_probe/rs/residual/features.relu2" in scalars[run]
+                "4_unicam/fss/features.relu4" in scalars[run] and "4_unicam/rs/residual/features.relu2" in scalars[run]
             )
-            assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(images[run])
-            for tag in ("kd_probe/maps", "kd_probe/agreement/cams", "kd_probe/unicam/distilled"):
+            assert {"4_unicam/distilled", "4_unicam/residual"} <= set(images[run])
+            for tag in ("1_knowledge_points/maps", "3_agreement/cams", "4_unicam/distilled"):
                 served = get_json(f"{base}/data/plugin/images/images?run={run}&tag={quote(tag)}")
                 assert len(served) == 2 and served[0]["step"] == 0, (run, tag, served)  # epochs 0 and 1: both
 

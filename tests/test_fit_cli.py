@@ -23,10 +23,10 @@ TINY = [
     *("--data.train_size", "64", "--data.val_size", "16", "--data.test_size", "16", "--data.probe_size", "6"),
     *("--data.image_size", "16", "--data.batch_size", "32"),
 ]
-KNOWLEDGE_POINTS = ["kd_probe/knowledge_points/n_fg", "kd_probe/knowledge_points/fg_ratio", "kd_probe/stability/rho"]
-WEIGHTS = ["kd_probe/weights/features/step_length", "kd_probe/weights/head/path_efficiency"]
-AGREEMENT = ["kd_probe/agreement/cam_cosine", "kd_probe/agreement/teacher_fooling_rate/eps_8"]
-UNICAM = ["kd_probe/fss/features.relu6", "kd_probe/rs/distilled/features.relu6", "kd_probe/rs/residual/features.relu2"]
+KNOWLEDGE_POINTS = ["1_knowledge_points/n_fg", "1_knowledge_points/fg_ratio", "2_learning_stability/rho"]
+WEIGHTS = ["6_weights/features/step_length", "6_weights/head/path_efficiency"]
+AGREEMENT = ["3_agreement/cam_cosine", "3_agreement/teacher_fooling_rate/eps_8"]
+UNICAM = ["4_unicam/fss/features.relu6", "4_unicam/rs/distilled/features.relu6", "4_unicam/rs/residual/features.relu2"]
 
 
 @pytest.fixture(autouse=True)
@@ -155,10 +155,10 @@ def test_the_teacher_example_trains_the_teacher_the_others_load(teacher_checkpoi
 @pytest.mark.parametrize(
     ("config", "run", "scalars", "images"),
     [
-        ("hinton.yaml", "distilled", [*KNOWLEDGE_POINTS, *WEIGHTS, *AGREEMENT, *UNICAM, "val/loss_kd"], ["kd_probe/maps", "kd_probe/agreement/cams", "kd_probe/unicam/residual"]),
-        ("feature_kd.yaml", "distilled_features", [*KNOWLEDGE_POINTS, "kd_probe/bn4/knowledge_points/n_fg", "val/loss_feature"], ["kd_probe/maps", "kd_probe/bn4/maps"]),
-        ("baseline.yaml", "baseline", [*KNOWLEDGE_POINTS, *WEIGHTS, "val/acc"], ["kd_probe/maps"]),
-        ("probes.yaml", "distilled_probes", [*KNOWLEDGE_POINTS, *WEIGHTS, *AGREEMENT, *UNICAM, "kd_probe/teacher/knowledge_points/n_fg"], ["kd_probe/teacher/maps", "kd_probe/unicam/distilled"]),
+        ("hinton.yaml", "distilled", [*KNOWLEDGE_POINTS, *WEIGHTS, *AGREEMENT, *UNICAM, "val/loss_kd"], ["1_knowledge_points/maps", "3_agreement/cams", "4_unicam/residual"]),
+        ("feature_kd.yaml", "distilled_features", [*KNOWLEDGE_POINTS, "1_knowledge_points/bn4/n_fg", "val/loss_feature"], ["1_knowledge_points/maps", "1_knowledge_points/bn4/maps"]),
+        ("baseline.yaml", "baseline", [*KNOWLEDGE_POINTS, *WEIGHTS, "val/acc"], ["1_knowledge_points/maps"]),
+        ("probes.yaml", "distilled_probes", [*KNOWLEDGE_POINTS, *WEIGHTS, *AGREEMENT, *UNICAM, "1_knowledge_points/teacher/n_fg"], ["1_knowledge_points/teacher/maps", "4_unicam/distilled"]),
     ],
 )  # fmt: skip
 def test_each_example_runs_and_logs_its_probes(
@@ -178,7 +178,7 @@ def test_each_example_runs_and_logs_its_probes(
 def test_the_two_phase_examples_mimic_then_train_the_head_of_the_same_student(teacher_checkpoint: Path) -> None:
     fit("paper_two_phase.yaml", "--model.teacher_checkpoint", str(teacher_checkpoint))
     mimic = tags(Path("runs/examples/distilled_paper"))["scalars"]
-    assert {"val/loss_feature", *KNOWLEDGE_POINTS, "kd_probe/fss/features.relu6"} <= set(mimic)
+    assert {"val/loss_feature", *KNOWLEDGE_POINTS, "4_unicam/fss/features.relu6"} <= set(mimic)
     assert "val/acc" not in mimic  # phase 1 learns no labels
     student = Path("runs/examples/checkpoints/mimic.ckpt")
     fit("paper_two_phase_head.yaml", "--model.teacher_checkpoint", str(teacher_checkpoint))

@@ -8,7 +8,8 @@ compiles. The slow one runs the text exactly as written, in a fresh interpreter 
 directory, so everything it writes (``runs/``, ``lightning_logs/``) lands there and never in the source tree:
 the Quick start, then every other ``python`` block of ``PAGES`` (README.md first, then the docs pages, each
 page's blocks in order; a page not written yet is skipped), in the same interpreter (a later snippet may use
-what the Quick start made: ``data``, ``teacher``, its imports). A block identical to one already run (the
+what the Quick start made: ``data``, ``teacher``, its imports) — but for the pages of ``SELF_CONTAINED``, whose
+blocks run on their own in a fresh interpreter and folder, so that they cannot lean on another snippet. A block identical to one already run (the
 Quick start, or the same example shown on two pages) runs once. A failing snippet is named by its page and
 line.
 """
@@ -36,7 +37,9 @@ PAGES = (  # the pages whose snippets the slow test runs, in this order, after t
     "docs/data-and-models.md",
     "docs/configuration.md",
     "docs/probe-anywhere.md",
+    "docs/your-own-model.md",
 )
+SELF_CONTAINED = ("docs/your-own-model.md",)  # pages whose snippets run alone, in a fresh interpreter and folder
 MARKER = "<!-- quickstart"
 _BLOCK = re.compile(r"```python\n(.*?)\n```", re.S)
 _ANY_BLOCK = re.compile(r"^( *)```python\n(.*?)\n\1```", re.S | re.M)
@@ -136,7 +139,11 @@ def test_the_quick_start_and_every_other_snippet_run_as_pasted(tmp_path: Path) -
         f"the Quick start first, then at least 8 other python blocks of {', '.join(PAGES)}; found "
         f"{len(others)}: {[f'{page}:{line}' for page, line, _ in others]}"
     )
-    out = _run(plan, tmp_path)
+    alone = [block for block in plan if block[0] in SELF_CONTAINED]
+    out = _run([block for block in plan if block[0] not in SELF_CONTAINED], tmp_path)
+    (tmp_path / "alone").mkdir()
+    own = _run(alone, tmp_path / "alone")  # uses nothing another snippet made
+    assert re.search(r"^epoch 12: N_fg +[\d.]+, N_bg +[\d.]+, fg_ratio [\d.]+$", own, re.M), own[-2000:]
     for run in ("teacher", "distilled", "baseline"):
         accuracy = re.search(rf"^{run}: validation accuracy (\d+\.\d)%", out, re.M)
         assert accuracy, f"the Quick start prints the {run}'s accuracy:\n{out[-3000:]}"

@@ -10,7 +10,7 @@ from torch import Tensor
 
 __all__ = ["DEFAULT_EPS", "check_eps", "eps_key"]
 
-DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)  # 1/255 first: the default of methods §2.2, behind the plain tags
+DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)  # 1/255 first: the default of methods §2.2
 _UNITS = "pixel units: 8/255 is 8 grey levels"
 
 

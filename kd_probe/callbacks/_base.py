@@ -21,13 +21,8 @@ from kd_probe.callbacks._guard import CostGuard, SideEffects, failure_reason, st
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import read_pending_probe_sets
 from kd_probe.callbacks._sharding import failure_of
-from kd_probe.callbacks._tensorboard import (
-    ACCURACY_TAG,
-    hyperparameters,
-    log_final_metrics,
-    start_run,
-    tensorboard_loggers,
-)
+from kd_probe.callbacks._tensorboard import ACCURACY_TAGS, hyperparameters, start_run, tensorboard_loggers
+from kd_probe.io.tags import tag
 
 __all__ = ["BatchProbe", "ProbeCallback", "hparams_metric_tags", "probe_callbacks"]
 
@@ -42,21 +37,18 @@ class ProbeCallback(pl.Callback):
     ``fast_dev_run``) overrides :meth:`sets_up`.
 
     **TensorBoard.** What the callbacks add to each ``TensorBoardLogger``'s run folder, on rank zero, done by the
-    first kd_probe callback of the Trainer (so once, however many there are):
+    first kd_probe callback of the Trainer (so once, however many there are), at setup for fit and once per run
+    folder (a ``kd_probe_tensorboard.json`` marker in it keeps a resumed or a second fit from writing it again):
+    the *Custom Scalars* layout (:func:`~kd_probe.callbacks._tensorboard.probe_layout`) and the *HParams*
+    declaration — the hyper-parameters (the LightningModule's and data module's, as Lightning logs them; the
+    teacher's class as ``kd_probe/teacher``, ``none`` without one; each probe's :meth:`hparams`) and the metric
+    tags (each probe's :meth:`hparams_metric_tags`, then Lightning's ``val/acc`` and ``test/acc``). The metrics
+    are live tags: the HParams tab shows each one's last value (a knowledge-point probe logs its final D_mean,
+    D_std and ρ at the end of fit). Written before Lightning logs its own hyper-parameters, so the columns are
+    kd_probe's also with ``default_hp_metric=True``.
 
-    - At setup for fit, once per run folder (a ``kd_probe_tensorboard.json`` marker in it keeps a resumed or a
-      second fit from writing it again): the *Custom Scalars* layout
-      (:func:`~kd_probe.callbacks._tensorboard.probe_layout`) and the *HParams* declaration — the
-      hyper-parameters (the LightningModule's and data module's, as Lightning logs them; the teacher's class as
-      ``kd_probe/teacher``, ``none`` without one; each probe's :meth:`hparams`) and the metric tags (each probe's
-      :meth:`hparams_metric_tags` and ``kd_probe/hparams/accuracy``). Written before Lightning logs its own
-      hyper-parameters, so the columns are kd_probe's also with ``default_hp_metric=True``.
-    - At the end of training: the metrics' values — each probe's :meth:`final_hparams_metrics` (a knowledge-point
-      probe's final ``n_fg``, ``fg_ratio``, ``d_mean``, ``d_std`` and ``rho``) and the last ``val/acc`` — and at
-      the end of a test with the same Trainer ``test/acc``, which the accuracy column then shows.
-
-    A failing write is warned about once and training goes on. Subclasses that override ``setup``,
-    ``on_train_end`` or ``on_test_end`` call ``super()``.
+    A failing write is warned about once and training goes on. Subclasses that override ``setup`` call
+    ``super()``.
     """
 
     media: str | None = None  # what the probe logs to TensorBoard only ("the UniCAM map grids are"), if anything
@@ -75,12 +67,8 @@ class ProbeCallback(pl.Callback):
         return {}
 
     def hparams_metric_tags(self) -> list[str]:
-        """This probe's *HParams* metric tags (none by default)."""
+        """This probe's scalar tags that are *HParams* metrics, whose last value the tab shows (none by default)."""
         return []
-
-    def final_hparams_metrics(self) -> dict[str, float]:
-        """This probe's *HParams* metric values at the end of training, ``{tag: value}`` (none by default)."""
-        return {}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -104,17 +92,6 @@ class ProbeCallback(pl.Callback):
                     f"({failure_reason(error)}); training goes on."
                 )
 
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if _acts(self, trainer):
-            values = {tag: value for probe in probe_callbacks(trainer) for tag, value in _final(probe).items()}
-            log_final_metrics(trainer, "fit", values)
-
-    @override
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if _acts(self, trainer):
-            log_final_metrics(trainer, "test", {})
-
 
 def probe_callbacks(trainer: pl.Trainer) -> list[ProbeCallback]:
     """The Trainer's kd_probe callbacks, in order."""
@@ -123,20 +100,9 @@ def probe_callbacks(trainer: pl.Trainer) -> list[ProbeCallback]:
 
 def hparams_metric_tags(trainer: pl.Trainer) -> list[str]:
     """The *HParams* metrics of a run: each probe's :meth:`ProbeCallback.hparams_metric_tags` (a knowledge-point
-    probe's ``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}``, ``<p>`` = ``kd_probe`` or ``kd_probe/<name>``) and
-    ``kd_probe/hparams/accuracy``."""
-    return [*(tag for probe in probe_callbacks(trainer) for tag in probe.hparams_metric_tags()), ACCURACY_TAG]
-
-
-def _final(probe: ProbeCallback) -> dict[str, float]:
-    """``probe``'s final *HParams* metrics, none when computing them fails (a probe never breaks training)."""
-    try:
-        return probe.final_hparams_metrics()
-    except Exception as error:
-        rank_zero_warn(
-            f"kd_probe: the final HParams metrics of {type(probe).__name__} failed ({failure_reason(error)})."
-        )
-        return {}
+    probe's ``1_knowledge_points[/<name>]/{n_fg,fg_ratio}`` and ``2_learning_stability[/<name>]/{d_mean,d_std,rho}``),
+    then Lightning's ``val/acc`` and ``test/acc``."""
+    return [*(tag for probe in probe_callbacks(trainer) for tag in probe.hparams_metric_tags()), *ACCURACY_TAGS]
 
 
 def _acts(callback: ProbeCallback, trainer: pl.Trainer) -> bool:
@@ -195,7 +161,18 @@ class BatchProbe(ProbeCallback):
         calls it under DDP (it makes collectives); a failure raises on every rank."""
         raise NotImplementedError
 
-    scalar_prefix = "kd_probe/"  # what the entry's scalars are logged under (a subclass's, with its name)
+    group: str  # the numbered group of the probe's tags (kd_probe.io.tags), a subclass's
+
+    @property
+    def prefix(self) -> str:
+        """What the probe's tags start with: ``group`` or ``group/<name>`` (:func:`~kd_probe.io.tags.tag`)."""
+        return tag(self.group, self.name)
+
+    @property
+    def scalar_prefix(self) -> str:
+        """What the entry's scalars are logged under: ``prefix/``."""
+        return f"{self.prefix}/"
+
     media_what = "writing the images to TensorBoard"  # the media side effect, in a warning's words
     log_images: Any = 0  # whether (how many) images the probe logs to TensorBoard
 
@@ -261,6 +238,7 @@ class BatchProbe(ProbeCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cost.gap = float(self.every_n_epochs)  # a probe's cost is compared with the training between probes
         self._maybe_probe(trainer, pl_module, trainer.current_epoch)
 
     @override

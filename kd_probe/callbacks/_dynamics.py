@@ -14,8 +14,17 @@ from kd_probe.core.dynamics import learning_speed, normalised_step, stability
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import modules_through
 from kd_probe.io.paths import write_atomically
+from kd_probe.io.tags import KNOWLEDGE_POINTS, SIGMA, tag
 
-__all__ = ["PathLength", "checkpoint_fields", "checkpoint_scalars", "final_metrics", "history_metrics", "write_summary"]
+__all__ = [
+    "PathLength",
+    "checkpoint_fields",
+    "checkpoint_scalars",
+    "final_metrics",
+    "history_metrics",
+    "tracked_weight_note",
+    "write_summary",
+]
 
 
 class PathLength:
@@ -174,16 +183,30 @@ def checkpoint_fields(
     }
 
 
-def checkpoint_scalars(entry: dict[str, Any]) -> dict[str, float]:
-    """The finite per-checkpoint scalars of a history entry, by tag suffix (``knowledge_points/n_fg``, ...)."""
+def checkpoint_scalars(entry: dict[str, Any], name: str | None = None) -> dict[str, float]:
+    """The finite per-checkpoint scalars of a history entry, by tag (``1_knowledge_points[/<name>]/n_fg``, ...,
+    ``7_sigma[/<name>]/effective_fraction``)."""
     effective = entry["effective"]
     used = effective if effective.any() else torch.ones_like(effective)
     scalars = {
-        "knowledge_points/n_fg": float(entry["n_fg"][used].float().mean()),
-        "knowledge_points/n_bg": float(entry["n_bg"][used].float().mean()),
-        "knowledge_points/fg_ratio": entry["fg_ratio"],
-        "knowledge_points/baseline_entropy": entry["baseline"],
-        "sigma/reached_target_fraction": float(entry["reached_target"].float().mean()),
-        "sigma/effective_fraction": float(effective.float().mean()),
+        tag(KNOWLEDGE_POINTS, name, "n_fg"): float(entry["n_fg"][used].float().mean()),
+        tag(KNOWLEDGE_POINTS, name, "n_bg"): float(entry["n_bg"][used].float().mean()),
+        tag(KNOWLEDGE_POINTS, name, "fg_ratio"): entry["fg_ratio"],
+        tag(KNOWLEDGE_POINTS, name, "baseline_entropy"): entry["baseline"],
+        tag(SIGMA, name, "reached_target_fraction"): float(entry["reached_target"].float().mean()),
+        tag(SIGMA, name, "effective_fraction"): float(effective.float().mean()),
     }
     return {key: value for key, value in scalars.items() if math.isfinite(value)}
+
+
+def tracked_weight_note(network: nn.Module, layer: str, tracked: str) -> str:
+    """Why the path length D (methods §1.4) follows another module's weight than ``layer``'s."""
+    module = network.get_submodule(layer)
+    weight = getattr(module, "weight", None)
+    kind = type(module).__name__
+    why = (
+        f"`{layer}` ({kind}) has only a per-channel weight (a scale), not a filter bank"
+        if isinstance(weight, Tensor)
+        else f"`{layer}` ({kind}) has no weight"
+    )
+    return f"{why}; the path length D tracks the weight of `{tracked}`, the last convolution or linear layer before it."

@@ -108,11 +108,19 @@ class CostGuard:
         self.measured: float | None = None  # seconds of the last probe run
         self.epoch_seconds: float | None = None
         self._epoch_start: float | None = None
+        self.warned = False  # once per run: before the first probe, or after the first epoch
+        self.gap = 1.0  # mean training epochs between two probes (set by the probe at the start of training)
 
     def expect(self, seconds: float, detail: str) -> None:
         """The dry run's estimate: logged once (rank zero)."""
         self.expected = seconds
-        rank_zero_info(f"{self.owner}: about {_duration(seconds)} per probe ({detail}).")
+        rank_zero_info(f"{self.owner}: about {duration(seconds)} per probe ({detail}).")
+
+    def warn_once(self, text: str) -> None:
+        """A cost warning (``text`` after the owner), unless one was given already in this run."""
+        if not self.warned:
+            self.warned = True
+            rank_zero_warn(f"kd_probe: {self.owner}: {text}")
 
     def timed(self, action: Callable[[], Any]) -> Any:
         start = clock()
@@ -135,17 +143,19 @@ class CostGuard:
             return
         share = cost / self.epoch_seconds
         rank_zero_info(
-            f"{self.owner}: a probe costs about {_duration(cost)}, {share:.0%} of a training epoch "
-            f"({_duration(self.epoch_seconds)})."
+            f"{self.owner}: a probe costs about {duration(cost)}, {share:.0%} of a training epoch "
+            f"({duration(self.epoch_seconds)})."
         )
-        if share > 1:
-            rank_zero_warn(
-                f"kd_probe: {self.owner}: a probe costs about {_duration(cost)}, more than a training epoch "
-                f"({_duration(self.epoch_seconds)}); to make it cheaper: {self.knobs}."
+        if share > self.gap:
+            between = f"the {self.gap:g} epochs between two probes" if self.gap > 1 else "a training epoch"
+            self.warn_once(
+                f"a probe costs about {duration(cost)}, more than {between} ({duration(self.epoch_seconds)} an "
+                f"epoch); to make it cheaper: {self.knobs}."
             )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as a log line shows them: ``12.3 s``, ``2.5 min``."""
     return f"{seconds:.3g} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 

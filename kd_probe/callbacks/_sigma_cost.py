@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,16 @@ from kd_probe.callbacks._guard import clock
 from kd_probe.core.memory import CPU_BATCH, MOST_BATCH
 from kd_probe.core.sigma import DEFAULT_PASSES, DEFAULT_SAMPLES, estimate_sigma_maps
 
-__all__ = ["estimate_sigma_cost", "sigma_work"]
+__all__ = ["SigmaCost", "estimate_sigma_cost", "sigma_work"]
+
+
+class SigmaCost(NamedTuple):
+    """A probe's expected cost: its seconds, what they cover (in words), and the seconds of one perturbed image's
+    forward and input-gradient pass to the layer (what an estimate of a training epoch starts from)."""
+
+    seconds: float
+    detail: str
+    per_image: float
 
 
 def sigma_work(options: Mapping[str, Any]) -> tuple[str, int, str]:
@@ -27,8 +36,8 @@ def sigma_work(options: Mapping[str, Any]) -> tuple[str, int, str]:
 
 def estimate_sigma_cost(
     network: nn.Module, images: Tensor, layer: str, options: Mapping[str, Any], world_size: int, device: torch.device
-) -> tuple[float, str]:
-    """Seconds per probe and what they cover, from a dry run on ``device`` with one forward group of the probe
+) -> SigmaCost:
+    """Seconds per probe, what they cover and the seconds per perturbed image, from a dry run on ``device`` with one forward group of the probe
     images (4 steps, or 2 passes), timed per unit of work after the first and scaled to this rank's images and
     the real work. Only that group visits the device."""
     method, units, unit = sigma_work(options)
@@ -47,4 +56,5 @@ def estimate_sigma_cost(
     fixed = max(ticks[0] - start - per_unit, 0.0)  # σ_f (faithful) and the images' reference features
     processes = f" on each of {world_size} processes" if world_size > 1 else ""
     detail = f"{images.shape[0]} images, {method}, {samples} samples × {units} {plural}{processes}"
-    return math.ceil(per_rank / group) * (units * per_unit + fixed), detail
+    seconds = math.ceil(per_rank / group) * (units * per_unit + fixed)
+    return SigmaCost(seconds, detail, per_unit / (group * samples))  # a step or pass: `samples` per image

@@ -1,7 +1,7 @@
 """What every kd_probe callback adds to a TensorBoard run folder: a *Custom Scalars* layout of the probe tags and
-an *HParams* entry (the run's hyper-parameters, the probes' final metrics and the accuracy). The functions take the
-probes' contributions as arguments (:class:`~kd_probe.callbacks._base.ProbeCallback` gathers them), so this module
-knows no callback class."""
+an *HParams* entry (the run's hyper-parameters, and as metrics the probes' live tags and the accuracy, whose last
+values the HParams tab shows). The functions take the probes' contributions as arguments
+(:class:`~kd_probe.callbacks._base.ProbeCallback` gathers them), so this module knows no callback class."""
 
 from __future__ import annotations
 
@@ -14,30 +14,40 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from kd_probe.callbacks._guard import failure_reason
 from kd_probe.core.layers import unwrap_compiled
 from kd_probe.core.transforms import TRANSFORMS
 from kd_probe.io.paths import write_atomically
 from kd_probe.io.run_files import FORMAT_VERSION, TENSORBOARD_FILE
+from kd_probe.io.tags import (
+    AGREEMENT,
+    KNOWLEDGE_POINTS,
+    LEARNING_STABILITY,
+    SIGMA,
+    SIMILARITY,
+    UNICAM,
+    WEIGHTS,
+)
 
 __all__ = [
-    "ACCURACY_TAG",
+    "ACCURACY_TAGS",
     "MARKER_FILE",
     "hyperparameters",
-    "log_final_metrics",
     "probe_layout",
     "start_run",
     "tensorboard_loggers",
 ]
 
 MARKER_FILE = TENSORBOARD_FILE  # in the run folder: the layout and HParams are written there already
-ACCURACY_TAG = "kd_probe/hparams/accuracy"
-_ACCURACY = {"fit": "val/acc", "test": "test/acc"}  # what the accuracy column reads at the end of fit / of a test
-_PROBE = r"^kd_probe/(?:[\w.-]+/)?"  # kd_probe/ or kd_probe/<name>/ (a probe's `name`: one safe path component)
-_EPS = r"(?:/eps_[0-9.]+)"  # the ε sweep of AgreementProbe: eps_<k>, k = ε·255
+ACCURACY_TAGS = ("val/acc", "test/acc")  # Lightning's: HParams metrics beside the probes' tags
+_EPS = r"eps_[0-9.]+"  # the ε sweep of AgreementProbe: eps_<k>, k = ε·255
+
+
+def _probe(group: str) -> str:
+    """The start of a probe's tags in ``group``: ``group/`` or ``group/<name>/`` (a ``name``: one safe path
+    component)."""
+    return rf"^{group}/(?:[\w.-]+/)?"
 
 
 def _chart(*patterns: str) -> list[Any]:
@@ -45,10 +55,11 @@ def _chart(*patterns: str) -> list[Any]:
 
 
 def probe_layout() -> dict[str, dict[str, list[Any]]]:
-    """The *Custom Scalars* layout of every kd_probe scalar tag (but ``<p>/hparams/...``), for
-    ``SummaryWriter.add_custom_scalars``: ``{category: {chart: ["Multiline", [tag regexes]]}}``.
+    """The *Custom Scalars* layout of every kd_probe scalar tag, for ``SummaryWriter.add_custom_scalars``:
+    ``{category: {chart: ["Multiline", [tag regexes]]}}``, the categories in the order of the tags' numbered
+    groups (:mod:`kd_probe.io.tags`).
 
-    Each chart is one quantity; its regexes cover named probes (``kd_probe/<name>/...``) and every layer,
+    Each chart is one quantity; its regexes cover named probes (``group/<name>/...``) and every layer,
     module and ε, and TensorBoard draws every run of the log directory in it, so that the distilled and the
     baseline run (two run folders) are overlaid: the papers' figures.
 
@@ -56,12 +67,12 @@ def probe_layout() -> dict[str, dict[str, list[Any]]]:
 
         SummaryWriter("runs/demo/distilled").add_custom_scalars(probe_layout())
     """
-    knowledge = f"{_PROBE}knowledge_points/"
-    agreement = f"{_PROBE}agreement/"
+    knowledge, learning, agreement = _probe(KNOWLEDGE_POINTS), _probe(LEARNING_STABILITY), _probe(AGREEMENT)
+    unicam, similarity, sigma = _probe(UNICAM), _probe(SIMILARITY), _probe(SIGMA)
     invariance = {
         f"invariance: {name}": _chart(f"{agreement}invariance/{name}/(?:student|teacher)") for name in TRANSFORMS
     }
-    weights = r"^kd_probe/weights/[^/]+/"
+    weights = rf"^{WEIGHTS}/[^/]+/"
     return {
         "knowledge points": {
             "N_fg: knowledge points on the foreground per image": _chart(f"{knowledge}n_fg"),
@@ -70,35 +81,33 @@ def probe_layout() -> dict[str, dict[str, list[Any]]]:
             "background entropy H̄ (nats)": _chart(f"{knowledge}baseline_entropy"),
         },
         "learning speed and stability": {
-            "D_mean: weight distance to the knowledge points": _chart(f"{_PROBE}learning/d_mean"),
-            "D_std: spread of that distance": _chart(f"{_PROBE}learning/d_std"),
-            "D: path length of the probed layer's weight": _chart(f"{_PROBE}learning/weight_distance"),
-            "ρ: stability of the foreground knowledge points": _chart(f"{_PROBE}stability/rho"),
-            "ρ_all: stability of all knowledge points": _chart(f"{_PROBE}stability/rho_all"),
+            "D_mean: weight distance to the knowledge points": _chart(f"{learning}d_mean"),
+            "D_std: spread of that distance": _chart(f"{learning}d_std"),
+            "D: path length of the probed layer's weight": _chart(f"{learning}weight_distance"),
+            "ρ: stability of the foreground knowledge points": _chart(f"{learning}rho"),
+            "ρ_all: stability of all knowledge points": _chart(f"{learning}rho_all"),
         },
         "agreement": {
             "Grad-CAM cosine with the teacher": _chart(f"{agreement}cam_cosine"),
             "Grad-CAM win rate against the reference": _chart(f"{agreement}cam_win_rate"),
             "Grad-CAM energy on the object": _chart(f"{agreement}cam_energy_in_mask/(?:student|teacher)"),
-            "adversarial transfer (first ε)": _chart(f"{agreement}adv_transfer"),
-            "adversarial transfer at each ε": _chart(f"{agreement}adv_transfer{_EPS}"),
-            "teacher fooling rate (first ε)": _chart(f"{agreement}teacher_fooling_rate"),
-            "teacher fooling rate at each ε": _chart(f"{agreement}teacher_fooling_rate{_EPS}"),
+            "adversarial transfer at each ε": _chart(f"{agreement}adv_transfer/{_EPS}"),
+            "teacher fooling rate at each ε": _chart(f"{agreement}teacher_fooling_rate/{_EPS}"),
             **invariance,
         },
         "FSS/RS": {
-            "FSS: feature similarity to the teacher": _chart(f"{_PROBE}fss/.+"),
-            "FSS (V-statistic)": _chart(f"{_PROBE}fss_v/.+"),
-            "RS teacher: relevance to the labels": _chart(f"{_PROBE}rs/teacher/.+"),
-            "RS student: relevance to the labels": _chart(f"{_PROBE}rs/student/.+"),
-            "RS reference: relevance to the labels": _chart(f"{_PROBE}rs/reference/.+"),
-            "RS distilled: what the student holds beyond the teacher": _chart(f"{_PROBE}rs/distilled/.+"),
-            "RS residual: what the teacher holds that the student lacks": _chart(f"{_PROBE}rs/residual/.+"),
+            "FSS: feature similarity to the teacher": _chart(f"{unicam}fss/.+"),
+            "FSS (V-statistic)": _chart(f"{unicam}fss_v/.+"),
+            "RS teacher: relevance to the labels": _chart(f"{unicam}rs/teacher/.+"),
+            "RS student: relevance to the labels": _chart(f"{unicam}rs/student/.+"),
+            "RS reference: relevance to the labels": _chart(f"{unicam}rs/reference/.+"),
+            "RS distilled: what the student holds beyond the teacher": _chart(f"{unicam}rs/distilled/.+"),
+            "RS residual: what the teacher holds that the student lacks": _chart(f"{unicam}rs/residual/.+"),
         },
         "representation similarity": {
-            "CKA with the teacher, per matched layer pair": _chart(f"{_PROBE}similarity/cka/.+"),
-            "CKA with the teacher, mean over the pairs": _chart(f"{_PROBE}similarity/cka_mean"),
-            "class-correlation gap |corr_T − corr_S|": _chart(f"{_PROBE}similarity/class_gap"),
+            "CKA with the teacher, per matched layer pair": _chart(f"{similarity}cka/.+"),
+            "CKA with the teacher, mean over the pairs": _chart(f"{similarity}cka_mean"),
+            "class-correlation gap |corr_T − corr_S|": _chart(f"{similarity}class_gap"),
         },
         "weight trajectory": {
             "step length": _chart(f"{weights}step_length"),
@@ -109,8 +118,8 @@ def probe_layout() -> dict[str, dict[str, list[Any]]]:
             "path efficiency": _chart(f"{weights}path_efficiency"),
         },
         "σ maps": {
-            "images whose σ reached the target entropy": _chart(f"{_PROBE}sigma/reached_target_fraction"),
-            "images whose feature responds to noise": _chart(f"{_PROBE}sigma/effective_fraction"),
+            "images whose σ reached the target entropy": _chart(f"{sigma}reached_target_fraction"),
+            "images whose feature responds to noise": _chart(f"{sigma}effective_fraction"),
         },
     }
 
@@ -121,9 +130,9 @@ def tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
 
 
 def start_run(logger: TensorBoardLogger, params: dict[str, bool | int | float | str], metric_tags: list[str]) -> None:
-    """The layout and the HParams declaration (``params``, and ``metric_tags`` as metric names) into ``logger``'s
-    run folder, unless its marker says they are there; the marker is written last, so a failed write is tried
-    again by the next fit."""
+    """The layout and the HParams declaration (``params``, and ``metric_tags`` as metric names: the HParams tab
+    shows each tag's last value) into ``logger``'s run folder, unless its marker says they are there; the marker
+    is written last, so a failed write is tried again by the next fit."""
     from torch.utils.tensorboard.summary import hparams
 
     marker = Path(logger.log_dir) / MARKER_FILE
@@ -132,7 +141,7 @@ def start_run(logger: TensorBoardLogger, params: dict[str, bool | int | float | 
     layout = probe_layout()
     writer = logger.experiment
     writer.add_custom_scalars(layout)
-    for summary in hparams(params, dict.fromkeys(metric_tags, math.nan)):  # only the names: values come at the end
+    for summary in hparams(params, dict.fromkeys(metric_tags, math.nan)):  # only the names: the tags hold the values
         writer._get_file_writer().add_summary(summary)
     writer.flush()
     record = {"version": FORMAT_VERSION[TENSORBOARD_FILE], "layout": layout, "hparams": params, "metrics": metric_tags}
@@ -173,21 +182,3 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, boo
         else:  # None, sequences, objects: shown as text, as Lightning does
             items.append((name, str(value)))
     return items
-
-
-def log_final_metrics(trainer: pl.Trainer, stage: str, probe_values: Mapping[str, float]) -> None:
-    """The *HParams* metrics' values: the probes' final ``probe_values`` (at the end of fit) and the accuracy
-    (the last ``val/acc`` at the end of fit, ``test/acc`` at the end of a test); non-finite values are left out."""
-    values = dict(probe_values)
-    accuracy = trainer.callback_metrics.get(_ACCURACY[stage])
-    if accuracy is not None:
-        values[ACCURACY_TAG] = float(accuracy)
-    finite = {tag: value for tag, value in values.items() if math.isfinite(value)}
-    for logger in tensorboard_loggers(trainer) if finite else []:
-        try:
-            logger.log_metrics(finite, step=trainer.global_step)
-        except Exception as error:  # a probe never breaks training
-            rank_zero_warn(
-                f"kd_probe: logging the HParams metrics to {logger.log_dir} failed ({failure_reason(error)}); "
-                "training goes on."
-            )

@@ -143,11 +143,11 @@ def log_probe_media(
     writer: Any, prefix: str, probe: ProbeInputs, entry: dict[str, Any], log_images: int, step: int
 ) -> None:
     """A knowledge-point probe's TensorBoard media of one entry: the histogram of ``H̄ − H_i`` over the effective
-    images' units (``<prefix>/knowledge_points/entropy_gap``) and the first ``log_images`` inputs' pictures."""
+    images' units (``<prefix>/entropy_gap``) and the first ``log_images`` inputs' pictures."""
     gap = (entry["baseline"] - entry["entropy"][entry["effective"]]).flatten()
     gap = gap[~gap.isnan()]  # NaN: positions that are not units (padding tokens)
     if gap.numel() and torch.isfinite(gap).all():
-        writer.add_histogram(f"{prefix}/knowledge_points/entropy_gap", gap, global_step=step)
+        writer.add_histogram(f"{prefix}/entropy_gap", gap, global_step=step)
     shown = min(log_images, probe.inputs.shape[0])
     if shown:
         log_unit_media(writer, f"{prefix}/maps", probe, entry, shown, step)

@@ -52,6 +52,7 @@ from kd_probe.core.render import map_rows
 from kd_probe.core.transforms import TRANSFORMS
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import AGREEMENT_FILE, FORMAT_VERSION, probe_file
+from kd_probe.io.tags import AGREEMENT
 
 __all__ = ["AgreementProbe"]
 
@@ -96,8 +97,8 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         reference: an independently trained model (enables ``cam_win_rate``).
         every_n_epochs: how often to probe.
         eps: I-FGSM radius in pixel units ([0, 1]), or a list of radii (default 1, 2, 4 and 8 grey levels:
-            at 1/255 a teacher is rarely fooled, so that transfer rests on few images); the first one is behind
-            the unsuffixed tags. steps: I-FGSM steps (step size ε/4).
+            at 1/255 a teacher is rarely fooled, so that transfer rests on few images). steps: I-FGSM steps
+            (step size ε/4).
         transforms: any of ``"color"``, ``"crop"``, ``"shift"``.
         name: sub-prefix of the tags, one safe path component (letters, digits, ``_``, ``-``, ``.``).
         teacher, student: attribute names in the LightningModule, or modules.
@@ -110,14 +111,12 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         prefix_tokens: for a CAM layer that outputs transformer tokens ``[N, T, D]`` (a ViT block), the leading
             tokens that are not patches (``None``: infer a class token or none); feature maps ignore it.
 
-    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
-        ``<p>/agreement/cam_cosine``, ``<p>/agreement/cam_win_rate`` (with reference),
-        ``<p>/agreement/cam_energy_in_mask/{student,teacher}`` (with masks), ``<p>/agreement/adv_transfer``
-        and ``<p>/agreement/teacher_fooling_rate`` (at the first ε), with several ε also
-        ``<p>/agreement/adv_transfer/eps_<k>`` and ``<p>/agreement/teacher_fooling_rate/eps_<k>`` for each
-        (``k`` = ε·255: ``eps_1``, ``eps_0.5``; a transfer no image fooled the teacher for is NaN in the entry
-        and not logged), ``<p>/agreement/invariance/<transform>/{student,teacher}``, and the image grid
-        ``<p>/agreement/cams`` (a row per image; columns, named in a strip on top: input, teacher CAM, student CAM); with a ``TensorBoardLogger`` also the
+    Logged metrics (``<p>`` = ``3_agreement`` or ``3_agreement/<name>``; step = ``trainer.global_step``):
+        ``<p>/cam_cosine``, ``<p>/cam_win_rate`` (with reference), ``<p>/cam_energy_in_mask/{student,teacher}``
+        (with masks), ``<p>/adv_transfer/eps_<k>`` and ``<p>/teacher_fooling_rate/eps_<k>`` for each ε, one ε
+        or several (``k`` = ε·255: ``eps_1``, ``eps_0.5``; a transfer no image fooled the teacher for is NaN in
+        the entry and not logged), ``<p>/invariance/<transform>/{student,teacher}``, and the image grid
+        ``<p>/cams`` (a row per image; columns, named in a strip on top: input, teacher CAM, student CAM); with a ``TensorBoardLogger`` also the
         run's Custom Scalars layout and HParams (:class:`ProbeCallback`).
 
     Example::
@@ -127,6 +126,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
     """
 
     description = "agreement probe"
+    group = AGREEMENT
     media = "the agreement CAM grid is"  # logged to TensorBoard only (ProbeCallback warns once without one)
 
     def __init__(
@@ -187,10 +187,6 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         self.labels = probe_labels
         check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(source, normalization, self.images.shape[1])
-
-    @property
-    def prefix(self) -> str:
-        return f"kd_probe/{self.name}/agreement" if self.name else "kd_probe/agreement"
 
     @property
     @override
@@ -322,10 +318,7 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
             transfer, rate = adversarial_transfer(
                 teacher_clean, teacher_adversarial, student_clean, student_adversarial
             )
-            if key == self.eps_keys[0]:
-                values.update(adv_transfer=transfer, teacher_fooling_rate=rate)
-            if len(self.eps) > 1:
-                values.update({f"adv_transfer/{key}": transfer, f"teacher_fooling_rate/{key}": rate})
+            values.update({f"adv_transfer/{key}": transfer, f"teacher_fooling_rate/{key}": rate})
         for name in self.transforms:
             for role, clean in (("student", student_clean), ("teacher", teacher_clean)):
                 moved = whole[f"invariance/{name}/{role}"]
@@ -364,10 +357,6 @@ class AgreementProbe(ProbeSetReader, BatchProbe):
         return {**values, "cams/teacher": cache["cams"], "cams/student": cams}
 
     media_what = "writing the CAM grid to TensorBoard"
-
-    @property
-    def scalar_prefix(self) -> str:  # type: ignore[override]
-        return f"{self.prefix}/"
 
     @override
     def save_file(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:

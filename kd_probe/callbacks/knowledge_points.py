@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,40 +21,52 @@ from kd_probe.callbacks._common import (
     find_network,
     gather_shards,
     probe_fingerprint,
-    run_folder,
-    save_atomically,
     shard_indices,
 )
 from kd_probe.callbacks._dynamics import (
     PathLength,
     checkpoint_fields,
     checkpoint_scalars,
-    final_metrics,
     history_metrics,
-    write_summary,
+    tracked_weight_note,
 )
 from kd_probe.callbacks._guard import CostGuard, ProbeProgress, SideEffects, failure_reason, stop_check
+from kd_probe.callbacks._knowledge_files import KnowledgePointFiles, display_normalization
 from kd_probe.callbacks._precision import check_precision, float32_probe
 from kd_probe.callbacks._probe_sources import ProbeSetReader
 from kd_probe.callbacks._sigma_cost import estimate_sigma_cost, sigma_work
+from kd_probe.callbacks._sigma_defaults import (
+    LAM_PLAIN,
+    choose_lam,
+    estimated_epoch,
+    first_probe_warning,
+    with_live_defaults,
+)
 from kd_probe.callbacks._sigma_stream import streamed_sigma_maps
 from kd_probe.callbacks._units import describe_units, log_probe_media, read_probe_inputs
 from kd_probe.callbacks.schedule import ProbeSchedule
 from kd_probe.core.knowledge_points import count_knowledge_points
 from kd_probe.core.layers import module_device, resolve_layer
 from kd_probe.core.sigma import estimate_sigma_maps
+from kd_probe.core.units import ImageGrid
 from kd_probe.io.paths import check_name
-from kd_probe.io.run_files import FORMAT_VERSION, HISTORY_FILE, SUMMARY_FILE, probe_file
+from kd_probe.io.run_files import HISTORY_FILE, SUMMARY_FILE, probe_file
+from kd_probe.io.tags import KNOWLEDGE_POINTS, LEARNING_STABILITY, tag
 
 __all__ = ["KnowledgePointProbe"]
 
-HPARAMS_METRICS = ("n_fg", "fg_ratio", "d_mean", "d_std", "rho")  # the HParams metrics: <p>/hparams/<key>
+HPARAMS_METRICS = (  # the live tags that are HParams metrics, as (group, leaf): the tab shows their last values
+    (KNOWLEDGE_POINTS, "n_fg"),
+    (KNOWLEDGE_POINTS, "fg_ratio"),
+    (LEARNING_STABILITY, "d_mean"),
+    (LEARNING_STABILITY, "d_std"),
+    (LEARNING_STABILITY, "rho"),
+)
 
-_LAM = inspect.signature(estimate_sigma_maps).parameters["lam"].default  # recorded when not given
 _GATHERED = ("entropy", "sigma_f", "effective", "reached_target", "boosted", "step")
 
 
-class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
+class KnowledgePointProbe(KnowledgePointFiles, ProbeSetReader, ProbeCallback):
     """Find the knowledge points of a network on held-out images during training and log their curves.
 
     At each scheduled checkpoint (before the first optimizer step — "epoch 0" — and after scheduled
@@ -71,8 +81,10 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     history entry marked ``failed`` with the reason; a logger, the TensorBoard media or the history file that
     fails is warned about once and noted in the entry's ``problems`` (plain strings: the file loads with
     ``torch.load(weights_only=True)``). Ctrl-C and SIGTERM stop a running probe within a σ step and let
-    Lightning shut down. At the start of fit a dry run logs the expected cost per probe, and after the first
-    epoch which share of a training epoch that is (a warning when it is more than the epoch).
+    Lightning shut down. At the start of fit a dry run logs the expected cost per probe; before the first probe,
+    a probe expected to cost more than 3× the training between two probes (an epoch estimated from the dry run)
+    is warned about with settings that fit; after the first epoch the probe logs which share of a training epoch
+    it costs (one warning per run when it is more than the epochs between probes).
 
     Args:
         images: probe inputs: images ``[N, C, H, W]`` (normalised as the model expects), token ids ``[N, T]`` or
@@ -87,7 +99,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         every_n_epochs: probe every n epochs instead (and at 0). Neither given: every epoch.
         module: attribute path of the network in the LightningModule (default ``student`` when present,
             else the LightningModule itself).
-        name: sub-prefix of the tags (``kd_probe/<name>/...``) and of the history file, so that several
+        name: sub-prefix of the tags (``1_knowledge_points/<name>/...``) and of the history file, so that several
             probes (student and teacher, two layers) can run in one Trainer; one safe path component
             (letters, digits, ``_``, ``-``, ``.``).
         log_images: how many probe images appear in the ``maps`` image grid (0: none).
@@ -96,32 +108,35 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         sigma_options: options of :func:`~kd_probe.estimate_sigma_maps` (``units``, ``grid``, ``method``,
             ``samples``, ``passes``, ``steps``, ``lr``, ``lam``, ``target_entropy``, ``boost``, ``feature_relu``,
             ``seed``, ``max_batch``, ``memory_budget``, ``noise_device``, ``precision``, ``channels_last``,
-            ``fold_batchnorm``, ``patience``).
-            ``lam`` (λ, default 7): the [KP] authors used 7 for VGG/AlexNet and 6 for ResNets; the λ used is recorded in the summary's
-            ``settings`` and the report's header.
+            ``fold_batchnorm``, ``patience``). The probe's defaults are sized for live curves during training:
+            ``method="secant"`` with ``passes=2`` and ``samples=64`` (the paper's procedure is ``method="faithful"``;
+            the docs page measures the trade-off). ``lam`` (λ): the [KP] authors used 7 for VGG/AlexNet and 6 for
+            ResNets; when not given, 6 if the network adds skip connections before ``layer`` (traced with
+            ``torch.fx``), else 7, said at setup. The λ used is recorded in the summary's ``settings`` and the
+            report's header.
 
-    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
-        - ``<p>/knowledge_points/n_fg``, ``<p>/knowledge_points/n_bg``: mean knowledge points per image on
-          the foreground / background.
-        - ``<p>/knowledge_points/fg_ratio``: λ_fg, mean of ``N_fg / (N_fg + N_bg)`` (0 without points).
-        - ``<p>/knowledge_points/baseline_entropy``: H̄, the background entropy the units are compared with.
-        - ``<p>/sigma/reached_target_fraction``, ``<p>/sigma/effective_fraction``: images whose σ optimisation
+    Logged metrics (``<k>``, ``<l>``, ``<s>`` = ``1_knowledge_points``, ``2_learning_stability``, ``7_sigma``,
+    each followed by ``/<name>`` for a named probe; step = ``trainer.global_step``):
+        - ``<k>/n_fg``, ``<k>/n_bg``: mean knowledge points per image on the foreground / background.
+        - ``<k>/fg_ratio``: λ_fg, mean of ``N_fg / (N_fg + N_bg)`` (0 without points).
+        - ``<k>/baseline_entropy``: H̄, the background entropy the units are compared with.
+        - ``<s>/reached_target_fraction``, ``<s>/effective_fraction``: images whose σ optimisation
           reached the target entropy / whose features respond to noise (``σ_f > 0``).
-        - ``<p>/maps`` (image, TensorBoard): images: per image the input, its entropy map and its knowledge
+        - ``<k>/maps`` (image, TensorBoard): images: per image the input, its entropy map and its knowledge
           points (red) with the foreground outline (green), columns named in a strip on top; tokens: a strip per sequence (entropy, then knowledge
           points red / foreground green) and the same as text; points: a top view per cloud (entropy; knowledge
-          points red, object green) and ``<p>/maps_points`` (mesh plugin, points coloured likewise).
-        - ``<p>/knowledge_points/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
-        - ``<p>/learning/d_mean``, ``<p>/learning/d_std``: D_mean and D_std over the checkpoints so far (methods
-          §1.4); ``<p>/learning/weight_distance``: D, the probed layer's weight path length so far.
-        - ``<p>/stability/rho``, ``<p>/stability/rho_all``: live ρ of the foreground / of all knowledge points
-          (methods §1.5).
-        - ``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}`` (TensorBoard, end of fit): the summary's values, the
-          *HParams* tab's metrics (with the run's Custom Scalars layout: :class:`ProbeCallback`).
+          points red, object green) and ``<k>/maps_points`` (mesh plugin, points coloured likewise).
+        - ``<k>/entropy_gap`` (histogram, TensorBoard): ``H̄ − H_i`` over all units.
+        - ``<l>/d_mean``, ``<l>/d_std``: D_mean and D_std over the checkpoints so far (methods §1.4), logged
+          again at the end of fit; ``<l>/weight_distance``: D, the probed layer's weight path length so far.
+        - ``<l>/rho``, ``<l>/rho_all``: live ρ of the foreground / of all knowledge points (methods §1.5).
+        - ``<k>/n_fg``, ``<k>/fg_ratio``, ``<l>/d_mean``, ``<l>/d_std``, ``<l>/rho`` are the *HParams* tab's
+          metrics: it shows their last values, the summary's (with the run's Custom Scalars layout:
+          :class:`ProbeCallback`); the columns are ``kd_probe[/<name>]/layer`` and ``kd_probe[/<name>]/<setting>``.
 
     Example::
 
-        probe = KnowledgePointProbe(data, layer="features.bn6", epochs="paper", samples=32, steps=60)
+        probe = KnowledgePointProbe(data, layer="features.bn6", epochs="paper")  # λ and σ settings: the defaults
         pl.Trainer(max_epochs=20, callbacks=[probe]).fit(DistillationModule(student, teacher), data)
     """
 
@@ -142,7 +157,10 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         baseline: str | float = "dataset",
         **sigma_options: Any,
     ) -> None:
-        check_sigma_options(sigma_options)
+        for key in [key for key in ("method", "passes", "samples") if key in sigma_options]:
+            if sigma_options[key] is None:  # as not given: the probe's defaults (`patience=None` means something)
+                del sigma_options[key]
+        check_sigma_options(with_live_defaults(sigma_options))  # secant, 2 passes × 64 samples unless given
         if not isinstance(layer, str) or not layer:
             raise ValueError(f"`layer` must be a dotted module name, got {layer!r}.")
         name = None if name is None else check_name(name)
@@ -152,7 +170,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         self.layer, self.module_path, self.name, self.log_images = layer, module, name, log_images
         self.threshold, self.baseline = threshold, baseline
         self.sigma_options = sigma_options  # kept as given: `kd-probe fit` finds the σ options through this name
+        self.chosen_lam: float | None = None  # λ picked by architecture at setup when `lam` is not given
         self.fingerprint: str | None = None  # of the probe set, once read
+        self.normalization: dict[str, list[float]] = {}  # the probe images' mean/std, when their source says
         self._take_probe_set(images, masks=masks)  # now, or in `setup` for images="datamodule"
         self.history: list[dict[str, Any]] = []
         self.path = PathLength()
@@ -161,6 +181,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         self.side_effects = SideEffects(owner)
         knobs = "probe fewer images, use fewer `samples` or `steps` or a coarser `grid`, or probe less often (`epochs`/`every_n_epochs`)"
         self.cost = CostGuard(owner, knobs)
+        self._seconds_per_image: float | None = None  # of one perturbed image, from the dry run at the start of fit
 
     def _read_probe_set(self, source: Any, masks: Tensor | None = None) -> None:
         self.probe_set = read_probe_inputs(source, masks, self.sigma_options)
@@ -169,11 +190,14 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             self.sigma_options["units"] = self.probe_set.units
         self.foreground = self.probe_set.foreground  # the probe inputs' foreground units
         self.fingerprint = probe_fingerprint(self.images, self.masks)
+        image_units = isinstance(self.probe_set.units, (ImageGrid, type(None))) and self.images.dim() == 4
+        self.normalization = display_normalization(source, self.images.shape[1]) if image_units else {}
         zeros = torch.zeros(1, *self.foreground.shape[1:])  # counting on them checks threshold and baseline now
         count_knowledge_points(zeros, self.foreground[:1], threshold=self.threshold, baseline=self.baseline)
 
     @property
     def prefix(self) -> str:
+        """What the probe's *HParams* columns start with: ``kd_probe`` or ``kd_probe/<name>``."""
         return f"kd_probe/{self.name}" if self.name else "kd_probe"
 
     @property
@@ -191,13 +215,16 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         resolve_layer(network, self.layer)
         check_knowledge_point_setup(network, self.images, self.layer)
         self.schedule.resolve(trainer.max_epochs)  # "paper" needs max_epochs: refuse now, not later
-        passes = {"passes": 1} if "passes" in self.sigma_options else {}
-        dry_run = {**self.sigma_options, "samples": 1, "steps": 1, **passes}
+        dry_run = {**self.engine_options, "samples": 1, "steps": 1}
+        dry_run.update({"passes": 1} if "passes" in dry_run else {})
         device = module_device(network)
         estimate_sigma_maps(network, self.images[:1].to(device), layer=self.layer, **dry_run)
+        if "lam" not in self.sigma_options:
+            self.chosen_lam, why = choose_lam(network, self.layer, self.images[:1].to(device), self.probe_set.units)
+            rank_zero_info(f"{self.side_effects.owner}: {why}.")
         tracked = self.path.choose(network, self.layer, self.images[:1].to(device))
         if tracked != self.layer:
-            rank_zero_info(f"kd_probe: `{self.layer}` has no weight of its own; the path length D tracks `{tracked}`.")
+            rank_zero_info(f"kd_probe: {tracked_weight_note(network, self.layer, tracked)}")
 
     @override
     def hparams(self) -> dict[str, Any]:
@@ -206,14 +233,8 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
 
     @override
     def hparams_metric_tags(self) -> list[str]:
-        """``<p>/hparams/{n_fg,fg_ratio,d_mean,d_std,rho}``."""
-        return [f"{self.prefix}/hparams/{key}" for key in HPARAMS_METRICS]
-
-    @override
-    def final_hparams_metrics(self) -> dict[str, float]:
-        """The final values of :meth:`hparams_metric_tags`, those of ``kd_probe_summary.json``."""
-        metrics = final_metrics(self.history, self.foreground)
-        return {f"{self.prefix}/hparams/{key}": float(metrics[key]) for key in HPARAMS_METRICS}
+        """``1_knowledge_points[/<name>]/{n_fg,fg_ratio}``, ``2_learning_stability[/<name>]/{d_mean,d_std,rho}``."""
+        return [tag(group, self.name, leaf) for group, leaf in HPARAMS_METRICS]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -224,8 +245,10 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
     def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         network = find_network(pl_module, self.module_path)
         device = module_device(network, pl_module.device)
-        options = self.sigma_options
-        self.cost.expect(*estimate_sigma_cost(network, self.images, self.layer, options, trainer.world_size, device))
+        options = self.engine_options
+        found = estimate_sigma_cost(network, self.images, self.layer, options, trainer.world_size, device)
+        self.cost.expect(found.seconds, found.detail)
+        self._seconds_per_image = found.per_image
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -239,6 +262,12 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             return
         self._network = find_network(pl_module, self.module_path)
         self.path.start(self._network, trainer.global_step)
+        if trainer.is_global_zero and not self.history and self._seconds_per_image is not None:
+            epoch, images = estimated_epoch(trainer, self._seconds_per_image), int(self.images.shape[0])
+            self.cost.gap = self.schedule.mean_gap(trainer.max_epochs)
+            text = first_probe_warning(self.cost.expected, epoch, self.cost.gap, self.engine_options, images)
+            if text:
+                self.cost.warn_once(text)
         self._maybe_probe(trainer, pl_module, trainer.current_epoch)
 
     @override
@@ -250,10 +279,9 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)  # the HParams metrics
         if getattr(trainer, "fast_dev_run", False) or not self.history or not trainer.is_global_zero:
             return
-        self._log_scalars(trainer, None, self._dynamics(None))
+        self._log_scalars(trainer, None, self._dynamics(None))  # the final values: the HParams tab shows them
         self.side_effects.run(None, f"writing {probe_file(SUMMARY_FILE, self.name)}", self._write_summary, trainer)
 
     @override
@@ -297,12 +325,12 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
             "epoch": epoch,
             "global_step": trainer.global_step,
             "distance": self.path.distance,
-            "method": sigma_work(self.sigma_options)[0],
+            "method": sigma_work(self.engine_options)[0],
             "failed": None,
         }
         fields: dict[str, Tensor] = {}
         try:
-            _, units, unit = sigma_work(self.sigma_options)
+            _, units, unit = sigma_work(self.engine_options)
             chunks = len(_streaming.chunk_slices(len(local)))  # the probe set goes to the device in chunks
             with ProbeProgress(trainer, f"{self.prefix} epoch {epoch}", units * chunks, unit) as tick:
                 maps = streamed_sigma_maps(
@@ -314,6 +342,7 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
                     units,
                     layer=self.layer,
                     check=stop_check(trainer),
+                    **self.filled_in,
                     **self.sigma_options,
                 )
             fields = {key: getattr(maps, key).float().to(device) for key in _GATHERED}
@@ -352,12 +381,13 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         """Rank zero, after the entry is recorded: scalars to each logger, the dynamics, the media, the history
         file — each guarded (a problem is warned about once and noted in ``entry["problems"]``)."""
         if entry["failed"] is None:
-            scalars = {f"{self.prefix}/{key}": value for key, value in checkpoint_scalars(entry).items()}
+            scalars = checkpoint_scalars(entry, self.name)
             self._log_scalars(trainer, entry, {**scalars, **self._dynamics(entry)})
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     what = "writing the maps and the histogram to TensorBoard"
-                    media = (logger.experiment, self.prefix, self.probe_set, entry, self.log_images)
+                    group = tag(KNOWLEDGE_POINTS, self.name)
+                    media = (logger.experiment, group, self.probe_set, entry, self.log_images)
                     self.side_effects.run(entry, what, log_probe_media, *media, trainer.global_step)
         what = f"saving {probe_file(HISTORY_FILE, self.name)}"
         self.side_effects.run(entry, what, self._save_history, trainer)
@@ -374,41 +404,36 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         values: dict[str, float] = {}
         what = "computing D_mean, D_std and ρ"
         self.side_effects.run(entry, what, lambda: values.update(history_metrics(self.history, self.foreground)))
-        names = {
-            "d_mean": "learning/d_mean",
-            "d_std": "learning/d_std",
-            "rho": "stability/rho",
-            "rho_all": "stability/rho_all",
-            "weight_distance": "learning/weight_distance",
-        }
+        names = ("d_mean", "d_std", "rho", "rho_all", "weight_distance")
         return {
-            f"{self.prefix}/{tag}": values[key]
-            for key, tag in names.items()
+            tag(LEARNING_STABILITY, self.name, key): values[key]
+            for key in names
             if key in values and math.isfinite(values[key])
         }
 
-    def _write_summary(self, trainer: pl.Trainer, finished: bool = True) -> None:
-        extra = {
-            "finished": finished,  # False while training: the run up to its last completed probe
-            "layer": self.layer,
-            "weight_layer": self.path.module_name,
-            "module": self.module_path,
-            "name": self.name,
-            "images": int(self.images.shape[0]),
-            "settings": self.settings,
-            "history_file": self.history_path(trainer).name,
-            "probe_set": self.fingerprint,
-        }
-        path = run_folder(trainer) / probe_file(SUMMARY_FILE, self.name)
-        write_summary(path, self.history, self.foreground, extra)
+    @property
+    def lam(self) -> float:
+        """λ of the σ objective: ``lam`` when given, else the one chosen by architecture at setup (7 before)."""
+        given = self.sigma_options.get("lam")
+        return float(given) if given is not None else self.chosen_lam or LAM_PLAIN
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """The options :func:`~kd_probe.estimate_sigma_maps` runs with: the σ options and λ."""
+        return {**with_live_defaults(self.sigma_options), "lam": self.lam}
+
+    @property
+    def filled_in(self) -> dict[str, Any]:
+        """What :attr:`engine_options` adds to the σ options as given: the probe's defaults and λ."""
+        return {key: value for key, value in self.engine_options.items() if key not in self.sigma_options}
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The σ options (with the method, also when defaulted), threshold and baseline, as recorded."""
+        """The σ options (with the method, λ and the secant's passes and samples, also when defaulted), threshold
+        and baseline, as recorded."""
         return {
-            "method": sigma_work(self.sigma_options)[0],
-            "lam": _LAM,
-            **self.sigma_options,
+            "method": sigma_work(self.engine_options)[0],
+            **self.engine_options,
             **({"units": describe_units(self.probe_set.units)} if self.probe_set.units is not None else {}),
             "threshold": self.threshold,
             "baseline": self.baseline,
@@ -420,22 +445,3 @@ class KnowledgePointProbe(ProbeSetReader, ProbeCallback):
         if self.fingerprint is None:
             return None
         return {"layer": self.layer, "module": self.module_path, "probe_set": self.fingerprint, **self.settings}
-
-    def history_path(self, trainer: pl.Trainer) -> Path:
-        """Where the history file goes: the first logger's directory, else the Trainer's root directory."""
-        return run_folder(trainer) / probe_file(HISTORY_FILE, self.name)
-
-    def _save_history(self, trainer: pl.Trainer) -> None:
-        record = {
-            "version": FORMAT_VERSION[HISTORY_FILE],
-            "probe_set": self.fingerprint,
-            "layer": self.layer,
-            "module": self.module_path,
-            "name": self.name,
-            "settings": self.settings,
-            "foreground": self.foreground,
-            "masks": self.masks,
-            "images": self.images[: max(self.log_images, 8)],
-            "entries": self.history,
-        }
-        save_atomically(record, self.history_path(trainer))

@@ -69,6 +69,14 @@ class ProbeSchedule:
         last = max_epochs if max_epochs is not None and max_epochs >= 0 else 10**9
         return [0, *range(step, last + 1, step)] if last < 10**9 else [0]
 
+    def mean_gap(self, max_epochs: int | None) -> float:
+        """The mean number of training epochs between two probes (1 for a single probe): what a probe's cost is
+        compared with."""
+        if self.epochs is None:
+            return float(self.every_n_epochs or 1)
+        epochs = self.resolve(max_epochs)
+        return max(1.0, (epochs[-1] - epochs[0]) / (len(epochs) - 1)) if len(epochs) > 1 else 1.0
+
     def includes(self, epoch: int, max_epochs: int | None) -> bool:
         if self.epochs is None and (max_epochs is None or max_epochs < 0):
             return epoch % (self.every_n_epochs or 1) == 0

@@ -33,6 +33,7 @@ from kd_probe.core.similarity import MinibatchCKA, class_correlation_gap
 from kd_probe.core.unicam import check_features, feature_vectors
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import FORMAT_VERSION, SIMILARITY_FILE, probe_file
+from kd_probe.io.tags import SIMILARITY
 
 __all__ = ["SimilarityProbe"]
 
@@ -72,11 +73,11 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
         every_n_epochs, name, teacher, student, log_images: as for :class:`~kd_probe.UniCAMProbe`; ``log_images``
             here switches the two heat maps on or off.
 
-    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; step = ``trainer.global_step``):
-        - ``<p>/similarity/cka/<student layer>`` — linear CKA of a matched pair (its teacher layer in the file).
-        - ``<p>/similarity/cka_mean`` — the mean over the matched pairs.
-        - ``<p>/similarity/class_gap`` — mean ``|corr_T − corr_S|`` over the off-diagonal class pairs.
-        - ``<p>/similarity/cka_matrix``, ``<p>/similarity/class_gap_matrix`` (images, TensorBoard).
+    Logged metrics (``<p>`` = ``5_similarity`` or ``5_similarity/<name>``; step = ``trainer.global_step``):
+        - ``<p>/cka/<student layer>`` — linear CKA of a matched pair (its teacher layer in the file).
+        - ``<p>/cka_mean`` — the mean over the matched pairs.
+        - ``<p>/class_gap`` — mean ``|corr_T − corr_S|`` over the off-diagonal class pairs.
+        - ``<p>/cka_matrix``, ``<p>/class_gap_matrix`` (images, TensorBoard).
 
     Example::
 
@@ -85,6 +86,7 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
     """
 
     description = "similarity probe"
+    group = SIMILARITY
     media = "the CKA and class-gap heat maps are"
 
     def __init__(
@@ -135,10 +137,6 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
                 f"`images` holds {self.images.shape[0]} probe items; the unbiased HSIC behind CKA needs at least "
                 f"{SMALLEST_CHUNK} (methods §7.2)."
             )
-
-    @property
-    def prefix(self) -> str:
-        return f"kd_probe/{self.name}" if self.name else "kd_probe"
 
     @property
     @override
@@ -270,10 +268,6 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
 
     media_what = "writing the heat maps to TensorBoard"
 
-    @property
-    def scalar_prefix(self) -> str:  # type: ignore[override]
-        return f"{self.prefix}/similarity/"
-
     @override
     def save_file(self, trainer: pl.Trainer, entry: dict[str, Any]) -> None:
         self.side_effects.run(entry, f"saving {self.file_path(trainer).name}", self._save, trainer)
@@ -284,12 +278,14 @@ class SimilarityProbe(ProbeSetReader, BatchProbe):
 
     def _write_maps(self, logger: TensorBoardLogger, shown: dict[str, Tensor], step: int) -> None:
         own, theirs = self.student_layers or [], self.teacher_layers or []
-        cka = matrix_picture(shown["cka"].T, theirs, own, low=0.0, high=1.0)  # rows: teacher, columns: student
-        logger.experiment.add_image(f"{self.prefix}/similarity/cka_matrix", cka, step)
+        what = "linear CKA (rows: teacher, columns: student)"
+        cka = matrix_picture(shown["cka"].T, theirs, own, low=0.0, high=1.0, key_title=what)
+        logger.experiment.add_image(f"{self.prefix}/cka_matrix", cka, step)
         if "class_gap" in shown:
             classes = [str(c) for c in range(shown["class_gap"].shape[0])]
-            gap = matrix_picture(shown["class_gap"], classes, classes, low=-1.0, high=1.0)
-            logger.experiment.add_image(f"{self.prefix}/similarity/class_gap_matrix", gap, step)
+            what = "corr T - corr S per class pair"
+            gap = matrix_picture(shown["class_gap"], classes, classes, low=-1.0, high=1.0, key_title=what)
+            logger.experiment.add_image(f"{self.prefix}/class_gap_matrix", gap, step)
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_similarity[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""

@@ -46,6 +46,7 @@ from kd_probe.core.render import map_rows
 from kd_probe.core.unicam import UniCAM, UniCAMPass, check_features, feature_vectors
 from kd_probe.io.paths import check_name
 from kd_probe.io.run_files import FORMAT_VERSION, UNICAM_FILE, probe_file
+from kd_probe.io.tags import UNICAM
 
 __all__ = ["UniCAMProbe"]
 
@@ -123,11 +124,11 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         normalize_rows: scale each image's feature vector to unit L2 norm before the V-statistic FSS
             (``fss_v`` only), as the authors' scripts do: ``True`` reproduces their value.
 
-    Logged metrics (``<p>`` = ``kd_probe`` or ``kd_probe/<name>``; ``<layer>`` = the student layer; step =
+    Logged metrics (``<p>`` = ``4_unicam`` or ``4_unicam/<name>``; ``<layer>`` = the student layer; step =
     ``trainer.global_step``): ``<p>/fss/<layer>``, ``<p>/fss_v/<layer>`` (V-statistic),
     ``<p>/rs/{teacher,student}/<layer>``, ``<p>/rs/reference/<layer>`` (with reference),
-    ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/unicam/distilled``
-    and ``<p>/unicam/residual`` (a row per image; columns, named in a strip on top: input, the map), and with a ``TensorBoardLogger`` the run's Custom Scalars
+    ``<p>/rs/distilled/<layer>``, ``<p>/rs/residual/<layer>``, and the image grids ``<p>/distilled``
+    and ``<p>/residual`` (a row per image; columns, named in a strip on top: input, the map), and with a ``TensorBoardLogger`` the run's Custom Scalars
     layout and HParams (:class:`ProbeCallback`). The history (every value, and the maps of the first
     images) is kept in the checkpoint and in ``kd_probe_unicam[_<name>].pt`` in the logger's folder.
 
@@ -156,6 +157,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     """
 
     description = "UniCAM probe"
+    group = UNICAM
     media = "the UniCAM map grids are"  # logged to TensorBoard only (ProbeCallback warns once without one)
 
     def __init__(
@@ -226,10 +228,6 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
         self.targets = label_embedding(self.labels, label_embeddings)
         check_normalization(normalization, self.images.shape[1])
         self.mean, self.std = probe_normalization(source, normalization, self.images.shape[1])
-
-    @property
-    def prefix(self) -> str:
-        return f"kd_probe/{self.name}" if self.name else "kd_probe"
 
     @property
     @override
@@ -399,7 +397,7 @@ class UniCAMProbe(ProbeSetReader, BatchProbe):
     def _write_grid(self, logger: TensorBoardLogger, kind: str, maps: Tensor, step: int) -> None:
         pictures = probe_pictures(self.images[: maps.shape[0]], self.mean, self.std)
         grid = map_rows(pictures, [maps], labels=("input", f"{kind} map"))
-        logger.experiment.add_image(f"{self.prefix}/unicam/{kind}", grid, step)
+        logger.experiment.add_image(f"{self.prefix}/{kind}", grid, step)
 
     def file_path(self, trainer: pl.Trainer) -> Path:
         """``kd_probe_unicam[_<name>].pt`` in the logger's folder (else the Trainer's root directory)."""

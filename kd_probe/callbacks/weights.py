@@ -17,6 +17,7 @@ from kd_probe.callbacks._guard import SideEffects
 from kd_probe.callbacks._precision import check_precision
 from kd_probe.core.dynamics import CountSketch, cosine, path_efficiency
 from kd_probe.core.layers import resolve_layer
+from kd_probe.io.tags import WEIGHTS, tag
 
 __all__ = ["WeightTrajectoryMonitor"]
 
@@ -87,9 +88,9 @@ class WeightTrajectoryMonitor(ProbeCallback):
             (frozen weights then count in ``‖W_0‖`` and shrink the normalised lengths).
 
     Logged metrics (``<m>`` = the module name; step = ``trainer.global_step``):
-        ``kd_probe/weights/<m>/step_length``, ``kd_probe/weights/<m>/distance``,
-        ``kd_probe/weights/<m>/update_cosine``, ``kd_probe/weights/<m>/direction_consistency``,
-        ``kd_probe/weights/<m>/final_alignment``, ``kd_probe/weights/<m>/path_efficiency`` — for the tracked
+        ``6_weights/<m>/step_length``, ``6_weights/<m>/distance``,
+        ``6_weights/<m>/update_cosine``, ``6_weights/<m>/direction_consistency``,
+        ``6_weights/<m>/final_alignment``, ``6_weights/<m>/path_efficiency`` — for the tracked
         modules only (none for a skipped one); with a ``TensorBoardLogger`` also the run's Custom Scalars
         layout and HParams (:class:`ProbeCallback`).
 
@@ -226,7 +227,7 @@ class WeightTrajectoryMonitor(ProbeCallback):
             length = float(torch.linalg.vector_norm((current - track.step).double()))
             track.path += length
             track.step = current
-            metrics[f"kd_probe/weights/{name}/step_length"] = length / track.start_norm
+            metrics[tag(WEIGHTS, None, f"{name}/step_length")] = length / track.start_norm
         self._log(trainer, metrics)
 
     @override
@@ -236,11 +237,10 @@ class WeightTrajectoryMonitor(ProbeCallback):
             current = self._vector(name).cpu()
             update = current - track.epoch
             displacement = current - track.start
-            tag = f"kd_probe/weights/{name}"
-            metrics[f"{tag}/distance"] = track.path / track.start_norm
+            metrics[tag(WEIGHTS, None, f"{name}/distance")] = track.path / track.start_norm
             if track.updates:
-                metrics[f"{tag}/update_cosine"] = cosine(update, track.updates[-1])
-            metrics[f"{tag}/direction_consistency"] = cosine(update, displacement)
+                metrics[tag(WEIGHTS, None, f"{name}/update_cosine")] = cosine(update, track.updates[-1])
+            metrics[tag(WEIGHTS, None, f"{name}/direction_consistency")] = cosine(update, displacement)
             track.updates.append(update)
             track.update_steps.append(trainer.global_step)
             track.epoch = current
@@ -248,14 +248,12 @@ class WeightTrajectoryMonitor(ProbeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)  # the HParams metrics
         for name, track in self._tracks.items():
             final = self._vector(name).cpu() - track.start
-            tag = f"kd_probe/weights/{name}"
             for update, step in zip(track.updates, track.update_steps, strict=True):
-                self._log(trainer, {f"{tag}/final_alignment": cosine(update, final)}, step)
+                self._log(trainer, {tag(WEIGHTS, None, f"{name}/final_alignment"): cosine(update, final)}, step)
             efficiency = path_efficiency(float(torch.linalg.vector_norm(final.double())), track.path)
-            self._log(trainer, {f"{tag}/path_efficiency": efficiency})
+            self._log(trainer, {tag(WEIGHTS, None, f"{name}/path_efficiency"): efficiency})
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float], step: int | None = None) -> None:
         """The finite values to every logger, each logger in its own guard (warned once, training goes on)."""

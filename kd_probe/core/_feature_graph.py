@@ -8,14 +8,19 @@ rebuilt for every call, so it always reflects the current weights. When the mode
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from kd_probe.core.layers import forward_until
+from kd_probe.core.layers import forward_until, probing
 
-__all__ = ["FeatureFunction", "truncated_graph"]
+__all__ = ["FeatureFunction", "residual_additions", "truncated_graph"]
+
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
 class _KeepLayerTracer(fx.Tracer):
@@ -50,6 +55,31 @@ def truncated_graph(model: nn.Module, layer: str, *, fold_batchnorm: bool = True
         _fold_batchnorm(module)
     module.recompile()
     return module
+
+
+def residual_additions(model: nn.Module, layer: str, example: Tensor) -> int | None:
+    """How many additions of two tensors of the same shape (skip connections: ``out += identity``, ``x + f(x)``)
+    the forward computes before ``layer``'s output, found by tracing it with ``torch.fx`` and running the trace on
+    ``example`` (eval mode, no gradient; modes are restored); ``None`` when the forward cannot be traced."""
+    with probing(model):
+        graph = truncated_graph(model, layer, fold_batchnorm=False)
+        if graph is None:
+            return None
+        try:
+            with torch.no_grad():
+                ShapeProp(graph).propagate(example)
+        except Exception:  # a forward that runs eagerly but not as traced
+            return None
+    count = 0
+    for node in graph.graph.nodes:
+        is_add = (node.op == "call_function" and node.target in _ADDS) or (
+            node.op == "call_method" and node.target in ("add", "add_")
+        )
+        shapes = [arg.meta.get("tensor_meta") for arg in node.args[:2] if isinstance(arg, fx.Node)]
+        if is_add and len(shapes) == 2 and all(meta is not None for meta in shapes):
+            first, second = (getattr(meta, "shape", None) for meta in shapes)
+            count += int(first is not None and first == second and len(first) >= 2)
+    return count
 
 
 def _fold_batchnorm(module: fx.GraphModule) -> None:

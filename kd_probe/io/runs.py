@@ -2,7 +2,8 @@
 
 Every file goes through the bounded, type-checked reads of :mod:`kd_probe.io.run_files`; structures and values are
 checked (a metric outside the values it can take, a run name that is not a plain word); event files are checked
-record by record (TensorBoard's own reader silently stops at a damaged record). Anything wrong raises a
+record by record (:mod:`kd_probe.io.events`: TensorBoard's own reader silently stops at a damaged record), and
+their tags read under the names of every kd_probe version (:mod:`kd_probe.io.tags`). Anything wrong raises a
 :class:`~kd_probe.io.run_files.RunFileError` naming the file, and the report leaves that run out.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +19,14 @@ from typing import Any
 import torch
 
 from kd_probe.core.knowledge_points import count_knowledge_points
+from kd_probe.io.events import last_agreement, path_efficiency, read_scalars
 from kd_probe.io.run_files import (
     AGREEMENT_FILE,
-    EVENTS_LIMIT,
     HISTORY_FILE,
     RUN_FILE,
     SUMMARY_FILE,
     UNICAM_FILE,
     RunFileError,
-    check_file,
     check_version,
     error_text,
     exists,
@@ -64,7 +63,7 @@ RANGES = {  # the values each metric of a run can take (the accuracy is a fracti
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-]{1,100}")  # a run's name and protocol: plain words, never markup
 OPTIONAL_PROBES = ("agreement `", "UniCAM `")  # comparison keys of probes a run may not have had
 
-AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag suffix, column)
+AGREEMENT = (  # [WK]'s agreement with the teacher, last AgreementProbe values (tag leaf, column; io.events)
     ("cam_cosine", "CAM cosine"),
     ("cam_energy_in_mask/student", "CAM energy on object"),
     ("adv_transfer", "adversarial transfer"),
@@ -90,6 +89,7 @@ class RunSummary:
     agreement: dict[str, Any] | None = field(default=None, repr=False)
     method: str | None = None  # a distilled run's KD method (``kd_method`` of its kd_probe_run.json)
     weight_path: str = STEPS  # what D is summed over (``weight_path`` of its kd_probe_run.json; methods §1.4)
+    num_classes: int | None = None  # the classes of its task (``num_classes`` of its kd_probe_run.json), if recorded
 
     @property
     def group(self) -> str:
@@ -227,6 +227,8 @@ def load_run(path: Path) -> RunSummary:
         raise RunFileError(run_file, f"gives the weight_path {weight_path!r}; expected {STEPS!r} or {CHECKPOINTS!r}.")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RunFileError(run_file, f"gives the seed {seed!r}; expected an integer.")
+    if (classes := info.get("num_classes")) is not None and (type(classes) is not int or classes < 1):
+        raise RunFileError(run_file, f"gives the num_classes {classes!r:.80}; expected a positive integer.")
     if not isinstance(name, str) or not isinstance(protocol, (str, type(None))):
         raise RunFileError(run_file, f"gives the run {name!r} and protocol {protocol!r}; expected text.")
     if not isinstance(method, (str, type(None))):
@@ -235,17 +237,16 @@ def load_run(path: Path) -> RunSummary:
         if text is not None and not _PLAIN.fullmatch(text):
             shown = repr(text) if len(repr(text)) <= 80 else f"{repr(text)[:77]}..."
             raise RunFileError(run_file, f"gives the {what} {shown}; expected 1–100 letters, digits, '_', '-' or '.'.")
-    own, head = _scalars(path), _scalars(path / "head")  # each event folder read once
+    own, head = read_scalars(path), read_scalars(path / "head")  # each event folder read once
     accuracy = info.get("test_accuracy")
     if accuracy is None:
         accuracy = next((series[-1] for series in (own.get("test/acc"), head.get("test/acc")) if series), None)
     metrics = {key: _metric(path / SUMMARY_FILE, summary, key) for key in RANGES if key != "accuracy"}
     metrics["accuracy"] = _metric(run_file if "test_accuracy" in info else path, {"accuracy": accuracy}, "accuracy")
-    metrics["path_efficiency"] = _path_efficiency(own)
+    metrics["path_efficiency"] = path_efficiency(own)
     scalars = {**head, **own}
     for suffix, _ in AGREEMENT:
-        series = scalars.get(f"kd_probe/agreement/{suffix}")
-        metrics[f"agreement/{suffix}"] = series[-1] if series else math.nan
+        metrics[f"agreement/{suffix}"] = last_agreement(scalars, suffix)
     history, unicam, agreement = _read_history(path, summary), _read_unicam(path), _read_agreement(path)
     return RunSummary(
         path,
@@ -260,6 +261,7 @@ def load_run(path: Path) -> RunSummary:
         agreement=agreement,
         method=method or None,
         weight_path=weight_path,
+        num_classes=classes,
     )
 
 
@@ -392,54 +394,3 @@ def _metric(path: Path, record: dict[str, Any], key: str) -> float:
     if not math.isnan(value) and not low <= value <= high:
         raise RunFileError(path, f"gives {key} = {value!r}; expected a number in [{low}, {high}].")
     return float(value)
-
-
-def _scalars(path: Path) -> dict[str, list[float]]:
-    """Every scalar series of a run folder, read with TensorBoard's own event reader, after every event file
-    is checked record by record (TensorBoard itself stops quietly at a truncated or corrupt record)."""
-    files = sorted(path.glob("events.out.tfevents.*")) if path.is_dir() else []
-    if not files:
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for file in files:
-        events_file = member(path, file.name, file.name)
-        check_file(events_file, EVENTS_LIMIT)
-        _check_events(events_file)
-    try:
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        return {tag: [float(event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    except Exception as error:  # whatever TensorBoard's reader trips on; the run is left out
-        raise RunFileError(path, f"has event files TensorBoard cannot read ({error_text(error)}).") from None
-
-
-def _check_events(path: Path) -> None:
-    """A ``RunFileError`` when an event file is truncated, fails its checksums or holds a record that is not an
-    event (TensorBoard's record reader and protobuf)."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub import errors
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
-
-    count = 0
-    try:
-        reader = PyRecordReader_New(str(path))
-        try:
-            while True:
-                reader.GetNext()
-                event_pb2.Event.FromString(reader.record())
-                count += 1
-        finally:
-            reader.file_handle.close()
-    except errors.OutOfRangeError:  # the end of a sound file
-        return
-    except errors.DataLossError:
-        raise RunFileError(path, f"is truncated or corrupt after {count} sound records.") from None
-    except Exception as error:  # a record that is not an event, or an unreadable file
-        raise RunFileError(path, f"is not a TensorBoard event file ({error_text(error)}).") from None
-
-
-def _path_efficiency(scalars: dict[str, list[float]]) -> float:
-    """Mean over the tracked modules of the WeightTrajectoryMonitor's final path efficiency."""
-    values = [series[-1] for tag, series in scalars.items() if tag.endswith("/path_efficiency") and series]
-    return statistics.fmean(values) if values else math.nan

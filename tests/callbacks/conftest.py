@@ -13,7 +13,7 @@ from kd_probe import ShapesDataModule
 from kd_probe.models import VGG
 from tests.modules.conftest import tiny_trainer
 
-PROBE = dict(grid=4, samples=4, steps=25)  # the boost/stop check happens at step 3
+PROBE = dict(grid=4, samples=4, steps=25, method="faithful")  # the boost/stop check happens at step 3
 
 
 def tiny_data() -> ShapesDataModule:

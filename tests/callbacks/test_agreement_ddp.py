@@ -140,7 +140,7 @@ def test_two_processes_record_the_one_process_values_and_fail_together(tmp_path:
     assert any(bool(e["per_image"]["teacher_fooled/eps_76.5"].any()) for e in one)  # a transfer was measured
     # logged once per probe, by rank zero, the values of the file
     cosines = [e["cam_cosine"] for e in two[:2]]
-    assert scalars(ddp, "kd_probe/agreement/cam_cosine") == pytest.approx(cosines, abs=1e-7)
+    assert scalars(ddp, "3_agreement/cam_cosine") == pytest.approx(cosines, abs=1e-7)
     # the student broke on rank 1 only: every rank records the probe of epoch 2 as failed, with rank 1's reason
     failed = two[2]["failed"]
     assert failed.startswith("FloatingPointError: `model` gave NaN or infinite logits for 2 of 2 images")

@@ -37,22 +37,22 @@ def test_a_student_copied_from_the_teacher_agrees_fully_and_every_tag_is_logged(
     )
     first = probe.history[0]
     assert first["epoch"] == 0 and first["cam_cosine"] == pytest.approx(1.0, abs=1e-5)
-    if first["teacher_fooling_rate"] > 0:
-        assert first["adv_transfer"] == 1.0
+    if first["teacher_fooling_rate/eps_76.5"] > 0:
+        assert first["adv_transfer/eps_76.5"] == 1.0
     assert first["invariance/color/student"] == first["invariance/color/teacher"]
     tags = _events(logger.log_dir)
     for tag in (
         "cam_cosine",
         "cam_win_rate",
-        "adv_transfer",
-        "teacher_fooling_rate",
+        "adv_transfer/eps_76.5",
+        "teacher_fooling_rate/eps_76.5",
         "cam_energy_in_mask/student",
         "cam_energy_in_mask/teacher",
         "invariance/color/student",
         "invariance/shift/teacher",
     ):
-        assert f"kd_probe/agreement/{tag}" in tags["scalars"], tag
-    assert "kd_probe/agreement/cams" in tags["images"]
+        assert f"3_agreement/{tag}" in tags["scalars"], tag
+    assert "3_agreement/cams" in tags["images"]
     assert [e["epoch"] for e in probe.history] == [0, 1]
 
 
@@ -104,7 +104,7 @@ def _other_student() -> VGG:
     return VGG(num_classes=3, widths=(4, 8), convs_per_stage=1)
 
 
-def test_an_eps_sweep_logs_each_radius_and_the_first_is_behind_the_plain_tags(tmp_path: Path) -> None:
+def test_an_eps_sweep_logs_each_radius_once(tmp_path: Path) -> None:
     data = tiny_data()
     probe = AgreementProbe(
         data, teacher_layer="features.relu2", student_layer="features.relu2", eps=(0, 0.3), transforms=()
@@ -114,14 +114,15 @@ def test_an_eps_sweep_logs_each_radius_and_the_first_is_behind_the_plain_tags(tm
         DistillationModule(_other_student(), tiny_net()), datamodule=data
     )
     assert probe.eps_keys == ("eps_0", "eps_76.5")
-    tag = "kd_probe/agreement/{}".format
+    tag = "3_agreement/{}".format
     for entry in probe.history:
         # ε = 0 fools nobody: the rate is 0 and the transfer, with no image behind it, is NaN and never logged
-        assert entry["teacher_fooling_rate"] == entry["teacher_fooling_rate/eps_0"] == 0.0
-        assert math.isnan(entry["adv_transfer"]) and math.isnan(entry["adv_transfer/eps_0"])
+        assert entry["teacher_fooling_rate/eps_0"] == 0.0 and math.isnan(entry["adv_transfer/eps_0"])
         assert entry["teacher_fooling_rate/eps_76.5"] > 0
-    assert recorder.series(tag("teacher_fooling_rate")) == recorder.series(tag("teacher_fooling_rate/eps_0")) == [0, 0]
-    assert tag("adv_transfer") not in recorder.values and tag("adv_transfer/eps_0") not in recorder.values
+        assert "teacher_fooling_rate" not in entry and "adv_transfer" not in entry  # no unsuffixed copy
+    assert recorder.series(tag("teacher_fooling_rate/eps_0")) == [0, 0]
+    assert tag("adv_transfer/eps_0") not in recorder.values
+    assert not [name for name in recorder.values if name.endswith(("/adv_transfer", "/teacher_fooling_rate"))]
     assert recorder.series(tag("adv_transfer/eps_76.5")) == [e["adv_transfer/eps_76.5"] for e in probe.history]
     assert recorder.series(tag("teacher_fooling_rate/eps_76.5")) == [
         e["teacher_fooling_rate/eps_76.5"] for e in probe.history
@@ -129,15 +130,19 @@ def test_an_eps_sweep_logs_each_radius_and_the_first_is_behind_the_plain_tags(tm
     assert recorder.steps(tag("adv_transfer/eps_76.5")) == [e["global_step"] for e in probe.history]
 
 
-def test_one_eps_logs_the_plain_tags_only_and_keeps_the_per_image_names(tmp_path: Path) -> None:
+def test_one_eps_logs_its_suffixed_tags_as_a_sweep_does(tmp_path: Path) -> None:
     data = tiny_data()
     probe = AgreementProbe(data, teacher_layer="features.relu2", student_layer="features.relu2", eps=0.3)
     recorder = RecordingLogger()
     trainer(tmp_path, max_epochs=1, logger=recorder, callbacks=[probe]).fit(
         DistillationModule(_other_student(), tiny_net()), datamodule=data
     )
-    assert not [name for name in recorder.values if "/eps_" in name]
-    assert recorder.series("kd_probe/agreement/adv_transfer") == [e["adv_transfer"] for e in probe.history]
+    assert sorted(name for name in recorder.values if "/eps_" in name) == [
+        "3_agreement/adv_transfer/eps_76.5",
+        "3_agreement/teacher_fooling_rate/eps_76.5",
+    ]
+    transfer = [e["adv_transfer/eps_76.5"] for e in probe.history]
+    assert recorder.series("3_agreement/adv_transfer/eps_76.5") == transfer
     assert {"teacher_fooled/eps_76.5", "student_fooled/eps_76.5"} <= set(probe.history[0]["per_image"])
 
 
@@ -207,8 +212,6 @@ def test_every_scalar_is_the_mean_of_its_per_image_values(tmp_path: Path) -> Non
                 assert entry[f"adv_transfer/{key}"] == pytest.approx(both / behind, abs=1e-7)
             else:
                 assert math.isnan(entry[f"adv_transfer/{key}"])
-        first = probe.eps_keys[0]
-        assert entry["teacher_fooling_rate"] == entry[f"teacher_fooling_rate/{first}"]
         for transform in probe.transforms:
             for role in ("student", "teacher"):
                 unchanged = per_image[f"invariance/{transform}/{role}"]

@@ -21,9 +21,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
+from kd_probe.callbacks import knowledge_points
 from kd_probe.core.render import as_rgb, map_rows
+from kd_probe.io.tags import GROUPS
 from kd_probe.models import VGG
 from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
+from tests.callbacks.keyed_grids import assert_grids_decode_with_their_keys
 
 KINDS = ("knowledge_points", "agreement", "unicam")
 FILES = {"knowledge_points": "kd_probe_history.pt", "unicam": "kd_probe_unicam.pt"}
@@ -61,7 +64,7 @@ class _RecordingLogger(Logger):
         return str(self.folder)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.fail and any(key.startswith("kd_probe") for key in metrics):
+        if self.fail and any(key.split("/", 1)[0] in GROUPS for key in metrics):
             raise ConnectionError("the metrics server went away")
         self.logged.append((step, metrics))
 
@@ -212,8 +215,9 @@ def test_grey_and_four_channel_images_are_drawn_by_every_probe(channels: int, tm
         assert all(entry.get("failed") is None and "problems" not in entry for entry in probe.history)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
-    for tag in ("kd_probe/maps", "kd_probe/agreement/cams", "kd_probe/unicam/distilled", "kd_probe/unicam/residual"):
+    for tag in ("1_knowledge_points/maps", "3_agreement/cams", "4_unicam/distilled", "4_unicam/residual"):
         assert len(events.Images(tag)) == 2, tag
+    assert_grids_decode_with_their_keys(events)
 
 
 def test_as_rgb_shows_grey_as_grey_and_drops_extra_channels() -> None:
@@ -221,7 +225,7 @@ def test_as_rgb_shows_grey_as_grey_and_drops_extra_channels() -> None:
     assert torch.equal(as_rgb(grey), grey.expand(-1, 3, -1, -1))
     four = torch.rand(2, 4, 4, 4)
     assert torch.equal(as_rgb(four), four[:, :3])
-    picture = map_rows(grey, [torch.rand(2, 4, 4)], scale=1)
+    picture = map_rows(grey, [torch.rand(2, 4, 4)], scale=1, key=False)
     assert picture.shape == (3, 8, 8) and torch.equal(picture[0, :4, :4], grey[0, 0])  # grey: R = G = B = input
     with pytest.raises(ValueError, match=r"`pictures` must be \[N, C, H, W\] with C ≥ 1, got shape \(4, 4\)"):
         as_rgb(torch.rand(4, 4))
@@ -244,11 +248,21 @@ def test_the_expected_cost_is_logged_with_its_numbers(
     assert re.search(rf"{owner}: a probe costs about [0-9.e-]+ s, \d+% of a training epoch", text)
 
 
-def test_a_probe_costlier_than_a_training_epoch_warns_once_with_the_knobs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("epoch_known", [True, False])
+def test_a_probe_costlier_than_a_training_epoch_warns_once_with_the_knobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch_known: bool
+) -> None:
+    if not epoch_known:  # no estimate of an epoch before it runs: the warning comes after the first epoch
+        monkeypatch.setattr(knowledge_points, "estimated_epoch", lambda *_: None)
     probe = _probe("knowledge_points", samples=16, steps=120)
-    with pytest.warns(UserWarning, match=r"more than a training epoch .* fewer `samples` or `steps`") as caught:
+    said = (
+        r"expected to take about .* settings that fit: "
+        if epoch_known
+        else r"more than a training epoch .* fewer `samples` or `steps`"
+    )
+    with pytest.warns(UserWarning, match=said) as caught:
         _fit(probe, False, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
-    assert sum("more than a training epoch" in str(w.message) for w in caught) == 1
+    assert sum("KnowledgePointProbe: a probe" in str(w.message) for w in caught) == 1  # once in all
 
 
 @pytest.mark.parametrize("kind", ["agreement", "unicam"])

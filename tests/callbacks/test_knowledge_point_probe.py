@@ -12,16 +12,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from kd_probe import DistillationModule, KnowledgePointProbe
+from kd_probe.core.render import knowledge_point_panels
 from kd_probe.functional import downsample_mask, learning_speed, stability
 from tests.callbacks.conftest import PROBE, loaders, tiny_data, tiny_net, trainer
+from tests.callbacks.keyed_grids import assert_grids_decode_with_their_keys
 
 TAGS = [
-    "kd_probe/knowledge_points/n_fg",
-    "kd_probe/knowledge_points/n_bg",
-    "kd_probe/knowledge_points/fg_ratio",
-    "kd_probe/knowledge_points/baseline_entropy",
-    "kd_probe/sigma/reached_target_fraction",
-    "kd_probe/sigma/effective_fraction",
+    "1_knowledge_points/n_fg",
+    "1_knowledge_points/n_bg",
+    "1_knowledge_points/fg_ratio",
+    "1_knowledge_points/baseline_entropy",
+    "7_sigma/reached_target_fraction",
+    "7_sigma/effective_fraction",
 ]
 
 
@@ -39,10 +41,15 @@ def test_a_short_fit_logs_every_tag_with_an_epoch_0_probe_and_saves_the_history(
     events = _events(logger.log_dir)
     for tag in TAGS:
         assert [e.step for e in events.Scalars(tag)] == [0, 4, 8], tag
-    assert [e.step for e in events.Images("kd_probe/maps")] == [0, 4, 8]
-    assert events.Images("kd_probe/maps")[0].height == 20 + 2 * 16 * 4  # the column labels on two lines, 2 images
-    assert "kd_probe/knowledge_points/entropy_gap" in events.Tags()["histograms"]
-    first = events.Scalars("kd_probe/knowledge_points/n_fg")[0].value
+    assert [e.step for e in events.Images("1_knowledge_points/maps")] == [0, 4, 8]
+    maps = events.Images("1_knowledge_points/maps")
+    first = probe.history[0]
+    shown = (probe.images[:2], first["entropy"][:2], first["points"][:2], probe.masks[:2])
+    key = knowledge_point_panels(*shown).shape[1] - knowledge_point_panels(*shown, key=False).shape[1]
+    assert maps[0].height == 20 + 2 * 16 * 4 + key and key > 0  # the column labels on two lines, 2 images, the key
+    assert_grids_decode_with_their_keys(events)
+    assert "1_knowledge_points/entropy_gap" in events.Tags()["histograms"]
+    first = events.Scalars("1_knowledge_points/n_fg")[0].value
     assert first == pytest.approx(probe.history[0]["n_fg"].float().mean().item())
     saved = torch.load(Path(logger.log_dir) / "kd_probe_history.pt", weights_only=False)
     assert [(e["epoch"], e["global_step"]) for e in saved["entries"]] == [(0, 0), (1, 4), (2, 8)]
@@ -60,7 +67,7 @@ def test_named_probes_of_student_and_teacher_run_side_by_side(tmp_path: Path) ->
     module = DistillationModule(tiny_net(), tiny_net())
     trainer(tmp_path, logger=logger, callbacks=[student, teacher]).fit(module, datamodule=data)
     tags = _events(logger.log_dir).Tags()
-    assert "kd_probe/teacher/knowledge_points/n_fg" in tags["scalars"] and "kd_probe/teacher/maps" in tags["images"]
+    assert "1_knowledge_points/teacher/n_fg" in tags["scalars"] and "1_knowledge_points/teacher/maps" in tags["images"]
     assert [e["epoch"] for e in student.history] == [0, 2] and [e["epoch"] for e in teacher.history] == [0]
     assert (Path(logger.log_dir) / "kd_probe_history_teacher.pt").exists()
 
@@ -132,10 +139,7 @@ def test_works_with_any_lightning_module(tmp_path: Path, module: str | None, lay
         _PlainModule(), train_dataloaders=loaders(data)["train_dataloaders"]
     )
     assert [e["epoch"] for e in probe.history] == [0, 1] and probe.history[1]["failed"] is None
-    assert (
-        "kd_probe/knowledge_points/n_fg"
-        in (Path(tmp_path) / "lightning_logs" / "version_0" / "metrics.csv").read_text()
-    )
+    assert "1_knowledge_points/n_fg" in (Path(tmp_path) / "lightning_logs" / "version_0" / "metrics.csv").read_text()
 
 
 class _BreakWeights(pl.Callback):
@@ -300,7 +304,10 @@ def test_path_length_tracks_the_nearest_weight_and_feeds_the_summary(
         trainer(tmp_path, max_epochs=2, callbacks=[probe], logger=logger).fit(
             module, train_dataloaders=loaders(data)["train_dataloaders"]
         )
-    assert "`net.1` has no weight of its own; the path length D tracks `net.0`" in caplog.text
+    assert (
+        "`net.1` (ReLU) has no weight; the path length D tracks the weight of `net.0`, the last convolution"
+        in caplog.text
+    )
     step = 0.01 * float(module.drift.norm()) / float(start.norm())
     assert [e["distance"] for e in probe.history] == pytest.approx([0.0, 4 * step, 8 * step], rel=1e-5)
     summary = json.loads((Path(logger.log_dir) / "kd_probe_summary.json").read_text())
@@ -315,8 +322,8 @@ def test_path_length_tracks_the_nearest_weight_and_feeds_the_summary(
     assert summary["rho_all"] == pytest.approx(stability(points))
     assert summary["n_fg"] == pytest.approx(probe.history[-1]["n_fg"].float().mean().item())
     tags = _events(logger.log_dir).Tags()["scalars"]
-    for tag in ("learning/d_mean", "learning/d_std", "stability/rho", "stability/rho_all", "learning/weight_distance"):
-        assert f"kd_probe/{tag}" in tags
+    for tag in ("d_mean", "d_std", "rho", "rho_all", "weight_distance"):
+        assert f"2_learning_stability/{tag}" in tags
 
 
 class _Crash(pl.Callback):

@@ -12,7 +12,7 @@ from kd_probe import DistillationModule, KnowledgePointProbe, Points, Tokens
 from tests.callbacks.conftest import trainer
 from tests.core.test_units import HalfBlindTokens, RadiusBlindPoints, _clouds, _tokens
 
-PROBE = dict(samples=4, steps=25)
+PROBE = dict(samples=4, steps=25, method="faithful")
 
 
 def _token_set() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,9 +54,9 @@ def test_a_token_probe_records_per_token_maps_without_padding_units(tmp_path: Pa
     assert history["settings"]["units"] == "Tokens(embedding='embedding', pad_id=0)"
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
     events.Reload()
-    assert "kd_probe/maps" in events.Tags()["images"]
-    assert "kd_probe/knowledge_points/fg_ratio" in events.Tags()["scalars"]
-    assert any(tag.startswith("kd_probe/maps") for tag in events.Tags()["tensors"])  # the text summary
+    assert "1_knowledge_points/maps" in events.Tags()["images"]
+    assert "1_knowledge_points/fg_ratio" in events.Tags()["scalars"]
+    assert any(tag.startswith("1_knowledge_points/maps") for tag in events.Tags()["tensors"])  # the text summary
 
 
 def test_a_point_probe_logs_a_projection_and_a_mesh(tmp_path: Path) -> None:
@@ -70,8 +70,8 @@ def test_a_point_probe_logs_a_projection_and_a_mesh(tmp_path: Path) -> None:
         assert entry["n_bg"].tolist() == [0] * 6
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
     events.Reload()
-    assert "kd_probe/maps" in events.Tags()["images"]
-    assert any(tag.startswith("kd_probe/maps_points") for tag in events.Tags()["tensors"])  # the mesh plugin
+    assert "1_knowledge_points/maps" in events.Tags()["images"]
+    assert any(tag.startswith("1_knowledge_points/maps_points") for tag in events.Tags()["tensors"])  # the mesh plugin
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def _token_history(folder: Path, **trainer_kwargs: object) -> dict:
 
     tokens, labels, foreground = _token_set()
     probe = KnowledgePointProbe(
-        tokens, foreground, layer="keep", units=Tokens("embedding"), epochs=[0, 1], method="secant", **PROBE
+        tokens, foreground, layer="keep", units=Tokens("embedding"), epochs=[0, 1], **{**PROBE, "method": "secant"}
     )
     loader = DataLoader(TensorDataset(tokens, labels, foreground), batch_size=3)
     module = DistillationModule(HalfBlindTokens(), lr=1e-30)  # updates far below one ulp: weights fixed

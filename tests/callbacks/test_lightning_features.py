@@ -22,9 +22,9 @@ from kd_probe.core.sigma import estimate_sigma_maps
 from tests.callbacks.conftest import PROBE, loaders, tiny_data, tiny_net, trainer
 from tests.callbacks.conftest import RecordingLogger as _Recorder
 
-KNOWLEDGE_POINTS = "kd_probe/knowledge_points/n_fg"
-AGREEMENT = "kd_probe/agreement/cam_cosine"
-UNICAM = "kd_probe/fss/features.relu2"
+KNOWLEDGE_POINTS = "1_knowledge_points/n_fg"
+AGREEMENT = "3_agreement/cam_cosine"
+UNICAM = "4_unicam/fss/features.relu2"
 
 
 def _probes(data: Any, network: str = "student", teacher: str | nn.Module = "teacher") -> list[pl.Callback]:
@@ -105,8 +105,8 @@ def test_gradient_accumulation_probes_at_optimizer_steps_and_leaves_training_bit
     for tag in (KNOWLEDGE_POINTS, AGREEMENT, UNICAM):
         assert recorder.steps(tag) == [0, 2, 4], tag
     # the trajectory moves once per optimizer step, not once per batch
-    assert recorder.steps("kd_probe/weights/features/step_length") == [1, 2, 3, 4]
-    assert recorder.steps("kd_probe/weights/features/distance") == [2, 4]
+    assert recorder.steps("6_weights/features/step_length") == [1, 2, 3, 4]
+    assert recorder.steps("6_weights/features/distance") == [2, 4]
     distances = [entry["distance"] for entry in probes[0].history]
     assert distances[0] == 0 and 0 < distances[1] < distances[2]
 
@@ -191,8 +191,8 @@ def test_max_steps_without_max_epochs_probes_each_epoch_and_the_last_partial_one
         assert _steps(probe) == [(0, 0), (1, 4), (2, 8), (3, 10)], type(probe).__name__
     for tag in (KNOWLEDGE_POINTS, AGREEMENT, UNICAM):
         assert recorder.steps(tag) == [0, 4, 8, 10], tag
-    assert recorder.steps("kd_probe/weights/features/distance") == [4, 8, 10]
-    assert recorder.steps("kd_probe/weights/head/path_efficiency") == [10]
+    assert recorder.steps("6_weights/features/distance") == [4, 8, 10]
+    assert recorder.steps("6_weights/head/path_efficiency") == [10]
     paper = KnowledgePointProbe(data, layer="features.bn2", epochs="paper", **PROBE)
     with pytest.raises(ValueError, match=r"`epochs='paper'` .* got max_epochs=-1 \(a run bounded by `max_steps`"):
         trainer(tmp_path, max_epochs=-1, max_steps=10, callbacks=[paper]).fit(_distillation(), datamodule=data)
@@ -230,7 +230,7 @@ def test_val_check_interval_probes_once_per_epoch_after_its_last_validation(tmp_
         ], type(probe).__name__
     for tag in (KNOWLEDGE_POINTS, AGREEMENT, UNICAM):
         assert recorder.steps(tag) == [0, 4, 8], tag
-    assert recorder.steps("kd_probe/weights/features/distance") == [4, 8]
+    assert recorder.steps("6_weights/features/distance") == [4, 8]
 
 
 class _Classifier(pl.LightningModule):
@@ -271,7 +271,7 @@ def test_a_network_attribute_named_model_is_probed_with_module_model(tmp_path: P
     assert agreement.history[-1]["cam_cosine"] < 1 - 1e-4  # and it is the trained model that is probed
     assert unicam.history[-1]["fss/features.relu2"] < 1 - 1e-4
     for child in ("features", "head"):  # the trajectory tracks the model's children
-        assert recorder.steps(f"kd_probe/weights/{child}/distance") == [4, 8]
+        assert recorder.steps(f"6_weights/{child}/distance") == [4, 8]
     wrong = KnowledgePointProbe(data, layer="features.bn2", module="student", **PROBE)
     with pytest.raises(ValueError, match=r"`module`='student' is not an attribute path of _Classifier.*\['model'\]"):
         trainer(tmp_path, callbacks=[wrong]).fit(_Classifier(), train_dataloaders=loaders(data)["train_dataloaders"])

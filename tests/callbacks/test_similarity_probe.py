@@ -14,6 +14,7 @@ from kd_probe import DistillationModule, SimilarityProbe
 from kd_probe.core.layers import capture_outputs, eval_forward
 from kd_probe.core.similarity import MinibatchCKA, class_correlation_gap
 from tests.callbacks.conftest import trainer
+from tests.callbacks.keyed_grids import assert_grids_decode_with_their_keys
 from tests.callbacks.test_agreement_ddp import assert_same_entries, net, odd_data
 
 LAYERS = ["features.relu1", "features.relu2"]
@@ -69,12 +70,9 @@ def test_the_matrix_is_the_cores_minibatch_cka_over_the_probes_chunks(tmp_path: 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {
-        "kd_probe/similarity/cka/features.relu1",
-        "kd_probe/similarity/cka_mean",
-        "kd_probe/similarity/class_gap",
-    } <= tags
-    assert {"kd_probe/similarity/cka_matrix", "kd_probe/similarity/class_gap_matrix"} <= set(events.Tags()["images"])
+    assert {"5_similarity/cka/features.relu1", "5_similarity/cka_mean", "5_similarity/class_gap"} <= tags
+    assert {"5_similarity/cka_matrix", "5_similarity/class_gap_matrix"} <= set(events.Tags()["images"])
+    assert_grids_decode_with_their_keys(events)  # each heat map with the ramp of its fixed scale under it
 
 
 def test_default_layers_are_the_stage_outputs(tmp_path: Path) -> None:

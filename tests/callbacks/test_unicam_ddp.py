@@ -51,7 +51,7 @@ def test_two_processes_record_the_one_process_values_and_fail_together(
     assert (ddp / "kd_probe_unicam.pt").exists() and not (tmp_path / "ddp" / "kd_probe_unicam.pt").exists()
     # logged once per probe, by rank zero, the values of the file
     fss = [e["fss/features.relu2"] for e in two["entries"][:2]]
-    assert scalars(ddp, "kd_probe/fss/features.relu2") == pytest.approx(fss, abs=1e-7)
+    assert scalars(ddp, "4_unicam/fss/features.relu2") == pytest.approx(fss, abs=1e-7)
     # the student broke on rank 1 only: every rank records the probe of epoch 2 as failed, with rank 1's reason
     failed = two["entries"][2]["failed"]
     assert failed.startswith("FloatingPointError: the student's features at 'features.relu1' hold NaN")

@@ -47,8 +47,8 @@ def test_a_student_copied_from_the_teacher_every_tag_and_the_file(tmp_path: Path
     tags = _tags(logger.log_dir)
     for kind in ("fss", "fss_v", "rs/teacher", "rs/student", "rs/reference", "rs/distilled", "rs/residual"):
         for layer in ("features.relu1", "features.relu2"):
-            assert f"kd_probe/{kind}/{layer}" in tags["scalars"], (kind, layer)
-    assert {"kd_probe/unicam/distilled", "kd_probe/unicam/residual"} <= set(tags["images"])
+            assert f"4_unicam/{kind}/{layer}" in tags["scalars"], (kind, layer)
+    assert {"4_unicam/distilled", "4_unicam/residual"} <= set(tags["images"])
     saved = torch.load(Path(logger.log_dir) / "kd_probe_unicam.pt", weights_only=False)
     assert [e["epoch"] for e in saved["entries"]] == [0, 1, 2] and saved["reference"] is True
     assert saved["maps"][0]["distilled"].shape == (6, 16, 16) and saved["images"].shape == (6, 3, 16, 16)
@@ -260,5 +260,5 @@ def test_runs_sharded_under_ddp_and_rank_zero_logs_and_writes_once(tmp_path: Pat
     assert saved["distances"]["layers"]["features.relu2"]["student"].shape == (6, 6)
     events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
-    assert len(events.Scalars("kd_probe/fss/features.relu2")) == 3  # logged by one process
-    assert len(events.Images("kd_probe/unicam/distilled")) == 3
+    assert len(events.Scalars("4_unicam/fss/features.relu2")) == 3  # logged by one process
+    assert len(events.Images("4_unicam/distilled")) == 3

@@ -55,28 +55,26 @@ def test_a_fixed_direction_gives_cosine_one_and_a_straight_path(tmp_path: Path) 
     start = module.lin.weight.detach().clone()
     recorder = _fit(tmp_path, module, WeightTrajectoryMonitor())
     step = 0.01 * float(module.direction.norm()) / float(start.norm())
-    assert recorder.series("kd_probe/weights/lin/step_length") == pytest.approx([step] * 12, rel=1e-5)
-    assert recorder.series("kd_probe/weights/lin/distance") == pytest.approx(
-        [3 * step * e for e in (1, 2, 3, 4)], rel=1e-5
-    )
-    assert recorder.series("kd_probe/weights/lin/update_cosine") == pytest.approx([1.0] * 3)
-    assert recorder.series("kd_probe/weights/lin/direction_consistency") == pytest.approx([1.0] * 4)
-    assert recorder.series("kd_probe/weights/lin/final_alignment") == pytest.approx([1.0] * 4)
-    assert [s for s, _ in recorder.values["kd_probe/weights/lin/final_alignment"]] == [3, 6, 9, 12]
-    assert recorder.series("kd_probe/weights/lin/path_efficiency") == pytest.approx([1.0])
+    assert recorder.series("6_weights/lin/step_length") == pytest.approx([step] * 12, rel=1e-5)
+    assert recorder.series("6_weights/lin/distance") == pytest.approx([3 * step * e for e in (1, 2, 3, 4)], rel=1e-5)
+    assert recorder.series("6_weights/lin/update_cosine") == pytest.approx([1.0] * 3)
+    assert recorder.series("6_weights/lin/direction_consistency") == pytest.approx([1.0] * 4)
+    assert recorder.series("6_weights/lin/final_alignment") == pytest.approx([1.0] * 4)
+    assert [s for s, _ in recorder.values["6_weights/lin/final_alignment"]] == [3, 6, 9, 12]
+    assert recorder.series("6_weights/lin/path_efficiency") == pytest.approx([1.0])
 
 
 def test_alternating_directions_give_cosine_minus_one(tmp_path: Path) -> None:
     monitor = WeightTrajectoryMonitor()
     recorder = _fit(tmp_path, _Drift(alternate=True), monitor)
-    assert recorder.series("kd_probe/weights/lin/update_cosine") == pytest.approx([-1.0] * 3)
-    assert recorder.series("kd_probe/weights/lin/path_efficiency") == pytest.approx([0.0], abs=1e-6)
+    assert recorder.series("6_weights/lin/update_cosine") == pytest.approx([-1.0] * 3)
+    assert recorder.series("6_weights/lin/path_efficiency") == pytest.approx([0.0], abs=1e-6)
     assert monitor.summary()["lin"]["update_cosine"] == pytest.approx([-1.0] * 3)
 
 
 def test_every_n_steps(tmp_path: Path) -> None:
     recorder = _fit(tmp_path, _Drift(), WeightTrajectoryMonitor(every_n_steps=4))
-    assert [s for s, _ in recorder.values["kd_probe/weights/lin/step_length"]] == [4, 8, 12]
+    assert [s for s, _ in recorder.values["6_weights/lin/step_length"]] == [4, 8, 12]
 
 
 def test_a_projection_gives_the_exact_cosines_within_tolerance(tmp_path: Path) -> None:
@@ -129,8 +127,8 @@ def test_runs_under_ddp_with_rank_zero_computing(tmp_path: Path) -> None:
     ).fit(_Drift(), train_dataloaders=_loader(batches=4))
     text = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     header = text.splitlines()[0].split(",")
-    assert "kd_probe/weights/lin/update_cosine" in header and "kd_probe/weights/lin/path_efficiency" in header
+    assert "6_weights/lin/update_cosine" in header and "6_weights/lin/path_efficiency" in header
     # 4 batches over 2 ranks: 2 optimizer steps per epoch, each logged once
-    column = header.index("kd_probe/weights/lin/step_length")
+    column = header.index("6_weights/lin/step_length")
     steps = [line.split(",")[column] for line in text.splitlines()[1:]]
     assert sum(1 for value in steps if value) == 4

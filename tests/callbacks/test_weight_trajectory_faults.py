@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from kd_probe import WeightTrajectoryMonitor
+from kd_probe.io.tags import GROUPS
 from tests.callbacks.conftest import RecordingLogger, trainer
 from tests.callbacks.test_weight_trajectory import _Drift, _loader
 
@@ -34,7 +35,7 @@ class _Failing(RecordingLogger):
         return "failing"
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if any(key.startswith("kd_probe") for key in metrics):
+        if any(key.split("/", 1)[0] in GROUPS for key in metrics):
             self.seen += 1
             if self.calls is None or self.seen in self.calls:
                 raise ConnectionError("the metrics server went away")
@@ -44,7 +45,7 @@ def _refusing_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lo
     add_scalar = SummaryWriter.add_scalar
 
     def refuse(writer: SummaryWriter, tag: str, *args: Any, **kwargs: Any) -> Any:
-        if tag.startswith("kd_probe/weights"):
+        if tag.startswith("6_weights/"):
             raise OSError("disk full")
         return add_scalar(writer, tag, *args, **kwargs)
 
@@ -141,7 +142,7 @@ def test_frozen_parameters_are_skipped_and_named(
     for pattern in named:
         assert re.search(pattern, notes[str(said)][0]), notes
     assert set(monitor.summary()) == tracked
-    assert {tag.split("/")[2] for tag in recorder.values} == tracked  # no tag for a skipped module
+    assert {tag.split("/")[1] for tag in recorder.values} == tracked  # no tag for a skipped module
 
 
 def test_a_half_frozen_module_moves_exactly_as_its_trainable_part(tmp_path: Path) -> None:
