@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,17 +22,22 @@ PAIRS = [("features.relu1", "features.relu1"), "features.relu2"]
 SOURCE = Path(__file__).resolve().parents[1] / "kd_probe"
 
 
+def tiny_run_probes(data: Any) -> list[Any]:
+    """The knowledge-point (epochs 0 and 1), UniCAM and agreement probes of the tiny report runs."""
+    return [
+        KnowledgePointProbe(data, layer="features.bn2", epochs=[0, 1], **PROBE),
+        UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", teacher=tiny_net()),
+        AgreementProbe(data, teacher_layer="features.relu2", student_layer="features.relu2", teacher=tiny_net()),
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``e/distilled`` and ``e/baseline``, each with every probe file and a ``kd_probe_run.json`` (protocol hinton)."""
     root = tmp_path_factory.mktemp("runs")
     data = tiny_data()
     for role in ("distilled", "baseline"):
-        probes = [
-            KnowledgePointProbe(data, layer="features.bn2", epochs=[0, 1], **PROBE),
-            UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", teacher=tiny_net()),
-            AgreementProbe(data, teacher_layer="features.relu2", student_layer="features.relu2", teacher=tiny_net()),
-        ]
+        probes = tiny_run_probes(data)
         if role == "distilled":  # a named probe writes kd_probe_history_<name>.pt
             probes.append(KnowledgePointProbe(data, layer="features.bn1", name="early", epochs=[1], **PROBE))
         logger = TensorBoardLogger(root / "e", name=role, version="")

@@ -11,14 +11,15 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kd_probe import AgreementProbe, DistillationModule, KnowledgePointProbe, UniCAMProbe
+from kd_probe import DistillationModule
 from kd_probe.apps.cli import main
 from kd_probe.apps.report.health import health_warnings
 from kd_probe.apps.report.sections import agreement_section, comparison_rows, teacher_side
 from kd_probe.apps.report.stats import knowledge_point_measures
 from kd_probe.apps.report.write import Digest, write_report
-from tests.callbacks.conftest import PROBE, tiny_data, tiny_net, trainer
+from tests.callbacks.conftest import tiny_data, tiny_net, trainer
 from tests.test_report import _agreement, _evidence, _history, _run
+from tests.test_report_files import tiny_run_probes
 
 PAIRS = [("features.relu1", "features.relu1"), "features.relu2"]
 
@@ -28,11 +29,7 @@ def build_tiny_runs(root: Path) -> Path:
     probes, and a ``kd_probe_run.json`` (protocol hinton, 3 classes, test accuracy 90 %)."""
     data = tiny_data()
     for role in ("distilled", "baseline"):
-        probes = [
-            KnowledgePointProbe(data, layer="features.bn2", epochs=[0, 1], **PROBE),
-            UniCAMProbe(data, layers=PAIRS, cam_layer="features.relu2", teacher=tiny_net()),
-            AgreementProbe(data, teacher_layer="features.relu2", student_layer="features.relu2", teacher=tiny_net()),
-        ]
+        probes = tiny_run_probes(data)
         logger = TensorBoardLogger(root / "e", name=role, version="")
         module = DistillationModule(tiny_net(), tiny_net()) if role == "distilled" else DistillationModule(tiny_net())
         trainer(root, max_epochs=1, logger=logger, callbacks=probes).fit(module, datamodule=data)
