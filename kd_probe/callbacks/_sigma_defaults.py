@@ -102,11 +102,14 @@ def estimated_epoch(trainer: pl.Trainer, seconds_per_image: float) -> tuple[floa
     return PASSES_PER_TRAINING_IMAGE * batches * size * seconds_per_image, batches * size
 
 
-def cheaper_settings(options: Mapping[str, Any], images: int, expected: float, budget: float) -> str:
+def cheaper_settings(
+    options: Mapping[str, Any], images: int, expected: float, budget: float, epoch: float | None = None
+) -> str:
     """Settings whose probe costs about ``budget`` seconds instead of ``expected``: fewer samples (down to 16), then
-    fewer probe images; for the faithful engine, the secant one; always also probing less often."""
+    fewer probe images; for the faithful engine, the secant one; always also probing every so many epochs of
+    ``epoch`` seconds (``budget`` when not given) that a probe costs about one epoch's training."""
     scale = budget / expected
-    every = math.ceil(expected / budget)
+    every = math.ceil(expected / (epoch or budget))
     method = str(options.get("method", LIVE["method"]))
     samples = int(options.get("samples") or DEFAULT_SAMPLES[method])
     if method == "faithful":
@@ -136,6 +139,6 @@ def first_probe_warning(
     return (
         f"a probe is expected to take about {duration(expected)}, about {expected / (seconds * gap):.0f}× "
         f"{between} (an epoch estimated at {duration(seconds)} for {training_images} training images from the "
-        f"probe's own forward speed); settings that fit: {cheaper_settings(options, images, expected, seconds * gap)}"
+        f"probe's own forward speed); settings that fit: {cheaper_settings(options, images, expected, seconds * gap, seconds)}"
         ". Training goes on with the settings given."
     )

@@ -133,6 +133,7 @@ def test_the_warning_counts_the_epochs_between_probes():
     assert text is not None and "about 4× a training epoch" in text and "`every_n_epochs=4`" in text
     text = first_probe_warning(30.0, (0.5, 192), 4.0, secant, 16)
     assert text is not None and "about 15× the 4 epochs between two probes" in text
+    assert "or probe every 60 epochs (`every_n_epochs=60`)" in text  # 30 s against 0.5 s epochs
     assert first_probe_warning(None, (0.7, 192), 1.0, secant, 16) is None  # no dry run
     assert first_probe_warning(30.0, None, 1.0, secant, 16) is None  # an epoch of unknown size
     schedules = ((None, 4), (None, None), ([0, 2, 3], None), ([3], None))
