@@ -41,11 +41,7 @@ def _done(run: Any) -> list[dict[str, Any]]:
 def curves_figure(runs: list[Any], path: Path) -> Path | None:
     """N_fg, fg_ratio and the live ρ over training, distilled vs baseline: per group the mean over seeds with
     a min–max band, and each seed as a thin line with its own marker."""
-    fig = _draw_curves(runs)
-    if fig is None:
-        return None
-    _save(fig, path)
-    return path
+    return _saved(_draw_curves(runs), path)
 
 
 def _series(run: Any) -> tuple[list[int], list[list[float]]] | None:
@@ -119,6 +115,14 @@ def _draw_curves(runs: list[Any]) -> Figure | None:
     return fig
 
 
+def _saved(fig: Figure | None, path: Path) -> Path | None:
+    """``fig`` written to ``path`` (its path), or ``None`` when there was nothing to draw."""
+    if fig is None:
+        return None
+    _save(fig, path)
+    return path
+
+
 def _save(fig: Figure, path: Path) -> None:
     write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     plt.close(fig)
@@ -127,11 +131,7 @@ def _save(fig: Figure, path: Path) -> None:
 def maps_figure(runs: list[Any], path: Path, images: int = 3) -> Path | None:
     """Entropy maps and knowledge points of the same probe images at the first, middle and last checkpoints, for
     the first distilled and the first baseline run side by side (see :func:`_draw_maps`)."""
-    fig = _draw_maps(runs, images)
-    if fig is None:
-        return None
-    _save(fig, path)
-    return path
+    return _saved(_draw_maps(runs, images), path)
 
 
 def _draw_maps(runs: list[Any], images: int) -> Figure | None:
@@ -246,11 +246,7 @@ def unicam_figure(runs: list[Any], path: Path, images: int = 4) -> Path | None:
     """UniCAM distilled and residual maps at the last probe over the same images, for the first distilled and
     the first baseline run (the maps explain a batch-level score, so both use the same probe batch); each column
     says which run and which map, and a colour bar gives the map scale."""
-    fig = _draw_unicam(runs, images)
-    if fig is None:
-        return None
-    _save(fig, path)
-    return path
+    return _saved(_draw_unicam(runs, images), path)
 
 
 def _draw_unicam(runs: list[Any], images: int) -> Figure | None:
